@@ -1,0 +1,257 @@
+"""One configuration for every shell: YAML file, ``--set`` overrides and defaults.
+
+The same dotted names (``privacy.target_epsilon``, ``federation.rounds``, ...) are used in
+the YAML config, on the command line (``--set section.key=value``), and later in pipeline
+parameters and Helm values. Unknown keys and wrong types are errors that name the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key and value."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the credit data comes from and how it is split across banks."""
+
+    dataset: str = Field(
+        "german_credit",
+        description="Built-in dataset: german_credit (bundled), credit_data or lending_club "
+        "(need the 'datasets' extra).",
+    )
+    partition: Literal["iid", "dirichlet", "quantity"] = Field(
+        "iid", description="How rows are split across banks: iid, dirichlet (label skew), quantity."
+    )
+    dirichlet_alpha: float = Field(
+        1.0, gt=0, description="Concentration of the Dirichlet label skew (smaller = more skew)."
+    )
+    quantity_alpha: float = Field(
+        1.0, gt=0, description="Concentration of the Dirichlet over bank sizes (quantity skew)."
+    )
+    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of each bank's rows for validation.")
+    test_fraction: float = Field(0.2, gt=0, lt=0.5, description="Share of each bank's rows for testing.")
+    max_rows: int | None = Field(None, gt=0, description="Use only this many rows (stratified sample).")
+
+
+class BankConfig(_Section):
+    """One bank of the consortium."""
+
+    name: str = Field(..., pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", description="DNS-style bank name.")
+    data: str | None = Field(
+        None, description="The bank's own CSV/Parquet file or directory; None = its partition of data.dataset."
+    )
+    target_epsilon: float | None = Field(None, gt=0, description="Overrides privacy.target_epsilon for this bank.")
+
+
+class ModelConfig(_Section):
+    """Base model and quantization."""
+
+    name: str = Field(
+        "minilm",
+        description="Preset (minilm, smollm2, tiny-bert, tiny-llama), a transformers model id or a local path.",
+    )
+    quantization: Literal["none", "8", "4"] = Field("none", description="bitsandbytes quantization of the base model.")
+    max_length: int = Field(64, ge=8, le=4096, description="Tokens per serialized row (truncated/padded).")
+
+    @field_validator("quantization", mode="before")
+    @classmethod
+    def _quantization_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value
+
+
+class LoraConfig(_Section):
+    """LoRA adapter shape (Hu et al., 2021) and the FFA-LoRA variant (Sun et al., 2024)."""
+
+    rank: int = Field(8, ge=1, le=512, description="LoRA rank r.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator: the update is (alpha/r)·B·A.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] | None = Field(
+        None, description="Module names to adapt; None = the preset's default (attention q and v)."
+    )
+    ffa: bool = Field(
+        False, description="FFA-LoRA: A frozen at a shared seed, only B and the head trained (exact average)."
+    )
+
+
+class PrivacyConfig(_Section):
+    """Per-example DP-SGD (Abadi et al., 2016) on the trainable parameters."""
+
+    enabled: bool = Field(True, description="false = non-private baseline (no clipping, no noise).")
+    target_epsilon: float = Field(8.0, gt=0, description="Each bank's ε budget for the whole run.")
+    delta: float | None = Field(
+        None, gt=0, lt=1, description="δ of every bank; None = 0.1/n for a bank with n training rows."
+    )
+    max_grad_norm: float = Field(1.0, gt=0, description="Per-example clipping bound C (L2).")
+    noise_multiplier: float | None = Field(
+        None, gt=0, description="σ; None = calibrated from target_epsilon, δ and the whole schedule."
+    )
+    accountant: Literal["prv", "rdp"] = Field(
+        "prv", description="Opacus accountant: prv (Gopi et al., 2021; default) or rdp (looser)."
+    )
+    secure_rng: bool = Field(False, description="Draw sampling and noise from the OS CSPRNG (production).")
+
+
+class TrainingConfig(_Section):
+    """Local training of one bank in one round."""
+
+    local_epochs: float = Field(1.0, gt=0, description="Expected passes over the bank's data per round.")
+    local_steps: int | None = Field(None, gt=0, description="Steps per round; overrides local_epochs.")
+    batch_size: int = Field(32, ge=1, description="Expected (Poisson) batch size; sample rate = batch_size/n.")
+    physical_batch_size: int = Field(64, ge=1, description="Largest micro-batch held in memory at once.")
+    learning_rate: float = Field(5e-3, gt=0, description="Learning rate of the local optimizer.")
+    optimizer: Literal["adam", "sgd"] = Field("adam", description="Local optimizer (re-created every round).")
+    eval_batch_size: int = Field(128, ge=1, description="Batch size for evaluation.")
+
+
+class FederationConfig(_Section):
+    """Rounds, client sampling and the aggregation rule."""
+
+    rounds: int = Field(5, ge=1, description="Number of federated rounds.")
+    fraction_fit: float = Field(1.0, gt=0, le=1, description="Share of banks sampled each round (seeded).")
+    min_banks: int = Field(2, ge=1, description="A round needs at least this many valid updates.")
+    banks: list[BankConfig] = Field(
+        default_factory=lambda: [BankConfig(name=n) for n in ("bank-a", "bank-b", "bank-c")],
+        description="The consortium's banks.",
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> FederationConfig:
+        names = [b.name for b in self.banks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"bank names must be unique, got {names}")
+        if self.min_banks > len(self.banks):
+            raise ValueError(f"min_banks={self.min_banks} exceeds the number of banks ({len(self.banks)})")
+        return self
+
+
+class TrackingConfig(_Section):
+    """MLflow tracking."""
+
+    enabled: bool = Field(True, description="Log to MLflow.")
+    uri: str | None = Field(None, description="MLflow tracking URI; None = sqlite file in output.dir.")
+    experiment: str = Field("fedlora", description="MLflow experiment name.")
+
+
+class OutputConfig(_Section):
+    """Where runs are written."""
+
+    dir: str = Field("runs", description="Parent folder of run directories.")
+    run_name: str | None = Field(None, description="Run directory name; None = timestamp.")
+
+
+class Config(_Section):
+    """The whole configuration of a FedLoRA run."""
+
+    seed: int = Field(0, description="Seed of splits, partitions, client sampling, LoRA init and DP noise.")
+    data: DataConfig = Field(default_factory=DataConfig)  # type: ignore[arg-type]
+    model: ModelConfig = Field(default_factory=ModelConfig)  # type: ignore[arg-type]
+    lora: LoraConfig = Field(default_factory=LoraConfig)  # type: ignore[arg-type]
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)  # type: ignore[arg-type]
+    training: TrainingConfig = Field(default_factory=TrainingConfig)  # type: ignore[arg-type]
+    federation: FederationConfig = Field(default_factory=FederationConfig)  # type: ignore[arg-type]
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)  # type: ignore[arg-type]
+    output: OutputConfig = Field(default_factory=OutputConfig)  # type: ignore[arg-type]
+
+
+def _parse_value(text: str) -> Any:
+    """Parse an override value with YAML rules (``3`` -> int, ``true`` -> bool, ``[a, b]`` -> list)."""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Apply one ``section.key=value`` override to a raw config tree, in place.
+
+    Raises:
+        ConfigError: if the assignment has no ``=`` or an empty key.
+    """
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects section.key=value, got {assignment!r}")
+    key, _, raw = assignment.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set has an empty key in {assignment!r}")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = _parse_value(raw)
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        value = e.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"  {loc or '<root>'}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a config from YAML (optional), apply ``--set`` overrides, validate.
+
+    Raises:
+        ConfigError: on unreadable YAML, unknown keys or wrong types; the message names them.
+    """
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {p}") from exc
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        tree = loaded
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    if overrides:
+        source += " + --set"
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, source)) from exc
+
+
+def config_to_yaml(config: Config) -> str:
+    """Serialize a resolved config back to YAML (round-trips through :func:`load_config`)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """List ``(dotted name, default, description)`` of every config field, for ``--help``."""
+    rows: list[tuple[str, str, str]] = []
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, _Section):
+            rows.extend(describe_fields(annotation, prefix=f"{dotted}."))
+            continue
+        if field.default_factory is not None:
+            default = "3 banks" if name == "banks" else "…"
+        else:
+            default = repr(field.default)
+        rows.append((dotted, default, field.description or ""))
+    return rows

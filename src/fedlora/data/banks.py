@@ -1,0 +1,100 @@
+"""Assemble each bank's train/validation/test text data from the configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from fedlora.config import Config
+from fedlora.data.datasets import get_schema, load_dataset
+from fedlora.data.files import read_bank_file
+from fedlora.data.partition import partition, stratified_split
+from fedlora.data.schema import DatasetSchema
+from fedlora.data.serialize import serialize_frame
+
+
+@dataclass(frozen=True)
+class TextSet:
+    """Serialized rows and their 0/1 labels (1 = default)."""
+
+    texts: list[str]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @staticmethod
+    def concat(parts: list[TextSet]) -> TextSet:
+        return TextSet(
+            texts=[t for p in parts for t in p.texts],
+            labels=np.concatenate([p.labels for p in parts]).astype(np.int64),
+        )
+
+
+@dataclass(frozen=True)
+class BankData:
+    """One bank's private data, already split."""
+
+    name: str
+    train: TextSet
+    val: TextSet
+    test: TextSet
+
+
+def _to_textset(frame: pd.DataFrame, schema: DatasetSchema) -> TextSet:
+    return TextSet(texts=serialize_frame(frame, schema), labels=frame["label"].to_numpy(dtype=np.int64))
+
+
+def _sample_rows(frame: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
+    if len(frame) <= max_rows:
+        return frame
+    split = stratified_split(
+        frame["label"].to_numpy(), val_fraction=0.01, test_fraction=1 - max_rows / len(frame), seed=seed
+    )
+    keep = np.sort(np.concatenate([split.train, split.val]))
+    return frame.iloc[keep].reset_index(drop=True)
+
+
+def build_bank_data(config: Config) -> dict[str, BankData]:
+    """Load, validate, partition and split the data of every bank.
+
+    Banks with ``data`` set read their own file (validated against the dataset's schema);
+    the others share a partition of ``data.dataset``. All files are validated before
+    anything else happens, so a bad file stops the run before training.
+    """
+    schema = get_schema(config.data.dataset)
+    own = {b.name: read_bank_file(b.data, schema) for b in config.federation.banks if b.data is not None}
+    shared_banks = [b.name for b in config.federation.banks if b.data is None]
+    frames: dict[str, pd.DataFrame] = dict(own)
+    if shared_banks:
+        frame, _ = load_dataset(config.data.dataset)
+        if config.data.max_rows is not None:
+            frame = _sample_rows(frame, config.data.max_rows, config.seed)
+        parts = partition(
+            frame["label"].to_numpy(),
+            len(shared_banks),
+            method=config.data.partition,
+            seed=config.seed,
+            dirichlet_alpha=config.data.dirichlet_alpha,
+            quantity_alpha=config.data.quantity_alpha,
+        )
+        for name, idx in zip(shared_banks, parts, strict=True):
+            frames[name] = frame.iloc[idx].reset_index(drop=True)
+    banks: dict[str, BankData] = {}
+    for offset, b in enumerate(config.federation.banks):
+        frame = frames[b.name]
+        split = stratified_split(
+            frame["label"].to_numpy(),
+            val_fraction=config.data.val_fraction,
+            test_fraction=config.data.test_fraction,
+            seed=config.seed + offset,
+        )
+        banks[b.name] = BankData(
+            name=b.name,
+            train=_to_textset(frame.iloc[split.train], schema),
+            val=_to_textset(frame.iloc[split.val], schema),
+            test=_to_textset(frame.iloc[split.test], schema),
+        )
+    return banks

@@ -1,0 +1,184 @@
+"""Column schemas of the credit datasets and validation of a bank's own data against them.
+
+A bad file is refused before anything is trained or written; the error names the file, the
+column, the row and the offending value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import pandas as pd
+
+
+class DataValidationError(ValueError):
+    """A data file does not match the expected schema; the message names file, column and value."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """One feature column.
+
+    Attributes:
+        name: Column name in files and data frames.
+        kind: ``numeric`` or ``categorical``.
+        minimum: Smallest plausible value of a numeric column (inclusive).
+        maximum: Largest plausible value of a numeric column (inclusive).
+        categories: Allowed values of a categorical column; None = any text.
+        nullable: Whether a missing value is allowed (serialized as ``unknown``).
+        alias: Short name used in the text serialization (default: the name, spaced).
+        short: Pairs ``(value, short text)`` used in the text serialization.
+    """
+
+    name: str
+    kind: Literal["numeric", "categorical"]
+    minimum: float | None = None
+    maximum: float | None = None
+    categories: tuple[str, ...] | None = None
+    nullable: bool = False
+    alias: str | None = None
+    short: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def label(self) -> str:
+        """Name used in the text serialization."""
+        return self.alias or self.name.replace("_", " ").lower()
+
+    def text_of(self, value: str) -> str:
+        """Short text of a categorical value (the value itself when it has no short form)."""
+        return dict(self.short).get(value, value)
+
+
+@dataclass(frozen=True)
+class DatasetSchema:
+    """Columns of one dataset plus its label.
+
+    Attributes:
+        name: Dataset name.
+        columns: Feature columns, in serialization order.
+        label_column: Name of the target column in raw files.
+        positive: Raw label value of a default (bad credit), mapped to 1.
+        negative: Raw label value of a good credit, mapped to 0.
+    """
+
+    name: str
+    columns: tuple[Column, ...]
+    label_column: str
+    positive: str
+    negative: str
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def encode_labels(self, raw: pd.Series) -> pd.Series:
+        """Map raw label values (``positive``/``negative`` or 1/0) to ints 1/0."""
+        mapping: dict[object, int] = {self.positive: 1, self.negative: 0, 1: 1, 0: 0, "1": 1, "0": 0}
+        return raw.map(lambda v: mapping[v.strip() if isinstance(v, str) else v]).astype("int64")
+
+
+_MAX_ERRORS_SHOWN = 5
+
+
+def _is_missing(value: object) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and value.strip() == ""
+
+
+def _column_errors(column: Column, values: pd.Series, source: str) -> list[str]:
+    errors: list[str] = []
+    for row, value in enumerate(values.tolist()):
+        where = f"{source}: column {column.name!r}, row {row + 1}"
+        if _is_missing(value):
+            if not column.nullable:
+                errors.append(f"{where}: missing value")
+        elif column.kind == "numeric":
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                errors.append(f"{where}: {value!r} is not a number")
+                continue
+            if not math.isfinite(number):
+                errors.append(f"{where}: {value!r} is not finite")
+            elif column.minimum is not None and number < column.minimum:
+                errors.append(f"{where}: {value!r} is below the plausible minimum {column.minimum:g}")
+            elif column.maximum is not None and number > column.maximum:
+                errors.append(f"{where}: {value!r} is above the plausible maximum {column.maximum:g}")
+        elif column.categories is not None and str(value).strip() not in column.categories:
+            allowed = ", ".join(repr(c) for c in column.categories)
+            errors.append(f"{where}: {value!r} is not one of {allowed}")
+        if len(errors) >= _MAX_ERRORS_SHOWN:
+            break
+    return errors
+
+
+def validate_frame(frame: pd.DataFrame, schema: DatasetSchema, *, source: str) -> pd.DataFrame:
+    """Check a raw frame against ``schema`` and return features plus an int ``label`` column.
+
+    Rows are numbered from 1 (the first data row after the header).
+
+    Raises:
+        DataValidationError: listing every problem found (up to a few per column).
+    """
+    if frame.empty:
+        raise DataValidationError(f"{source}: the file has no data rows")
+    expected = [*schema.feature_names, schema.label_column]
+    present = [str(c) for c in frame.columns]
+    missing = [c for c in expected if c not in present]
+    extra = [c for c in present if c not in expected]
+    problems: list[str] = []
+    if missing:
+        problems.append(f"{source}: missing column(s) {missing}")
+    if extra:
+        problems.append(f"{source}: unexpected column(s) {extra} (expected exactly {expected})")
+    if problems:
+        raise DataValidationError("\n".join(problems))
+    for column in schema.columns:
+        problems.extend(_column_errors(column, frame[column.name], source))
+    allowed_labels = {schema.positive, schema.negative, "0", "1"}
+    for row, value in enumerate(frame[schema.label_column].tolist()):
+        text = str(int(value)) if isinstance(value, (int, float)) and not _is_missing(value) and float(value).is_integer() else str(value).strip()
+        if _is_missing(value) or text not in allowed_labels:
+            problems.append(
+                f"{source}: column {schema.label_column!r}, row {row + 1}: label {value!r} is not one of "
+                f"{sorted(allowed_labels)}"
+            )
+            if sum("label" in p for p in problems) >= _MAX_ERRORS_SHOWN:
+                break
+    if problems:
+        raise DataValidationError("\n".join(problems))
+    features = frame[schema.feature_names].copy()
+    for column in schema.columns:
+        if column.kind == "numeric":
+            features[column.name] = pd.to_numeric(features[column.name], errors="coerce")
+        else:
+            features[column.name] = features[column.name].map(lambda v: None if _is_missing(v) else str(v).strip())
+    labels = frame[schema.label_column].map(
+        lambda v: str(int(v)) if isinstance(v, (int, float)) and float(v).is_integer() else str(v).strip()
+    )
+    features["label"] = schema.encode_labels(labels).to_numpy()
+    return features.reset_index(drop=True)
+
+
+def categorical(
+    name: str,
+    categories: Sequence[str] | Mapping[str, str] | None = None,
+    *,
+    nullable: bool = False,
+    alias: str | None = None,
+) -> Column:
+    """Shorthand for a categorical :class:`Column`; a mapping gives each value its short text."""
+    short = tuple(categories.items()) if isinstance(categories, Mapping) else ()
+    allowed = tuple(categories) if categories else None
+    return Column(name, "categorical", categories=allowed, nullable=nullable, alias=alias, short=short)
+
+
+def numeric(name: str, minimum: float, maximum: float, *, nullable: bool = False, alias: str | None = None) -> Column:
+    """Shorthand for a numeric :class:`Column` with plausible bounds."""
+    return Column(name, "numeric", minimum=minimum, maximum=maximum, nullable=nullable, alias=alias)

@@ -1,0 +1,1 @@
+"""Base model loading (presets, quantization) and LoRA adapters."""

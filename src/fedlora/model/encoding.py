@@ -1,0 +1,44 @@
+"""Tokenize a bank's text once and hand out batches trimmed to their longest row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from fedlora.data.banks import TextSet
+
+
+@dataclass(frozen=True)
+class EncodedSet:
+    """Token ids, attention mask and labels of a :class:`TextSet`, padded to ``max_length``."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def batch(self, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows ``index``, with padding columns beyond the longest row removed."""
+        mask = self.attention_mask[index]
+        width = max(int(mask.sum(dim=1).max()), 1) if len(index) else 1
+        return (
+            self.input_ids[index, :width].to(device),
+            mask[:, :width].to(device),
+            self.labels[index].to(device),
+        )
+
+
+def encode(texts: TextSet, tokenizer: PreTrainedTokenizerBase, *, max_length: int) -> EncodedSet:
+    """Tokenize (right padding, truncation at ``max_length``)."""
+    tokenizer.padding_side = "right"
+    enc = tokenizer(texts.texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+    return EncodedSet(
+        input_ids=enc["input_ids"],
+        attention_mask=enc["attention_mask"],
+        labels=torch.tensor(np.asarray(texts.labels, dtype=np.int64)),
+    )

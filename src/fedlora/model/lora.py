@@ -1,0 +1,83 @@
+"""LoRA adapters (Hu et al., 2021) on a base classifier, and the FFA-LoRA variant.
+
+LoRA adds ``ΔW = (α/r)·B·A`` to each targeted weight ``W ∈ R^{d_out×d_in}``, with
+``A ∈ R^{r×d_in}`` (random init) and ``B ∈ R^{d_out×r}`` (zero init); only A, B and the
+classification head are trained. Averaging A and B separately across banks does not give
+the average of the products ``B_k·A_k``. FFA-LoRA (Sun et al., 2024, "Improving LoRA in
+Privacy-preserving Federated Learning") freezes A at a seed shared by all banks and trains
+only B (and the head): then ``mean_k(B_k)·A = mean_k(B_k·A)`` and FedAvg is exact.
+
+The adapter is the state of every LoRA and head parameter, keyed by parameter name;
+swapping adapters copies tensors into the already-built model (no reload).
+"""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, TaskType, get_peft_model
+from torch import nn
+
+from fedlora.config import LoraConfig
+from fedlora.model.loading import LoadedModel
+
+AdapterState = dict[str, torch.Tensor]
+
+
+def _is_adapter_param(name: str) -> bool:
+    return "lora_" in name or "modules_to_save" in name
+
+
+def attach_lora(loaded: LoadedModel, lora: LoraConfig, *, seed: int) -> PeftModel:
+    """Wrap the base model with LoRA; A (and the head) are initialised from ``seed``.
+
+    In FFA mode the A matrices are frozen, so only B and the head are trainable.
+    """
+    peft_config = PeftLoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules or loaded.target_modules,
+    )
+    torch.manual_seed(seed)
+    model = get_peft_model(loaded.model, peft_config)
+    for name, param in model.named_parameters():
+        if "lora_A" in name and lora.ffa:
+            param.requires_grad_(False)
+        elif _is_adapter_param(name) and param.is_floating_point():
+            param.requires_grad_(not ("original_module" in name))
+    return model
+
+
+def adapter_state(model: nn.Module) -> AdapterState:
+    """A detached CPU copy of every adapter parameter (LoRA A/B and the head)."""
+    return {
+        name: param.detach().to("cpu", copy=True)
+        for name, param in model.named_parameters()
+        if _is_adapter_param(name) and "original_module" not in name
+    }
+
+
+def load_adapter_state(model: nn.Module, state: AdapterState) -> None:
+    """Copy ``state`` into the model's adapter parameters in place.
+
+    Raises:
+        ValueError: when a key is missing or unknown, or a shape differs.
+    """
+    params = {n: p for n, p in model.named_parameters() if _is_adapter_param(n) and "original_module" not in n}
+    missing = sorted(set(params) - set(state))
+    unknown = sorted(set(state) - set(params))
+    if missing or unknown:
+        raise ValueError(f"adapter keys differ from the model: missing {missing[:3]}, unknown {unknown[:3]}")
+    with torch.no_grad():
+        for name, param in params.items():
+            value = state[name]
+            if value.shape != param.shape:
+                raise ValueError(f"adapter tensor {name}: shape {tuple(value.shape)} != {tuple(param.shape)}")
+            param.copy_(value.to(device=param.device, dtype=param.dtype))
+
+
+def trainable_names(model: nn.Module) -> list[str]:
+    """Names of the parameters that local training updates (what FedAvg must average)."""
+    return [n for n, p in model.named_parameters() if p.requires_grad]

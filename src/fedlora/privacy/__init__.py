@@ -1,0 +1,1 @@
+"""Per-example DP-SGD: per-example gradients, clipping, noise, Poisson sampling, accounting."""

@@ -1,0 +1,202 @@
+"""Privacy accounting and noise calibration with a maintained accountant (Opacus).
+
+Each bank runs the Poisson-subsampled Gaussian mechanism once per DP-SGD step with noise
+multiplier ``σ`` and sample rate ``q``. The bank's ledger keeps every ``(σ, q, steps)`` it
+ever ran, across all rounds, and ε is always recomputed from the whole ledger:
+
+* ``prv`` (default): the privacy random variable accountant of Gopi, Lee & Wutschitz (2021,
+  "Numerical Composition of Differential Privacy"), as implemented in Opacus. We report its
+  *upper* bound on ε (Opacus' ``PRVAccountant.get_epsilon``), never the point estimate, so the
+  ε shown is guaranteed, not estimated.
+* ``rdp``: Rényi DP (Mironov, 2017; Mironov, Talwar & Zhang, 2019), looser but classic.
+
+The noise multiplier is calibrated up front (Opacus ``get_noise_multiplier``, a bisection
+that returns the smallest σ found with ε(σ) ≤ target) for the whole schedule: all rounds
+times the local steps per round.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from opacus.accountants import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+
+
+class PrivacyConfigError(ValueError):
+    """A privacy setting cannot be honoured (ε ≤ 0, δ ≥ 1/n, budget too small, ...)."""
+
+
+@dataclass(frozen=True)
+class MechanismRun:
+    """``steps`` compositions of the Poisson-subsampled Gaussian mechanism."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+
+def _merged(history: list[MechanismRun]) -> list[tuple[float, float, int]]:
+    """Merge runs with equal (σ, q): k·a + k·b compositions are (a+b) compositions, exactly."""
+    merged: dict[tuple[float, float], int] = {}
+    for run in history:
+        if run.steps > 0:
+            key = (run.noise_multiplier, run.sample_rate)
+            merged[key] = merged.get(key, 0) + run.steps
+    return [(sigma, q, steps) for (sigma, q), steps in merged.items()]
+
+
+def compute_epsilon(history: list[MechanismRun], *, delta: float, accountant: str = "prv") -> float:
+    """ε at ``delta`` after every run in ``history`` (0 when nothing ran)."""
+    merged = _merged(history)
+    if not merged:
+        return 0.0
+    acct = create_accountant(mechanism=accountant)
+    acct.history = merged
+    return float(acct.get_epsilon(delta=delta))
+
+
+def calibrate_noise_multiplier(
+    *, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "prv"
+) -> float:
+    """Smallest σ (to 0.01 in ε) such that ``steps`` steps at ``sample_rate`` stay within ``target_epsilon``.
+
+    Raises:
+        PrivacyConfigError: when no σ up to Opacus' maximum reaches the target.
+    """
+    try:
+        return float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=accountant,
+                epsilon_tolerance=0.01,
+            )
+        )
+    except ValueError as exc:
+        raise PrivacyConfigError(
+            f"cannot reach ε={target_epsilon} at δ={delta:g} with {steps} steps at sample rate {sample_rate:.4g}: {exc}"
+        ) from exc
+
+
+def default_delta(num_examples: int) -> float:
+    """δ = 1/(10·n): below 1/n, the largest δ that is still meaningful for n records."""
+    return 0.1 / num_examples
+
+
+@dataclass(frozen=True)
+class PrivacyPlan:
+    """One bank's privacy parameters for the whole run."""
+
+    bank: str
+    target_epsilon: float
+    delta: float
+    noise_multiplier: float
+    sample_rate: float
+    max_grad_norm: float
+    steps_per_round: int
+    planned_steps: int
+    accountant: str
+
+
+def plan_privacy(
+    *,
+    bank: str,
+    num_examples: int,
+    target_epsilon: float,
+    delta: float | None,
+    batch_size: int,
+    steps_per_round: int,
+    rounds: int,
+    max_grad_norm: float,
+    noise_multiplier: float | None,
+    accountant: str,
+) -> PrivacyPlan:
+    """Validate a bank's privacy settings and calibrate σ for ``rounds × steps_per_round`` steps.
+
+    Raises:
+        PrivacyConfigError: ε ≤ 0, δ ≥ 1/n, batch larger than the data, or an unreachable target.
+    """
+    if not target_epsilon > 0 or not math.isfinite(target_epsilon):
+        raise PrivacyConfigError(f"bank {bank}: privacy.target_epsilon must be > 0, got {target_epsilon}")
+    if num_examples < 1:
+        raise PrivacyConfigError(f"bank {bank}: no training examples")
+    delta = default_delta(num_examples) if delta is None else delta
+    if not 0 < delta < 1 / num_examples:
+        raise PrivacyConfigError(
+            f"bank {bank}: privacy.delta={delta:g} must be in (0, 1/n) = (0, {1 / num_examples:.3g}) for its "
+            f"n={num_examples} training rows; a δ ≥ 1/n allows releasing a whole record"
+        )
+    if batch_size > num_examples:
+        raise PrivacyConfigError(
+            f"bank {bank}: training.batch_size={batch_size} exceeds its {num_examples} training rows"
+        )
+    sample_rate = batch_size / num_examples
+    planned = rounds * steps_per_round
+    if noise_multiplier is None:
+        noise_multiplier = calibrate_noise_multiplier(
+            target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate, steps=planned, accountant=accountant
+        )
+    else:
+        spent = compute_epsilon([MechanismRun(noise_multiplier, sample_rate, planned)], delta=delta, accountant=accountant)
+        if spent > target_epsilon:
+            raise PrivacyConfigError(
+                f"bank {bank}: privacy.noise_multiplier={noise_multiplier} gives ε={spent:.3f} > target "
+                f"{target_epsilon} over {planned} steps; raise it or leave it unset to calibrate"
+            )
+    return PrivacyPlan(
+        bank=bank,
+        target_epsilon=target_epsilon,
+        delta=delta,
+        noise_multiplier=noise_multiplier,
+        sample_rate=sample_rate,
+        max_grad_norm=max_grad_norm,
+        steps_per_round=steps_per_round,
+        planned_steps=planned,
+        accountant=accountant,
+    )
+
+
+@dataclass
+class PrivacyLedger:
+    """Every mechanism run a bank ever took; ε is recomputed from all of it."""
+
+    delta: float
+    accountant: str
+    history: list[MechanismRun] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        return sum(r.steps for r in self.history)
+
+    def epsilon(self) -> float:
+        """ε spent so far (upper bound)."""
+        return compute_epsilon(self.history, delta=self.delta, accountant=self.accountant)
+
+    def epsilon_after(self, run: MechanismRun) -> float:
+        """ε if ``run`` were added now (the budget check before a round)."""
+        return compute_epsilon([*self.history, run], delta=self.delta, accountant=self.accountant)
+
+    def record(self, run: MechanismRun) -> None:
+        if run.steps > 0:
+            self.history.append(run)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "delta": self.delta,
+            "accountant": self.accountant,
+            "history": [[r.noise_multiplier, r.sample_rate, r.steps] for r in self.history],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> PrivacyLedger:
+        history = data.get("history", [])
+        assert isinstance(history, list)
+        return cls(
+            delta=float(data["delta"]),  # type: ignore[arg-type]
+            accountant=str(data["accountant"]),
+            history=[MechanismRun(float(s), float(q), int(n)) for s, q, n in history],
+        )

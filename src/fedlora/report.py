@@ -1,0 +1,91 @@
+"""A report a person can open: AUC by round, ε by round per bank, and the summary tables."""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _plot_auc(summary: dict[str, Any], path: Path) -> None:
+    rounds = summary["rounds"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["round"] for r in rounds], [r["auc"] for r in rounds], marker="o", label="global adapter, pooled test")
+    ax.set_xlabel("round")
+    ax.set_ylabel("AUC")
+    ax.set_title("Test AUC by round")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_epsilon(summary: dict[str, Any], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    banks = sorted({b for r in summary["rounds"] for b in r["epsilon"]})
+    for bank in banks:
+        xs = [r["round"] for r in summary["rounds"] if bank in r["epsilon"]]
+        ys = [r["epsilon"][bank] for r in summary["rounds"] if bank in r["epsilon"]]
+        ax.plot(xs, ys, marker="o", label=bank)
+    for bank, info in summary.get("privacy", {}).items():
+        target = info.get("target_epsilon")
+        if target is not None and math.isfinite(target):
+            ax.axhline(target, linestyle="--", linewidth=0.8, color="gray")
+    ax.set_xlabel("round")
+    ax.set_ylabel("ε spent (upper bound)")
+    ax.set_title("Privacy spent by round (dashed: target)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "∞" if math.isinf(value) else ("–" if math.isnan(value) else f"{value:.4f}")
+    return html.escape(str(value))
+
+
+def write_report(summary: dict[str, Any], directory: Path) -> Path:
+    """Write ``auc.png``, ``epsilon.png`` and ``index.html`` into ``directory``; return the HTML path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _plot_auc(summary, directory / "auc.png")
+    _plot_epsilon(summary, directory / "epsilon.png")
+    banks = sorted({b for r in summary["rounds"] for b in r["epsilon"]})
+    head = "".join(f"<th>ε {html.escape(b)}</th>" for b in banks)
+    rows = "".join(
+        f"<tr><td>{r['round']}</td><td>{_fmt(r['loss'])}</td><td>{_fmt(r['auc'])}</td><td>{_fmt(r['ks'])}</td>"
+        + "".join(f"<td>{_fmt(r['epsilon'].get(b, float('nan')))}</td>" for b in banks)
+        + f"<td>{html.escape(', '.join(r['banks']))}</td></tr>"
+        for r in summary["rounds"]
+    )
+    privacy_rows = "".join(
+        f"<tr><td>{html.escape(b)}</td>" + "".join(f"<td>{_fmt(v)}</td>" for v in info.values()) + "</tr>"
+        for b, info in summary.get("privacy", {}).items()
+    )
+    privacy_head = "".join(
+        f"<th>{html.escape(k)}</th>" for k in next(iter(summary.get("privacy", {}).values()), {}).keys()
+    )
+    final = summary["final"]
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>FedLoRA run {html.escape(summary['run_dir'])}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:60em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:right}}</style></head><body>
+<h1>FedLoRA run</h1><p>{html.escape(summary['run_dir'])} — aggregation: {html.escape(summary['aggregation'])},
+privacy: {html.escape(summary['privacy_mode'])}</p>
+<h2>Final adapter</h2><p>pooled test AUC {_fmt(final['auc'])}, KS {_fmt(final['metrics']['ks'])},
+accuracy {_fmt(final['metrics']['accuracy'])}, Brier {_fmt(final['metrics']['brier'])}</p>
+<img src="auc.png" alt="AUC by round"> <img src="epsilon.png" alt="epsilon by round">
+<h2>Rounds</h2><table><tr><th>round</th><th>train loss</th><th>AUC</th><th>KS</th>{head}<th>banks</th></tr>{rows}</table>
+<h2>Privacy per bank</h2><table><tr><th>bank</th>{privacy_head}</tr>{privacy_rows}</table>
+</body></html>"""
+    out = directory / "index.html"
+    out.write_text(page, encoding="utf-8")
+    return out

@@ -1,0 +1,107 @@
+"""The coordinator: client sampling, update validation and weighted FedAvg.
+
+FedAvg (McMahan et al., 2017): the new global adapter is ``Σ_k n_k·θ_k / Σ_k n_k`` over the
+valid updates ``θ_k`` of banks with ``n_k`` training examples. In FFA-LoRA mode the frozen A
+matrices are identical across banks, so the average of the products ``B_k·A`` equals the
+product of the averages and the aggregate is exact; in plain LoRA mode A and B are averaged
+separately (the standard, approximate FedAvg of LoRA).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedlora.model.lora import AdapterState
+
+log = logging.getLogger(__name__)
+
+
+class AggregationError(RuntimeError):
+    """Too few valid updates to form a round."""
+
+
+@dataclass(frozen=True)
+class Update:
+    """A bank's adapter and the weight it carries."""
+
+    bank: str
+    adapter: AdapterState
+    num_examples: int
+
+
+def sample_banks(banks: list[str], *, fraction_fit: float, min_banks: int, round_index: int, seed: int) -> list[str]:
+    """Seeded choice of ``max(min_banks, round(fraction_fit·K))`` banks for a round, in config order."""
+    count = min(len(banks), max(min_banks, int(round(fraction_fit * len(banks)))))
+    rng = np.random.default_rng([seed, round_index])
+    chosen = set(rng.choice(len(banks), size=count, replace=False).tolist())
+    return [b for i, b in enumerate(banks) if i in chosen]
+
+
+def validate_update(update: Update, reference: AdapterState) -> str | None:
+    """Why ``update`` is malformed compared to ``reference`` (keys, shapes, dtypes, finiteness), or None."""
+    if update.num_examples < 1:
+        return f"example count {update.num_examples} < 1"
+    missing = sorted(set(reference) - set(update.adapter))
+    extra = sorted(set(update.adapter) - set(reference))
+    if missing or extra:
+        return f"tensor names differ: missing {missing[:3]}, unexpected {extra[:3]}"
+    for name, ref in reference.items():
+        value = update.adapter[name]
+        if value.shape != ref.shape:
+            return f"{name}: shape {tuple(value.shape)} != expected {tuple(ref.shape)}"
+        if value.dtype != ref.dtype:
+            return f"{name}: dtype {value.dtype} != expected {ref.dtype}"
+        if not torch.isfinite(value).all():
+            return f"{name}: contains NaN or Inf"
+    return None
+
+
+def fedavg(updates: list[Update]) -> AdapterState:
+    """Example-weighted average ``Σ n_k θ_k / Σ n_k`` of every tensor (computed in float64)."""
+    if not updates:
+        raise AggregationError("no updates to average")
+    total = float(sum(u.num_examples for u in updates))
+    first = updates[0].adapter
+    result: AdapterState = {}
+    for name, ref in first.items():
+        acc = torch.zeros(ref.shape, dtype=torch.float64)
+        for u in updates:
+            acc += u.adapter[name].to(torch.float64) * (u.num_examples / total)
+        result[name] = acc.to(ref.dtype)
+    return result
+
+
+@dataclass(frozen=True)
+class AggregationResult:
+    """The new global adapter and which updates were used or rejected (with reasons)."""
+
+    adapter: AdapterState
+    accepted: list[str]
+    rejected: dict[str, str]
+
+
+def aggregate(updates: list[Update], reference: AdapterState, *, min_banks: int) -> AggregationResult:
+    """Validate every update, drop malformed ones (logged), and FedAvg the rest.
+
+    Raises:
+        AggregationError: fewer than ``min_banks`` valid updates.
+    """
+    accepted: list[Update] = []
+    rejected: dict[str, str] = {}
+    for update in updates:
+        reason = validate_update(update, reference)
+        if reason is None:
+            accepted.append(update)
+        else:
+            rejected[update.bank] = reason
+            log.warning("rejected update of bank %s: %s", update.bank, reason)
+    if len(accepted) < min_banks:
+        raise AggregationError(
+            f"only {len(accepted)} valid update(s) ({', '.join(u.bank for u in accepted) or 'none'}); "
+            f"federation.min_banks={min_banks}"
+        )
+    return AggregationResult(adapter=fedavg(accepted), accepted=[u.bank for u in accepted], rejected=rejected)

@@ -1,0 +1,1 @@
+"""Adapter store: the run layout, atomic writes, safetensors adapters with sha256 metadata."""

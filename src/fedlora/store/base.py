@@ -1,0 +1,64 @@
+"""The store seam: a key/value byte store with the run layout on top.
+
+Run layout (shared by the local directory store and the S3 store)::
+
+    config.yaml
+    rounds/0000/global/{adapter.safetensors, meta.json}     initial global adapter
+    rounds/NNNN/updates/<bank>/{adapter.safetensors, meta.json}
+    rounds/NNNN/global/{adapter.safetensors, meta.json}
+    rounds/NNNN/MANIFEST.json                               written last: the round is committed
+    privacy/<bank>.json                                     the bank's accountant ledger
+    final/{adapter.safetensors, meta.json}, final/peft/     final adapter
+    summary.json, report/
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class StoreError(RuntimeError):
+    """A store operation failed; the message names the key."""
+
+
+class IntegrityError(StoreError):
+    """Stored bytes do not match their recorded sha256."""
+
+
+class Store(Protocol):
+    """A byte store addressed by ``/``-separated keys."""
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write ``data`` under ``key`` atomically (readers see all of it or none)."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """Read ``key``; raises :class:`StoreError` when it does not exist."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` exists."""
+        ...
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys that start with ``prefix``, sorted."""
+        ...
+
+    def uri(self, key: str) -> str:
+        """A human-readable location of ``key`` (path or URL)."""
+        ...
+
+
+def round_prefix(round_index: int) -> str:
+    """Key prefix of a round (``rounds/0003``)."""
+    return f"rounds/{round_index:04d}"
+
+
+def update_prefix(round_index: int, bank: str) -> str:
+    """Key prefix of one bank's update in a round."""
+    return f"{round_prefix(round_index)}/updates/{bank}"
+
+
+def global_prefix(round_index: int) -> str:
+    """Key prefix of the global adapter after a round (round 0 = initial)."""
+    return f"{round_prefix(round_index)}/global"

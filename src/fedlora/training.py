@@ -1,0 +1,186 @@
+"""The local training loop, written out: Poisson sampling, per-example clipping, noise, step.
+
+One DP-SGD step (Abadi et al., 2016, Alg. 1, with Poisson sampling as analysed by the
+accountant):
+
+1. sample each of the bank's ``n`` examples independently with probability ``q``;
+2. per-example gradients ``g_i`` of the trainable parameters (:mod:`fedlora.privacy.per_sample`);
+3. clip: ``ḡ_i = g_i · min(1, C/‖g_i‖)``;
+4. noise: ``g̃ = (Σ_i ḡ_i + N(0, σ²C²·I)) / (q·n)`` -- divided by the *expected* batch size,
+   so the sensitivity does not depend on the sampled batch size;
+5. optimizer step on ``g̃`` (Adam or SGD; post-processing of a DP quantity).
+
+The non-private baseline takes the same batches and the plain mean gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+from fedlora.config import TrainingConfig
+from fedlora.model.encoding import EncodedSet
+from fedlora.privacy.clipping import clip_and_sum
+from fedlora.privacy.per_sample import PerExampleGradients
+from fedlora.privacy.randomness import Randomness
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    """The DP-SGD parameters of one bank (keyword-only units spelled out)."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    """What one local training run did."""
+
+    steps: int
+    examples_seen: int
+    mean_loss: float
+    mean_grad_norm: float
+    clipped_fraction: float
+
+
+def steps_per_round(*, num_examples: int, config: TrainingConfig) -> int:
+    """``local_steps`` if set, else ``ceil(local_epochs · n / batch_size)`` (expected passes)."""
+    if config.local_steps is not None:
+        return config.local_steps
+    return max(1, int(np.ceil(config.local_epochs * num_examples / config.batch_size)))
+
+
+def _logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    out = model(input_ids=input_ids, attention_mask=attention_mask)
+    return out.logits.float()
+
+
+def make_optimizer(params: list[nn.Parameter], config: TrainingConfig) -> torch.optim.Optimizer:
+    """Adam or SGD over ``params`` with the configured learning rate."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.learning_rate)
+    return torch.optim.SGD(params, lr=config.learning_rate, momentum=0.9)
+
+
+def dp_gradient(
+    model: nn.Module,
+    collector: PerExampleGradients,
+    data: EncodedSet,
+    index: torch.Tensor,
+    *,
+    dp: DPSettings,
+    physical_batch_size: int,
+    randomness: Randomness,
+    device: torch.device,
+) -> tuple[dict[nn.Parameter, torch.Tensor], float, torch.Tensor]:
+    """The noised DP-SGD gradient for the sampled rows ``index``.
+
+    Returns:
+        ``({param: g̃}, summed loss, per-example norms)``.
+    """
+    params = collector.parameters()
+    summed = {p: torch.zeros_like(p, dtype=torch.float32) for p in params}
+    loss_total = 0.0
+    norms: list[torch.Tensor] = []
+    for chunk in torch.split(index, physical_batch_size):
+        if len(chunk) == 0:
+            continue
+        input_ids, mask, labels = data.batch(chunk, device)
+        with collector:
+            losses = F.cross_entropy(_logits(model, input_ids, mask), labels, reduction="none")
+        per_example = collector.compute(losses.sum())
+        clipped = clip_and_sum(per_example, max_grad_norm=dp.max_grad_norm)
+        for p, g in clipped.summed.items():
+            summed[p] += g.float()
+        norms.append(clipped.norms.detach())
+        loss_total += float(losses.detach().sum())
+    expected_batch = dp.sample_rate * len(data)
+    std = dp.noise_multiplier * dp.max_grad_norm
+    noised = {
+        p: (s + randomness.normal(s.shape, std, device=s.device, dtype=torch.float32)) / expected_batch
+        for p, s in summed.items()
+    }
+    return noised, loss_total, torch.cat(norms) if norms else torch.zeros(0)
+
+
+def plain_gradient(
+    model: nn.Module, data: EncodedSet, index: torch.Tensor, *, physical_batch_size: int, device: torch.device
+) -> float:
+    """Accumulate the mean (non-private) gradient of rows ``index`` into ``.grad``; return the summed loss."""
+    loss_total = 0.0
+    for chunk in torch.split(index, physical_batch_size):
+        input_ids, mask, labels = data.batch(chunk, device)
+        losses = F.cross_entropy(_logits(model, input_ids, mask), labels, reduction="none")
+        (losses.sum() / len(index)).backward()
+        loss_total += float(losses.detach().sum())
+    return loss_total
+
+
+def train_local(
+    model: nn.Module,
+    data: EncodedSet,
+    *,
+    config: TrainingConfig,
+    steps: int,
+    sample_rate: float,
+    dp: DPSettings | None,
+    randomness: Randomness,
+    device: torch.device,
+) -> TrainStats:
+    """Run ``steps`` local steps with Poisson-sampled batches (DP-SGD when ``dp`` is given)."""
+    model.train()
+    collector = PerExampleGradients(model) if dp is not None else None
+    params = collector.parameters() if collector is not None else [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, config)
+    loss_sum, seen, norm_sum, clipped = 0.0, 0, 0.0, 0
+    for _ in range(steps):
+        index = torch.nonzero(randomness.poisson_mask(len(data), sample_rate)).flatten()
+        optimizer.zero_grad(set_to_none=True)
+        if dp is not None and collector is not None:
+            grads, loss, norms = dp_gradient(
+                model,
+                collector,
+                data,
+                index,
+                dp=dp,
+                physical_batch_size=config.physical_batch_size,
+                randomness=randomness,
+                device=device,
+            )
+            for p, g in grads.items():
+                p.grad = g.to(p.dtype)
+            norm_sum += float(norms.sum())
+            clipped += int((norms > dp.max_grad_norm).sum())
+        elif len(index) > 0:
+            loss = plain_gradient(model, data, index, physical_batch_size=config.physical_batch_size, device=device)
+        else:
+            continue
+        optimizer.step()
+        loss_sum += loss
+        seen += len(index)
+    return TrainStats(
+        steps=steps,
+        examples_seen=seen,
+        mean_loss=loss_sum / seen if seen else float("nan"),
+        mean_grad_norm=norm_sum / seen if seen and dp is not None else float("nan"),
+        clipped_fraction=clipped / seen if seen and dp is not None else float("nan"),
+    )
+
+
+@torch.no_grad()
+def predict_default_probability(
+    model: nn.Module, data: EncodedSet, *, batch_size: int, device: torch.device
+) -> np.ndarray:
+    """P(default) for every row, in order (eval mode, no dropout)."""
+    model.eval()
+    scores: list[torch.Tensor] = []
+    for chunk in torch.split(torch.arange(len(data)), batch_size):
+        input_ids, mask, _ = data.batch(chunk, device)
+        scores.append(torch.softmax(_logits(model, input_ids, mask), dim=-1)[:, 1].cpu())
+    return torch.cat(scores).numpy() if scores else np.zeros(0)
