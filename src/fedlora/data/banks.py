@@ -35,12 +35,13 @@ class TextSet:
 
 @dataclass(frozen=True)
 class BankData:
-    """One bank's private data, already split."""
+    """One bank's private data, already split (texts for the model, frames for baselines)."""
 
     name: str
     train: TextSet
     val: TextSet
     test: TextSet
+    frames: dict[str, pd.DataFrame]
 
 
 def _to_textset(frame: pd.DataFrame, schema: DatasetSchema) -> TextSet:
@@ -91,10 +92,12 @@ def build_bank_data(config: Config) -> dict[str, BankData]:
             test_fraction=config.data.test_fraction,
             seed=config.seed + offset,
         )
+        parts = {"train": frame.iloc[split.train], "val": frame.iloc[split.val], "test": frame.iloc[split.test]}
         banks[b.name] = BankData(
             name=b.name,
-            train=_to_textset(frame.iloc[split.train], schema),
-            val=_to_textset(frame.iloc[split.val], schema),
-            test=_to_textset(frame.iloc[split.test], schema),
+            train=_to_textset(parts["train"], schema),
+            val=_to_textset(parts["val"], schema),
+            test=_to_textset(parts["test"], schema),
+            frames={k: v.reset_index(drop=True) for k, v in parts.items()},
         )
     return banks

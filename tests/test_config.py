@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedlora.config import Config, ConfigError, config_to_yaml, describe_fields, load_config
+
+
+def test_defaults_are_the_embedded_default() -> None:
+    config = load_config()
+    assert config.model.name == "minilm"
+    assert config.data.dataset == "german_credit"
+    assert [b.name for b in config.federation.banks] == ["bank-a", "bank-b", "bank-c"]
+    assert config.privacy.enabled and config.privacy.target_epsilon == 8.0
+    assert config.privacy.accountant == "prv"
+
+
+def test_set_overrides_parse_yaml_scalars_and_lists() -> None:
+    config = load_config(
+        None,
+        ["privacy.target_epsilon=3", "privacy.enabled=false", "federation.banks=[{name: x}, {name: y}]", "seed=7"],
+    )
+    assert config.privacy.target_epsilon == 3.0
+    assert config.privacy.enabled is False
+    assert [b.name for b in config.federation.banks] == ["x", "y"]
+    assert config.seed == 7
+
+
+def test_yaml_file_and_override_precedence(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("privacy:\n  target_epsilon: 2\nlora:\n  rank: 4\n", encoding="utf-8")
+    config = load_config(path, ["lora.rank=16"])
+    assert config.privacy.target_epsilon == 2.0
+    assert config.lora.rank == 16
+
+
+def test_round_trip_through_yaml(tmp_path: Path) -> None:
+    config = load_config(None, ["lora.ffa=true", "model.quantization=4"])
+    path = tmp_path / "again.yaml"
+    path.write_text(config_to_yaml(config), encoding="utf-8")
+    assert load_config(path) == config
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("privacy.target_epsilonn=3", "privacy.target_epsilonn"),
+        ("privacy.target_epsilon=-1", "privacy.target_epsilon"),
+        ("privacy.target_epsilon=0", "privacy.target_epsilon"),
+        ("privacy.delta=1.5", "privacy.delta"),
+        ("federation.rounds=many", "federation.rounds"),
+        ("model.quantization=3", "model.quantization"),
+        ("federation.banks=[{name: A_B}]", "federation.banks.0.name"),
+        ("federation.banks=[{name: a}, {name: a}]", "unique"),
+        ("federation.min_banks=9", "min_banks"),
+        ("data.partition=random", "data.partition"),
+    ],
+)
+def test_bad_values_name_the_key(override: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert fragment in str(info.value)
+
+
+def test_override_without_equals_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["privacy.target_epsilon"])
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("privacy: [unclosed\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(scalar)
+
+
+def test_every_field_is_described() -> None:
+    rows = describe_fields()
+    names = {name for name, _, _ in rows}
+    assert {"privacy.target_epsilon", "federation.fraction_fit", "lora.ffa", "model.quantization"} <= names
+    assert all(description for _, _, description in rows)
+    assert len(rows) == len(names)
+    assert isinstance(Config(), Config)

@@ -1,0 +1,211 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from fedlora import client as client_module
+from fedlora.cli import main
+from fedlora.config import load_config
+from fedlora.simulate import SimulationError, simulate
+
+
+def _run_cli(args: list[str]) -> tuple[int, str]:
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_cli_simulate_writes_summary_run_dir_and_report(tiny_overrides: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "summary.json"
+    code, output = _run_cli(["simulate", *sum((["--set", o] for o in tiny_overrides), []), "--json", str(out)])
+    assert code == 0, output
+    summary = json.loads(out.read_text())
+    run_dir = Path(summary["run_dir"])
+    banks = ["bank-a", "bank-b", "bank-c"]
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    for record in summary["rounds"]:
+        assert 0.0 <= record["auc"] <= 1.0
+        assert set(record["epsilon"]) == set(banks)
+        assert record["banks"] == banks
+        assert (run_dir / f"rounds/{record['round']:04d}/MANIFEST.json").exists()
+        assert (run_dir / f"rounds/{record['round']:04d}/global/adapter.safetensors").exists()
+    final = summary["final"]
+    assert set(final["epsilon"]) == set(banks)
+    assert all(0 < e <= 8.0 for e in final["epsilon"].values())
+    assert Path(final["adapter"]).exists() and (Path(final["peft_adapter"]) / "adapter_config.json").exists()
+    for bank in banks:
+        info = summary["privacy"][bank]
+        assert info["steps"] == 4  # 2 rounds x 2 local steps, all rounds together
+        assert info["accountant"] == "prv" and info["max_grad_norm"] == 1.0
+        assert 0 < info["delta"] < 1 / 60 and 0 < info["sample_rate"] < 1 and info["noise_multiplier"] > 0
+        ledger = json.loads((run_dir / f"privacy/{bank}.json").read_text())
+        assert sum(h[2] for h in ledger["history"]) == 4
+    assert (run_dir / "report/index.html").read_text().count("<img") == 2
+    assert (run_dir / "report/auc.png").stat().st_size > 1000
+    assert "ε bank-a" in output and "final pooled test AUC" in output
+    # The final adapter is the last round's global adapter.
+    last = load_file(run_dir / "rounds/0002/global/adapter.safetensors")
+    final_tensors = load_file(final["adapter"])
+    assert all(torch.equal(last[k], final_tensors[k]) for k in last)
+
+
+def test_epsilon_grows_each_round_and_ends_below_target(tiny_config) -> None:  # type: ignore[no-untyped-def]
+    config = tiny_config.model_copy(update={"privacy": tiny_config.privacy.model_copy(update={"target_epsilon": 2.0})})
+    summary = simulate(config)
+    first, second = summary["rounds"]
+    for bank, eps in second["epsilon"].items():
+        assert first["epsilon"][bank] < eps <= 2.0
+        assert eps > 1.9  # calibration is tight: the whole budget is used by the last round
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["model.name=tiny-llama"],
+        ["lora.ffa=true", "data.partition=dirichlet", "data.dirichlet_alpha=0.5"],
+        ["privacy.enabled=false"],
+        ["privacy.accountant=rdp", "privacy.secure_rng=true", "data.partition=quantity"],
+        ["federation.fraction_fit=0.5", "federation.min_banks=2"],
+    ],
+)
+def test_simulate_variants(tiny_overrides: list[str], extra: list[str]) -> None:
+    summary = simulate(load_config(None, [*tiny_overrides, *extra]))
+    assert len(summary["rounds"]) == 2
+    assert all(math.isfinite(r["auc"]) for r in summary["rounds"])
+    if "privacy.enabled=false" in extra:
+        assert summary["privacy"] == {} and all(e is None for e in summary["final"]["epsilon"].values())
+        assert summary["privacy_mode"] == "none"
+    if "lora.ffa=true" in extra:
+        assert "exact" in summary["aggregation"]
+    if "federation.fraction_fit=0.5" in extra:
+        assert all(len(r["banks"]) == 2 for r in summary["rounds"])
+
+
+def test_seeded_runs_are_reproducible(tiny_overrides: list[str], tmp_path: Path) -> None:
+    a = simulate(load_config(None, tiny_overrides))
+    b = simulate(load_config(None, [*tiny_overrides, "output.run_name=again"]))
+    assert [r["auc"] for r in a["rounds"]] == [r["auc"] for r in b["rounds"]]
+    assert a["final"]["sha256"] == b["final"]["sha256"]
+
+
+def test_a_failing_bank_does_not_end_the_round(tiny_overrides: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    real = client_module.train_local
+
+    def flaky(model, data, **kwargs):  # type: ignore[no-untyped-def]
+        if data is flaky.victim.train:  # type: ignore[attr-defined]
+            raise RuntimeError("GPU fell off the bus")
+        return real(model, data, **kwargs)
+
+    import fedlora.simulate as sim
+
+    original_prepare = sim.Simulation._prepare
+
+    def prepare(self):  # type: ignore[no-untyped-def]
+        original_prepare(self)
+        flaky.victim = self.banks["bank-b"]  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(sim.Simulation, "_prepare", prepare)
+    monkeypatch.setattr(client_module, "train_local", flaky)
+    summary = simulate(load_config(None, tiny_overrides))
+    for record in summary["rounds"]:
+        assert "bank-b" in record["failed"] and "GPU fell off the bus" in record["failed"]["bank-b"]
+        assert record["banks"] == ["bank-a", "bank-c"]
+
+
+def test_too_few_banks_fails_clearly(tiny_overrides: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(client_module, "train_local", broken)
+    with pytest.raises(SimulationError, match="min_banks=2"):
+        simulate(load_config(None, tiny_overrides))
+
+
+def test_budget_exhausted_bank_does_not_train(tiny_config) -> None:  # type: ignore[no-untyped-def]
+    from fedlora.client import BankState, run_client_round
+    from fedlora.model.encoding import encode
+    from fedlora.model.loading import load_base_model
+    from fedlora.model.lora import adapter_state, attach_lora
+    from fedlora.data.banks import build_bank_data
+    from fedlora.privacy.accounting import MechanismRun, PrivacyLedger, plan_privacy
+    from fedlora.privacy.randomness import SeededRandomness
+
+    data = build_bank_data(tiny_config)["bank-a"]
+    loaded = load_base_model("tiny-bert", seed=0, device=torch.device("cpu"))
+    model = attach_lora(loaded, tiny_config.lora, seed=0)
+    enc = encode(data.train, loaded.tokenizer, max_length=32)
+    plan = plan_privacy(bank="bank-a", num_examples=len(enc), target_epsilon=1.0, delta=None, batch_size=16,
+                        steps_per_round=2, rounds=2, max_grad_norm=1.0, noise_multiplier=None, accountant="prv")
+    ledger = PrivacyLedger(delta=plan.delta, accountant="prv")
+    ledger.record(MechanismRun(plan.noise_multiplier, plan.sample_rate, 4))  # the whole plan is already spent
+    bank = BankState("bank-a", enc, encode(data.val, loaded.tokenizer, max_length=32), enc, plan, ledger,
+                     SeededRandomness(0))
+    before = adapter_state(model)
+    result = run_client_round(model, bank, before, round_index=3, training=tiny_config.training, steps=2,
+                              device=torch.device("cpu"))
+    assert result.status == "budget_exhausted" and result.adapter is None
+    assert "privacy budget spent" in result.message
+    assert ledger.steps == 4  # nothing recorded, nothing trained
+    assert result.epsilon <= 1.0
+
+
+def test_bad_config_exits_2_and_names_the_key(tmp_path: Path) -> None:
+    code, output = _run_cli(["simulate", "--set", "privacy.target_epsilon=-3", "--set", f"output.dir={tmp_path}"])
+    assert code == 2
+    assert "privacy.target_epsilon" in output
+    assert not any(tmp_path.iterdir())
+
+
+def test_impossible_delta_exits_1_and_writes_nothing(tiny_overrides: list[str], tmp_path: Path) -> None:
+    code, output = _run_cli(["simulate", *sum((["--set", o] for o in tiny_overrides), []), "--set", "privacy.delta=0.5"])
+    assert code == 1
+    assert "1/n" in output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_bank_file_exits_1_and_writes_nothing(tiny_overrides: list[str], tmp_path: Path) -> None:
+    from importlib import resources
+
+    with resources.files("fedlora.data").joinpath("german_credit.csv").open("r", encoding="utf-8") as f:
+        raw = pd.read_csv(f, dtype=object).head(80)
+    raw.loc[7, "age_in_years"] = "-4"
+    path = tmp_path / "bank-b.csv"
+    raw.to_csv(path, index=False)
+    banks = f"federation.banks=[{{name: bank-a}}, {{name: bank-b, data: '{path}'}}]"
+    code, output = _run_cli(["simulate", *sum((["--set", o] for o in tiny_overrides), []), "--set", banks])
+    assert code == 1
+    assert str(path) in output and "age_in_years" in output and "row 8" in output and "-4" in output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_model_is_a_clear_error(tiny_overrides: list[str], tmp_path: Path) -> None:
+    code, output = _run_cli(["simulate", *sum((["--set", o] for o in tiny_overrides), []),
+                             "--set", "model.name=/no/such/model"])
+    assert code == 1
+    assert "unknown model '/no/such/model'" in output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_help_explains_every_field() -> None:
+    code, output = _run_cli(["simulate", "--help"])
+    assert code == 0
+    for field in ("privacy.target_epsilon", "federation.rounds", "lora.ffa", "--set", "--json"):
+        assert field in output
+
+
+@pytest.mark.slow
+def test_real_minilm_federation(tmp_path: Path) -> None:
+    config = load_config(None, [
+        "data.max_rows=300", "federation.rounds=1", "training.local_steps=2", "tracking.enabled=false",
+        f"output.dir={tmp_path}", "output.run_name=minilm",
+    ])
+    summary = simulate(config)
+    assert summary["model"] == "minilm"
+    assert 0 < summary["final"]["auc"] < 1
+    assert summary["trainable_parameters"] == 6 * 2 * 2 * 384 * 8 + 384 * 2 + 2
