@@ -8,7 +8,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from fedlora.config import Config, load_config  # noqa: E402
+from fedlora.config import Config, load_config
 
 
 @pytest.fixture

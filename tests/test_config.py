@@ -64,7 +64,7 @@ def test_bad_values_name_the_key(override: str, fragment: str) -> None:
 
 
 def test_override_without_equals_is_an_error() -> None:
-    with pytest.raises(ConfigError, match="section.key=value"):
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
         load_config(None, ["privacy.target_epsilon"])
 
 

@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fedlora.config import load_config
 from fedlora.data.banks import build_bank_data
 from fedlora.data.datasets import GERMAN_CREDIT, UnknownDatasetError, get_schema, load_dataset
 from fedlora.data.files import read_bank_file
 from fedlora.data.partition import PartitionError, partition, stratified_split
 from fedlora.data.schema import DataValidationError
 from fedlora.data.serialize import serialize_frame, serialize_row
-from fedlora.config import load_config
 
 
 @pytest.fixture(scope="module")

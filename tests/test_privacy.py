@@ -78,8 +78,16 @@ def test_ledger_persists_and_checks_budget() -> None:
 
 def _plan(**overrides: object) -> object:
     args: dict[str, object] = dict(
-        bank="b", num_examples=1000, target_epsilon=3.0, delta=None, batch_size=50, steps_per_round=10,
-        rounds=4, max_grad_norm=1.0, noise_multiplier=None, accountant="prv",
+        bank="b",
+        num_examples=1000,
+        target_epsilon=3.0,
+        delta=None,
+        batch_size=50,
+        steps_per_round=10,
+        rounds=4,
+        max_grad_norm=1.0,
+        noise_multiplier=None,
+        accountant="prv",
     )
     args.update(overrides)
     return plan_privacy(**args)  # type: ignore[arg-type]
@@ -133,8 +141,14 @@ def test_every_clipped_gradient_has_norm_at_most_c(batch: int, clip: float, scal
         )
 
 
-def _loop_reference(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
-                    params: list[torch.nn.Parameter], clip: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _loop_reference(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    labels: torch.Tensor,
+    params: list[torch.nn.Parameter],
+    clip: float,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """One backward per example: per-example gradients and their clipped sum."""
     grads = []
     for i in range(len(labels)):
@@ -207,5 +221,7 @@ def test_seeded_randomness_is_reproducible() -> None:
     a, b = SeededRandomness(3), SeededRandomness(3)
     assert torch.equal(a.poisson_mask(100, 0.3), b.poisson_mask(100, 0.3))
     shape = torch.Size([4])
-    assert torch.equal(a.normal(shape, 1.0, device=torch.device("cpu"), dtype=torch.float32),
-                       b.normal(shape, 1.0, device=torch.device("cpu"), dtype=torch.float32))
+    assert torch.equal(
+        a.normal(shape, 1.0, device=torch.device("cpu"), dtype=torch.float32),
+        b.normal(shape, 1.0, device=torch.device("cpu"), dtype=torch.float32),
+    )

@@ -38,7 +38,9 @@ def test_ffa_lora_average_is_the_average_of_products() -> None:
     updates = [Update(f"b{i}", _adapter(i, a=shared_a), n) for i, n in enumerate([50, 120, 30])]
     result = fedavg(updates)
     total = sum(u.num_examples for u in updates)
-    product_average = sum(u.adapter["layer.lora_B"] @ u.adapter["layer.lora_A"] * (u.num_examples / total) for u in updates)
+    product_average = sum(
+        u.adapter["layer.lora_B"] @ u.adapter["layer.lora_A"] * (u.num_examples / total) for u in updates
+    )
     torch.testing.assert_close(result["layer.lora_B"] @ result["layer.lora_A"], product_average)
 
 

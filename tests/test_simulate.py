@@ -16,6 +16,10 @@ from fedlora.config import load_config
 from fedlora.simulate import SimulationError, simulate
 
 
+def _sets(overrides: list[str]) -> list[str]:
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
 def _run_cli(args: list[str]) -> tuple[int, str]:
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     return result.exit_code, result.output
@@ -23,7 +27,7 @@ def _run_cli(args: list[str]) -> tuple[int, str]:
 
 def test_cli_simulate_writes_summary_run_dir_and_report(tiny_overrides: list[str], tmp_path: Path) -> None:
     out = tmp_path / "summary.json"
-    code, output = _run_cli(["simulate", *sum((["--set", o] for o in tiny_overrides), []), "--json", str(out)])
+    code, output = _run_cli(["simulate", *_sets(tiny_overrides), "--json", str(out)])
     assert code == 0, output
     summary = json.loads(out.read_text())
     run_dir = Path(summary["run_dir"])
@@ -129,10 +133,10 @@ def test_too_few_banks_fails_clearly(tiny_overrides: list[str], monkeypatch: pyt
 
 def test_budget_exhausted_bank_does_not_train(tiny_config) -> None:  # type: ignore[no-untyped-def]
     from fedlora.client import BankState, run_client_round
+    from fedlora.data.banks import build_bank_data
     from fedlora.model.encoding import encode
     from fedlora.model.loading import load_base_model
     from fedlora.model.lora import adapter_state, attach_lora
-    from fedlora.data.banks import build_bank_data
     from fedlora.privacy.accounting import MechanismRun, PrivacyLedger, plan_privacy
     from fedlora.privacy.randomness import SeededRandomness
 
@@ -140,15 +144,27 @@ def test_budget_exhausted_bank_does_not_train(tiny_config) -> None:  # type: ign
     loaded = load_base_model("tiny-bert", seed=0, device=torch.device("cpu"))
     model = attach_lora(loaded, tiny_config.lora, seed=0)
     enc = encode(data.train, loaded.tokenizer, max_length=32)
-    plan = plan_privacy(bank="bank-a", num_examples=len(enc), target_epsilon=1.0, delta=None, batch_size=16,
-                        steps_per_round=2, rounds=2, max_grad_norm=1.0, noise_multiplier=None, accountant="prv")
+    plan = plan_privacy(
+        bank="bank-a",
+        num_examples=len(enc),
+        target_epsilon=1.0,
+        delta=None,
+        batch_size=16,
+        steps_per_round=2,
+        rounds=2,
+        max_grad_norm=1.0,
+        noise_multiplier=None,
+        accountant="prv",
+    )
     ledger = PrivacyLedger(delta=plan.delta, accountant="prv")
     ledger.record(MechanismRun(plan.noise_multiplier, plan.sample_rate, 4))  # the whole plan is already spent
-    bank = BankState("bank-a", enc, encode(data.val, loaded.tokenizer, max_length=32), enc, plan, ledger,
-                     SeededRandomness(0))
+    bank = BankState(
+        "bank-a", enc, encode(data.val, loaded.tokenizer, max_length=32), enc, plan, ledger, SeededRandomness(0)
+    )
     before = adapter_state(model)
-    result = run_client_round(model, bank, before, round_index=3, training=tiny_config.training, steps=2,
-                              device=torch.device("cpu"))
+    result = run_client_round(
+        model, bank, before, round_index=3, training=tiny_config.training, steps=2, device=torch.device("cpu")
+    )
     assert result.status == "budget_exhausted" and result.adapter is None
     assert "privacy budget spent" in result.message
     assert ledger.steps == 4  # nothing recorded, nothing trained
@@ -163,7 +179,7 @@ def test_bad_config_exits_2_and_names_the_key(tmp_path: Path) -> None:
 
 
 def test_impossible_delta_exits_1_and_writes_nothing(tiny_overrides: list[str], tmp_path: Path) -> None:
-    code, output = _run_cli(["simulate", *sum((["--set", o] for o in tiny_overrides), []), "--set", "privacy.delta=0.5"])
+    code, output = _run_cli(["simulate", *_sets(tiny_overrides), "--set", "privacy.delta=0.5"])
     assert code == 1
     assert "1/n" in output
     assert not (tmp_path / "runs").exists()
@@ -178,15 +194,14 @@ def test_bad_bank_file_exits_1_and_writes_nothing(tiny_overrides: list[str], tmp
     path = tmp_path / "bank-b.csv"
     raw.to_csv(path, index=False)
     banks = f"federation.banks=[{{name: bank-a}}, {{name: bank-b, data: '{path}'}}]"
-    code, output = _run_cli(["simulate", *sum((["--set", o] for o in tiny_overrides), []), "--set", banks])
+    code, output = _run_cli(["simulate", *_sets(tiny_overrides), "--set", banks])
     assert code == 1
     assert str(path) in output and "age_in_years" in output and "row 8" in output and "-4" in output
     assert not (tmp_path / "runs").exists()
 
 
 def test_unknown_model_is_a_clear_error(tiny_overrides: list[str], tmp_path: Path) -> None:
-    code, output = _run_cli(["simulate", *sum((["--set", o] for o in tiny_overrides), []),
-                             "--set", "model.name=/no/such/model"])
+    code, output = _run_cli(["simulate", *_sets(tiny_overrides), "--set", "model.name=/no/such/model"])
     assert code == 1
     assert "unknown model '/no/such/model'" in output
     assert not (tmp_path / "runs").exists()
@@ -201,11 +216,38 @@ def test_help_explains_every_field() -> None:
 
 @pytest.mark.slow
 def test_real_minilm_federation(tmp_path: Path) -> None:
-    config = load_config(None, [
-        "data.max_rows=300", "federation.rounds=1", "training.local_steps=2", "tracking.enabled=false",
-        f"output.dir={tmp_path}", "output.run_name=minilm",
-    ])
+    config = load_config(
+        None,
+        [
+            "data.max_rows=300",
+            "federation.rounds=1",
+            "training.local_steps=2",
+            "tracking.enabled=false",
+            f"output.dir={tmp_path}",
+            "output.run_name=minilm",
+        ],
+    )
     summary = simulate(config)
     assert summary["model"] == "minilm"
     assert 0 < summary["final"]["auc"] < 1
     assert summary["trainable_parameters"] == 6 * 2 * 2 * 384 * 8 + 384 * 2 + 2
+
+
+def test_mlflow_local_tracking(tiny_overrides: list[str], tmp_path: Path) -> None:
+    import mlflow
+
+    overrides = [o for o in tiny_overrides if not o.startswith("tracking.")] + ["tracking.experiment=t"]
+    summary = simulate(load_config(None, overrides))
+    uri = f"sqlite:///{(tmp_path / 'runs' / 'mlflow.db').resolve()}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["privacy.target_epsilon"] == "8.0"
+    history = client.get_metric_history(run.info.run_id, "epsilon_bank-a")
+    assert [m.step for m in history] == [1, 2]
+    assert history[-1].value == pytest.approx(summary["final"]["epsilon"]["bank-a"])
+    assert run.data.tags["epsilon.bank-a"] == str(summary["final"]["epsilon"]["bank-a"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "final_adapter")}
+    assert "final_adapter/adapter.safetensors" in artifacts

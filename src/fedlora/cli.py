@@ -34,8 +34,12 @@ class RichProgress:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=False,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
         )
         self.task: Any = None
 
@@ -72,24 +76,40 @@ def _summary_table(summary: dict[str, Any]) -> Table:
         table.add_column(col, justify="right", no_wrap=True)
     for r in summary["rounds"]:
         eps = ["∞" if r["epsilon"][b] is None else f"{r['epsilon'][b]:.3f}" for b in banks]
-        table.add_row(str(r["round"]), f"{r['loss']:.4f}", f"{r['auc']:.4f}", f"{r['ks']:.4f}", *eps, str(len(r["banks"])))
+        table.add_row(
+            str(r["round"]), f"{r['loss']:.4f}", f"{r['auc']:.4f}", f"{r['ks']:.4f}", *eps, str(len(r["banks"]))
+        )
     return table
 
 
 @click.group(help="FedLoRA: federated, differentially private LoRA fine-tuning for credit risk.")
 @click.option("-v", "--verbose", is_flag=True, help="Show debug logs.")
 def main(verbose: bool) -> None:
+    """Entry point of the ``fedlora`` command (sets up logging)."""
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s",
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
     logging.getLogger("fedlora").setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not verbose:  # third-party chatter (load reports, DB migrations) hides our progress
+        for name in ("mlflow", "alembic", "transformers", "httpx", "urllib3"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
 
 
 @main.command(epilog=_config_help())
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file (see fields below).")
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Override one config field, e.g. --set privacy.target_epsilon=3 (repeatable).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override one config field, e.g. --set privacy.target_epsilon=3 (repeatable).",
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the summary JSON to this path.")
 def simulate(config_path: str | None, overrides: tuple[str, ...], json_path: str | None) -> None:
     """Run the whole federation on this machine (no services needed).

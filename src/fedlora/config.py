@@ -121,7 +121,9 @@ class FederationConfig(_Section):
     fraction_fit: float = Field(1.0, gt=0, le=1, description="Share of banks sampled each round (seeded).")
     min_banks: int = Field(2, ge=1, description="A round needs at least this many valid updates.")
     banks: list[BankConfig] = Field(
-        default_factory=lambda: [BankConfig(name=n) for n in ("bank-a", "bank-b", "bank-c")],
+        default_factory=lambda: [
+            BankConfig(name=n, data=None, target_epsilon=None) for n in ("bank-a", "bank-b", "bank-c")
+        ],
         description="The consortium's banks.",
     )
 
@@ -177,6 +179,7 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
 
     Raises:
         ConfigError: if the assignment has no ``=`` or an empty key.
+
     """
     if "=" not in assignment:
         raise ConfigError(f"--set expects section.key=value, got {assignment!r}")
@@ -208,6 +211,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
     Raises:
         ConfigError: on unreadable YAML, unknown keys or wrong types; the message names them.
+
     """
     tree: dict[str, Any] = {}
     source = "defaults"
@@ -249,9 +253,6 @@ def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[t
         if isinstance(annotation, type) and issubclass(annotation, _Section):
             rows.extend(describe_fields(annotation, prefix=f"{dotted}."))
             continue
-        if field.default_factory is not None:
-            default = "3 banks" if name == "banks" else "…"
-        else:
-            default = repr(field.default)
+        default = ("3 banks" if name == "banks" else "…") if field.default_factory is not None else repr(field.default)
         rows.append((dotted, default, field.description or ""))
     return rows

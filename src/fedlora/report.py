@@ -10,7 +10,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def _plot_auc(summary: dict[str, Any], path: Path) -> None:
@@ -34,7 +34,7 @@ def _plot_epsilon(summary: dict[str, Any], path: Path) -> None:
         xs = [r["round"] for r in summary["rounds"] if bank in r["epsilon"]]
         ys = [r["epsilon"][bank] for r in summary["rounds"] if bank in r["epsilon"]]
         ax.plot(xs, ys, marker="o", label=bank)
-    for bank, info in summary.get("privacy", {}).items():
+    for info in summary.get("privacy", {}).values():
         target = info.get("target_epsilon")
         if target is not None and math.isfinite(target):
             ax.axhline(target, linestyle="--", linewidth=0.8, color="gray")
@@ -71,19 +71,19 @@ def write_report(summary: dict[str, Any], directory: Path) -> Path:
         f"<tr><td>{html.escape(b)}</td>" + "".join(f"<td>{_fmt(v)}</td>" for v in info.values()) + "</tr>"
         for b, info in summary.get("privacy", {}).items()
     )
-    privacy_head = "".join(
-        f"<th>{html.escape(k)}</th>" for k in next(iter(summary.get("privacy", {}).values()), {}).keys()
-    )
+    privacy_head = "".join(f"<th>{html.escape(k)}</th>" for k in next(iter(summary.get("privacy", {}).values()), {}))
     final = summary["final"]
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>FedLoRA run {html.escape(summary['run_dir'])}</title>
+    title = html.escape(summary["run_dir"])
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>FedLoRA run {title}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:60em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:right}}</style></head><body>
-<h1>FedLoRA run</h1><p>{html.escape(summary['run_dir'])} — aggregation: {html.escape(summary['aggregation'])},
-privacy: {html.escape(summary['privacy_mode'])}</p>
-<h2>Final adapter</h2><p>pooled test AUC {_fmt(final['auc'])}, KS {_fmt(final['metrics']['ks'])},
-accuracy {_fmt(final['metrics']['accuracy'])}, Brier {_fmt(final['metrics']['brier'])}</p>
+<h1>FedLoRA run</h1><p>{html.escape(summary["run_dir"])} — aggregation: {html.escape(summary["aggregation"])},
+privacy: {html.escape(summary["privacy_mode"])}</p>
+<h2>Final adapter</h2><p>pooled test AUC {_fmt(final["auc"])}, KS {_fmt(final["metrics"]["ks"])},
+accuracy {_fmt(final["metrics"]["accuracy"])}, Brier {_fmt(final["metrics"]["brier"])}</p>
 <img src="auc.png" alt="AUC by round"> <img src="epsilon.png" alt="epsilon by round">
-<h2>Rounds</h2><table><tr><th>round</th><th>train loss</th><th>AUC</th><th>KS</th>{head}<th>banks</th></tr>{rows}</table>
+<h2>Rounds</h2><table>
+<tr><th>round</th><th>train loss</th><th>AUC</th><th>KS</th>{head}<th>banks</th></tr>{rows}</table>
 <h2>Privacy per bank</h2><table><tr><th>bank</th>{privacy_head}</tr>{privacy_rows}</table>
 </body></html>"""
     out = directory / "index.html"

@@ -35,7 +35,7 @@ class Update:
 
 def sample_banks(banks: list[str], *, fraction_fit: float, min_banks: int, round_index: int, seed: int) -> list[str]:
     """Seeded choice of ``max(min_banks, round(fraction_fit·K))`` banks for a round, in config order."""
-    count = min(len(banks), max(min_banks, int(round(fraction_fit * len(banks)))))
+    count = min(len(banks), max(min_banks, round(fraction_fit * len(banks))))
     rng = np.random.default_rng([seed, round_index])
     chosen = set(rng.choice(len(banks), size=count, replace=False).tolist())
     return [b for i, b in enumerate(banks) if i in chosen]
@@ -89,6 +89,7 @@ def aggregate(updates: list[Update], reference: AdapterState, *, min_banks: int)
 
     Raises:
         AggregationError: fewer than ``min_banks`` valid updates.
+
     """
     accepted: list[Update] = []
     rejected: dict[str, str] = {}

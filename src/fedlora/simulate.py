@@ -107,7 +107,9 @@ def _make_run_dir(config: Config) -> Path:
     name = config.output.run_name or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = Path(config.output.dir) / name
     if run_dir.exists() and any(run_dir.iterdir()):
-        raise SimulationError(f"run directory {run_dir} already exists and is not empty; choose another output.run_name")
+        raise SimulationError(
+            f"run directory {run_dir} already exists and is not empty; choose another output.run_name"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
@@ -118,7 +120,9 @@ def _make_tracker(config: Config, run_dir: Path) -> Tracker:
     root = Path(config.output.dir).resolve()
     uri = config.tracking.uri or f"sqlite:///{root / 'mlflow.db'}"
     artifacts = None if config.tracking.uri else (root / "mlartifacts").as_uri()
-    return MLflowTracker(uri=uri, experiment=config.tracking.experiment, run_name=run_dir.name, artifact_location=artifacts)
+    return MLflowTracker(
+        uri=uri, experiment=config.tracking.experiment, run_name=run_dir.name, artifact_location=artifacts
+    )
 
 
 def make_privacy_plans(config: Config, data: dict[str, BankData]) -> dict[str, PrivacyPlan]:
@@ -157,7 +161,12 @@ class Evaluation:
 
 
 def evaluate_adapter(
-    model: torch.nn.Module, adapter: AdapterState, tests: dict[str, EncodedSet], *, batch_size: int, device: torch.device
+    model: torch.nn.Module,
+    adapter: AdapterState,
+    tests: dict[str, EncodedSet],
+    *,
+    batch_size: int,
+    device: torch.device,
 ) -> Evaluation:
     """Score every bank's held-out test data with ``adapter``; pooled = all test rows together."""
     load_adapter_state(model, adapter)
@@ -238,8 +247,11 @@ class Simulation:
         stop_reason = ""
         for r in range(1, cfg.federation.rounds + 1):
             selected = sample_banks(
-                names, fraction_fit=cfg.federation.fraction_fit, min_banks=cfg.federation.min_banks,
-                round_index=r, seed=cfg.seed,
+                names,
+                fraction_fit=cfg.federation.fraction_fit,
+                min_banks=cfg.federation.min_banks,
+                round_index=r,
+                seed=cfg.seed,
             )
             results, failures = self._client_phase(store, global_adapter, selected, r)
             for res in results:
@@ -256,20 +268,32 @@ class Simulation:
                     agg = aggregate(updates, global_adapter, min_banks=cfg.federation.min_banks)
                 except AggregationError as exc:
                     raise SimulationError(
-                        f"round {r} failed: {exc}; failed banks: {failures or 'none'}, budget spent: {exhausted or 'none'}"
+                        f"round {r} failed: {exc}; failed banks: {failures or 'none'}, "
+                        f"budget spent: {exhausted or 'none'}"
                     ) from exc
             rejected.update(agg.rejected)
             global_adapter = agg.adapter
             with self.timer.phase("evaluate"):
                 evaluation = evaluate_adapter(
-                    self.model, global_adapter, {n: b.test for n, b in self.banks.items()},
-                    batch_size=cfg.training.eval_batch_size, device=self.device,
+                    self.model,
+                    global_adapter,
+                    {n: b.test for n, b in self.banks.items()},
+                    batch_size=cfg.training.eval_batch_size,
+                    device=self.device,
                 )
             record = self._round_record(r, trained, agg.accepted, failures, rejected, exhausted, evaluation, epsilon)
             with self.timer.phase("store"):
-                save_adapter(store, global_prefix(r), global_adapter,
-                             {"round": r, "kind": "global", "banks": agg.accepted,
-                              "num_examples": sum(res.num_examples for res in trained if res.bank in agg.accepted)})
+                save_adapter(
+                    store,
+                    global_prefix(r),
+                    global_adapter,
+                    {
+                        "round": r,
+                        "kind": "global",
+                        "banks": agg.accepted,
+                        "num_examples": sum(res.num_examples for res in trained if res.bank in agg.accepted),
+                    },
+                )
                 for name, bank in self.banks.items():
                     if bank.ledger is not None:
                         put_json(store, f"privacy/{name}.json", bank.ledger.to_json())
@@ -291,8 +315,13 @@ class Simulation:
             self.progress.bank_started(round_index=r, bank=name)
             try:
                 res = run_client_round(
-                    self.model, self.banks[name], global_adapter, round_index=r,
-                    training=self.config.training, steps=self.steps[name], device=self.device,
+                    self.model,
+                    self.banks[name],
+                    global_adapter,
+                    round_index=r,
+                    training=self.config.training,
+                    steps=self.steps[name],
+                    device=self.device,
                 )
             except Exception as exc:  # one bank's failure must not end the round
                 failures[name] = f"{type(exc).__name__}: {exc}"
@@ -303,17 +332,27 @@ class Simulation:
             self.timer.add("train", res.train_seconds)
             if res.adapter is not None:
                 with self.timer.phase("store"):
-                    save_adapter(store, update_prefix(r, name), res.adapter, {
-                        "bank": name, "round": r, "kind": "update", "num_examples": res.num_examples,
-                        "epsilon": _json_epsilon(res.epsilon),
-                        "delta": self.plans[name].delta if name in self.plans else None,
-                        "steps": res.train.steps if res.train else 0,
-                    })
+                    save_adapter(
+                        store,
+                        update_prefix(r, name),
+                        res.adapter,
+                        {
+                            "bank": name,
+                            "round": r,
+                            "kind": "update",
+                            "num_examples": res.num_examples,
+                            "epsilon": _json_epsilon(res.epsilon),
+                            "delta": self.plans[name].delta if name in self.plans else None,
+                            "steps": res.train.steps if res.train else 0,
+                        },
+                    )
             results.append(res)
             self.progress.bank_finished(res, round_index=r, bank=name, error=None)
         return results, failures
 
-    def _read_updates(self, store: LocalStore, r: int, trained: list[ClientResult]) -> tuple[list[Update], dict[str, str]]:
+    def _read_updates(
+        self, store: LocalStore, r: int, trained: list[ClientResult]
+    ) -> tuple[list[Update], dict[str, str]]:
         updates: list[Update] = []
         rejected: dict[str, str] = {}
         with self.timer.phase("store"):
@@ -328,8 +367,15 @@ class Simulation:
         return updates, rejected
 
     def _round_record(
-        self, r: int, trained: list[ClientResult], accepted: list[str], failures: dict[str, str],
-        rejected: dict[str, str], exhausted: list[str], evaluation: Evaluation, epsilon: dict[str, float],
+        self,
+        r: int,
+        trained: list[ClientResult],
+        accepted: list[str],
+        failures: dict[str, str],
+        rejected: dict[str, str],
+        exhausted: list[str],
+        evaluation: Evaluation,
+        epsilon: dict[str, float],
     ) -> dict[str, Any]:
         weights = [res.train.examples_seen for res in trained if res.train]
         losses = [res.train.mean_loss for res in trained if res.train]
@@ -363,7 +409,9 @@ class Simulation:
         metrics["banks_failed"] = float(len(record["failed"]) + len(record["rejected"]))
         return metrics
 
-    def _summary(self, store: LocalStore, rounds: list[dict[str, Any]], final: AdapterState, stop: str) -> dict[str, Any]:
+    def _summary(
+        self, store: LocalStore, rounds: list[dict[str, Any]], final: AdapterState, stop: str
+    ) -> dict[str, Any]:
         cfg = self.config
         with self.timer.phase("store"):
             meta = save_adapter(store, "final", final, {"round": rounds[-1]["round"], "kind": "final"})
@@ -412,9 +460,10 @@ class Simulation:
         with self.timer.phase("tracking"):
             tracker.log_artifact(self.run_dir / "final", artifact_path="final_adapter")
             tracker.log_artifact(self.run_dir / "report", artifact_path="report")
-            tracker.set_tags({
-                f"epsilon.{b}": str(e) for b, e in summary["final"]["epsilon"].items()
-            } | {"aggregation": summary["aggregation"], "privacy_mode": summary["privacy_mode"]})
+            tracker.set_tags(
+                {f"epsilon.{b}": str(e) for b, e in summary["final"]["epsilon"].items()}
+                | {"aggregation": summary["aggregation"], "privacy_mode": summary["privacy_mode"]}
+            )
         summary["timings"] = dict(self.timer.seconds)
         put_json(store, "summary.json", summary)
 

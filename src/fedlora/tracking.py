@@ -66,7 +66,9 @@ class MLflowTracker:
         try:
             import mlflow
         except ImportError as exc:
-            raise TrackingError("tracking needs mlflow: pip install 'fedlora[tracking]' or --set tracking.enabled=false") from exc
+            raise TrackingError(
+                "tracking needs mlflow: pip install 'fedlora[tracking]' or --set tracking.enabled=false"
+            ) from exc
         self._mlflow = mlflow
         mlflow.set_tracking_uri(uri)
         try:

@@ -58,7 +58,8 @@ def steps_per_round(*, num_examples: int, config: TrainingConfig) -> int:
 
 def _logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     out = model(input_ids=input_ids, attention_mask=attention_mask)
-    return out.logits.float()
+    logits: torch.Tensor = out.logits
+    return logits.float()
 
 
 def make_optimizer(params: list[nn.Parameter], config: TrainingConfig) -> torch.optim.Optimizer:
@@ -78,14 +79,15 @@ def dp_gradient(
     physical_batch_size: int,
     randomness: Randomness,
     device: torch.device,
-) -> tuple[dict[nn.Parameter, torch.Tensor], float, torch.Tensor]:
+) -> tuple[dict[torch.Tensor, torch.Tensor], float, torch.Tensor]:
     """The noised DP-SGD gradient for the sampled rows ``index``.
 
     Returns:
         ``({param: g̃}, summed loss, per-example norms)``.
+
     """
     params = collector.parameters()
-    summed = {p: torch.zeros_like(p, dtype=torch.float32) for p in params}
+    summed: dict[torch.Tensor, torch.Tensor] = {p: torch.zeros_like(p, dtype=torch.float32) for p in params}
     loss_total = 0.0
     norms: list[torch.Tensor] = []
     for chunk in torch.split(index, physical_batch_size):

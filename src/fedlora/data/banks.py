@@ -92,12 +92,12 @@ def build_bank_data(config: Config) -> dict[str, BankData]:
             test_fraction=config.data.test_fraction,
             seed=config.seed + offset,
         )
-        parts = {"train": frame.iloc[split.train], "val": frame.iloc[split.val], "test": frame.iloc[split.test]}
+        pieces = {"train": frame.iloc[split.train], "val": frame.iloc[split.val], "test": frame.iloc[split.test]}
         banks[b.name] = BankData(
             name=b.name,
-            train=_to_textset(parts["train"], schema),
-            val=_to_textset(parts["val"], schema),
-            test=_to_textset(parts["test"], schema),
-            frames={k: v.reset_index(drop=True) for k, v in parts.items()},
+            train=_to_textset(pieces["train"], schema),
+            val=_to_textset(pieces["val"], schema),
+            test=_to_textset(pieces["test"], schema),
+            frames={k: v.reset_index(drop=True) for k, v in pieces.items()},
         )
     return banks

@@ -157,9 +157,7 @@ LENDING_CLUB = DatasetSchema(
         categorical("addr_state"),
         categorical("verification_status", ["Not_Verified", "Source_Verified", "Verified"]),
         numeric("annual_inc", 0, 100_000_000),
-        categorical(
-            "emp_length", [f"emp_{i}" for i in range(1, 10)] + ["emp_ge_10", "emp_lt_1", "emp_unk"]
-        ),
+        categorical("emp_length", [f"emp_{i}" for i in range(1, 10)] + ["emp_ge_10", "emp_lt_1", "emp_unk"]),
         numeric("delinq_2yrs", 0, 1000),
         numeric("inq_last_6mths", 0, 1000),
         numeric("revol_util", 0, 1000),
@@ -192,6 +190,7 @@ def get_schema(name: str) -> DatasetSchema:
 
     Raises:
         UnknownDatasetError: for an unknown name.
+
     """
     try:
         return SCHEMAS[name]

@@ -18,8 +18,7 @@ def _read_one(path: Path) -> pd.DataFrame:
         return pd.read_parquet(path)
     except UnicodeDecodeError as exc:
         raise DataValidationError(
-            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
-            "save the file as UTF-8"
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); save the file as UTF-8"
         ) from exc
     except pd.errors.EmptyDataError as exc:
         raise DataValidationError(f"{path}: the file is empty") from exc
@@ -35,6 +34,7 @@ def read_bank_file(path: str | Path, schema: DatasetSchema) -> pd.DataFrame:
 
     Raises:
         DataValidationError: naming the file, column, row and value of every problem found.
+
     """
     p = Path(path)
     if not p.exists():

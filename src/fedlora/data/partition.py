@@ -68,7 +68,13 @@ def partition_quantity(labels: np.ndarray, n_banks: int, *, alpha: float, seed: 
 
 
 def partition(
-    labels: np.ndarray, n_banks: int, *, method: str, seed: int, dirichlet_alpha: float = 1.0, quantity_alpha: float = 1.0
+    labels: np.ndarray,
+    n_banks: int,
+    *,
+    method: str,
+    seed: int,
+    dirichlet_alpha: float = 1.0,
+    quantity_alpha: float = 1.0,
 ) -> list[np.ndarray]:
     """Dispatch to a partitioner by name (``iid``, ``dirichlet``, ``quantity``)."""
     if len(labels) < n_banks * MIN_ROWS_PER_BANK:

@@ -31,6 +31,7 @@ class Column:
         nullable: Whether a missing value is allowed (serialized as ``unknown``).
         alias: Short name used in the text serialization (default: the name, spaced).
         short: Pairs ``(value, short text)`` used in the text serialization.
+
     """
 
     name: str
@@ -62,6 +63,7 @@ class DatasetSchema:
         label_column: Name of the target column in raw files.
         positive: Raw label value of a default (bad credit), mapped to 1.
         negative: Raw label value of a good credit, mapped to 0.
+
     """
 
     name: str
@@ -125,6 +127,7 @@ def validate_frame(frame: pd.DataFrame, schema: DatasetSchema, *, source: str) -
 
     Raises:
         DataValidationError: listing every problem found (up to a few per column).
+
     """
     if frame.empty:
         raise DataValidationError(f"{source}: the file has no data rows")
@@ -143,7 +146,11 @@ def validate_frame(frame: pd.DataFrame, schema: DatasetSchema, *, source: str) -
         problems.extend(_column_errors(column, frame[column.name], source))
     allowed_labels = {schema.positive, schema.negative, "0", "1"}
     for row, value in enumerate(frame[schema.label_column].tolist()):
-        text = str(int(value)) if isinstance(value, (int, float)) and not _is_missing(value) and float(value).is_integer() else str(value).strip()
+        text = (
+            str(int(value))
+            if isinstance(value, (int, float)) and not _is_missing(value) and float(value).is_integer()
+            else str(value).strip()
+        )
         if _is_missing(value) or text not in allowed_labels:
             problems.append(
                 f"{source}: column {schema.label_column!r}, row {row + 1}: label {value!r} is not one of "

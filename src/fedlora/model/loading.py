@@ -19,6 +19,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -104,11 +105,22 @@ def smollm2_checkpoint() -> Path:
 
 def _tiny(name: str, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, list[str]]:
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    common = {"vocab_size": tokenizer.vocab_size, "hidden_size": 32, "num_hidden_layers": 2,
-              "num_attention_heads": 2, "intermediate_size": 64, "num_labels": 2, "pad_token_id": 0}
+    common: dict[str, Any] = {
+        "vocab_size": tokenizer.vocab_size,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "num_labels": 2,
+        "pad_token_id": 0,
+    }
     torch.manual_seed(seed)
     if name == "tiny-bert":
-        return BertForSequenceClassification(BertConfig(**common, max_position_embeddings=512)), tokenizer, _ENCODER_TARGETS
+        return (
+            BertForSequenceClassification(BertConfig(**common, max_position_embeddings=512)),
+            tokenizer,
+            _ENCODER_TARGETS,
+        )
     config = LlamaConfig(**common, num_key_value_heads=1, max_position_embeddings=512)
     return LlamaForSequenceClassification(config), tokenizer, _DECODER_TARGETS
 
@@ -117,8 +129,8 @@ def _quantization_config(bits: str, device: torch.device) -> object | None:
     if bits == "none":
         return None
     try:
-        from transformers import BitsAndBytesConfig
         import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
     except ImportError as exc:
         raise ModelLoadError("model.quantization needs bitsandbytes: pip install 'fedlora[quant]'") from exc
     compute = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -127,7 +139,9 @@ def _quantization_config(bits: str, device: torch.device) -> object | None:
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def load_base_model(name: str, *, quantization: str = "none", seed: int = 0, device: torch.device | None = None) -> LoadedModel:
+def load_base_model(
+    name: str, *, quantization: str = "none", seed: int = 0, device: torch.device | None = None
+) -> LoadedModel:
     """Load ``name`` (preset, model id or path) as a 2-label sequence classifier.
 
     The classification head is initialised from ``seed`` so every bank and the server start
@@ -135,13 +149,14 @@ def load_base_model(name: str, *, quantization: str = "none", seed: int = 0, dev
 
     Raises:
         ModelLoadError: unknown name, missing package, or a preset that cannot be quantized.
+
     """
     device = device or default_device()
     if name in ("tiny-bert", "tiny-llama"):
         if quantization != "none":
             raise ModelLoadError(f"preset {name!r} is randomly initialised and cannot be quantized")
         model, tokenizer, targets = _tiny(name, seed)
-        return LoadedModel(model.to(device), tokenizer, targets, device)
+        return LoadedModel(model.to(device), tokenizer, targets, device)  # type: ignore[arg-type]
     if name == "minilm":
         path, targets = str(minilm_path()), _ENCODER_TARGETS
     elif name == "smollm2":
@@ -153,7 +168,8 @@ def load_base_model(name: str, *, quantization: str = "none", seed: int = 0, dev
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
-            f"unknown model {name!r}: not a preset ({', '.join(PRESETS)}), a local checkpoint or a cached model id ({exc})"
+            f"unknown model {name!r}: not a preset ({', '.join(PRESETS)}), a local checkpoint or a cached "
+            f"model id ({exc})"
         ) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -168,7 +184,7 @@ def load_base_model(name: str, *, quantization: str = "none", seed: int = 0, dev
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load model {name!r}: {exc}") from exc
     if quant is None:
-        model = model.to(device)
+        model = model.to(device)  # type: ignore[arg-type]
     if not targets:
         targets = _DECODER_TARGETS if model.config.model_type in ("llama", "mistral", "qwen2") else _ENCODER_TARGETS
     return LoadedModel(model, tokenizer, targets, device)

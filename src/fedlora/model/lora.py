@@ -36,7 +36,7 @@ def attach_lora(loaded: LoadedModel, lora: LoraConfig, *, seed: int) -> PeftMode
     peft_config = PeftLoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=lora.rank,
-        lora_alpha=lora.alpha,
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft accepts float scaling
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules or loaded.target_modules,
     )
@@ -46,7 +46,7 @@ def attach_lora(loaded: LoadedModel, lora: LoraConfig, *, seed: int) -> PeftMode
         if "lora_A" in name and lora.ffa:
             param.requires_grad_(False)
         elif _is_adapter_param(name) and param.is_floating_point():
-            param.requires_grad_(not ("original_module" in name))
+            param.requires_grad_("original_module" not in name)
     return model
 
 
@@ -64,6 +64,7 @@ def load_adapter_state(model: nn.Module, state: AdapterState) -> None:
 
     Raises:
         ValueError: when a key is missing or unknown, or a shape differs.
+
     """
     params = {n: p for n, p in model.named_parameters() if _is_adapter_param(n) and "original_module" not in n}
     missing = sorted(set(params) - set(state))

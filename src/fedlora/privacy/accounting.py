@@ -64,6 +64,7 @@ def calibrate_noise_multiplier(
 
     Raises:
         PrivacyConfigError: when no σ up to Opacus' maximum reaches the target.
+
     """
     try:
         return float(
@@ -119,6 +120,7 @@ def plan_privacy(
 
     Raises:
         PrivacyConfigError: ε ≤ 0, δ ≥ 1/n, batch larger than the data, or an unreachable target.
+
     """
     if not target_epsilon > 0 or not math.isfinite(target_epsilon):
         raise PrivacyConfigError(f"bank {bank}: privacy.target_epsilon must be > 0, got {target_epsilon}")
@@ -141,7 +143,9 @@ def plan_privacy(
             target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate, steps=planned, accountant=accountant
         )
     else:
-        spent = compute_epsilon([MechanismRun(noise_multiplier, sample_rate, planned)], delta=delta, accountant=accountant)
+        spent = compute_epsilon(
+            [MechanismRun(noise_multiplier, sample_rate, planned)], delta=delta, accountant=accountant
+        )
         if spent > target_epsilon:
             raise PrivacyConfigError(
                 f"bank {bank}: privacy.noise_multiplier={noise_multiplier} gives ε={spent:.3f} > target "

@@ -13,28 +13,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 
 @dataclass(frozen=True)
 class ClippedSum:
     """Sum of clipped per-example gradients and the per-example norms before clipping."""
 
-    summed: dict[nn.Parameter, torch.Tensor]
+    summed: dict[torch.Tensor, torch.Tensor]
     norms: torch.Tensor
 
 
-def clip_and_sum(per_example: dict[nn.Parameter, torch.Tensor], *, max_grad_norm: float) -> ClippedSum:
+def clip_and_sum(per_example: dict[torch.Tensor, torch.Tensor], *, max_grad_norm: float) -> ClippedSum:
     """Clip every example's gradient to ``max_grad_norm`` (L2, all parameters) and sum.
 
     Args:
         per_example: ``{param: (batch, *shape)}`` gradients.
         max_grad_norm: Clipping bound ``C``.
+
     """
     flat = [g.reshape(g.shape[0], -1).float() for g in per_example.values()]
     norms = torch.sqrt(sum((f * f).sum(dim=1) for f in flat))  # type: ignore[arg-type]
     factors = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-    summed = {
-        p: torch.einsum("b,b...->...", factors.to(g.dtype), g).to(p.dtype) for p, g in per_example.items()
-    }
+    summed = {p: torch.einsum("b,b...->...", factors.to(g.dtype), g).to(p.dtype) for p, g in per_example.items()}
     return ClippedSum(summed=summed, norms=norms)

@@ -67,12 +67,12 @@ class PerExampleGradients:
 
     def parameters(self) -> list[nn.Parameter]:
         """Trainable parameters, in the order used by :meth:`compute`."""
-        params: list[nn.Parameter] = []
+        params: list[torch.Tensor] = []
         for layer in self.layers:
             params.append(layer.weight)
             if layer.bias is not None and layer.bias.requires_grad:
                 params.append(layer.bias)
-        return [p for p in params if p.requires_grad]
+        return [p for p in params if isinstance(p, nn.Parameter) and p.requires_grad]
 
     def __enter__(self) -> PerExampleGradients:
         self._records.clear()
@@ -92,16 +92,17 @@ class PerExampleGradients:
             assert isinstance(module, nn.Linear)
             self._records.append(_Record(module, inputs[0].detach(), output))
 
-    def compute(self, summed_loss: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
+    def compute(self, summed_loss: torch.Tensor) -> dict[torch.Tensor, torch.Tensor]:
         """Per-example gradients ``{param: tensor of shape (batch, *param.shape)}``.
 
         Args:
             summed_loss: ``Σ_i L_i`` over the examples of the batch (not the mean).
+
         """
         records = self._records
         self._records = []
         output_grads = torch.autograd.grad(summed_loss, [r.output for r in records], allow_unused=True)
-        grads: dict[nn.Parameter, torch.Tensor] = {}
+        grads: dict[torch.Tensor, torch.Tensor] = {}
         for record, g in zip(records, output_grads, strict=True):
             if g is None:
                 continue
@@ -109,7 +110,7 @@ class PerExampleGradients:
             batch = x.shape[0]
             x3 = x.reshape(batch, -1, x.shape[-1])
             g3 = g.reshape(batch, -1, g.shape[-1]).to(x3.dtype)
-            pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
+            pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
             weight = record.module.weight
             if weight.requires_grad:
                 pairs.append((weight, torch.bmm(g3.transpose(1, 2), x3)))

@@ -59,6 +59,7 @@ def load_adapter(store: Store, prefix: str) -> StoredAdapter:
     Raises:
         IntegrityError: the bytes do not match the recorded sha256.
         StoreError: the adapter or its metadata is missing or unreadable.
+
     """
     meta = get_json(store, f"{prefix}/{META_FILE}")
     payload = store.get(f"{prefix}/{ADAPTER_FILE}")
