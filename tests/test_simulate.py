@@ -251,3 +251,51 @@ def test_mlflow_local_tracking(tiny_overrides: list[str], tmp_path: Path) -> Non
     assert run.data.tags["epsilon.bank-a"] == str(summary["final"]["epsilon"]["bank-a"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "final_adapter")}
     assert "final_adapter/adapter.safetensors" in artifacts
+
+
+@pytest.mark.slow
+def test_real_smollm2_causal_lm_path(tmp_path: Path) -> None:
+    """The SmolLM2 preset: GGUF converted once to a cached checkpoint, then a Llama classifier."""
+    from fedlora.model.loading import smollm2_checkpoint
+
+    config = load_config(
+        None,
+        [
+            "model.name=smollm2",
+            "data.max_rows=150",
+            "federation.rounds=1",
+            "training.local_steps=1",
+            "training.batch_size=8",
+            "tracking.enabled=false",
+            f"output.dir={tmp_path}",
+            "output.run_name=smol",
+        ],
+    )
+    summary = simulate(config)
+    assert (smollm2_checkpoint() / "config.json").exists()
+    assert summary["model"] == "smollm2"
+    assert math.isfinite(summary["final"]["auc"])
+    # LoRA r=8 on q_proj and v_proj of 30 layers (576 -> 576 and 576 -> 192), plus the 2x576 score head.
+    assert summary["trainable_parameters"] == 30 * 8 * ((576 + 576) + (576 + 192)) + 2 * 576
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bits", ["4", "8"])
+def test_quantized_minilm_trains_with_dp(bits: str, tmp_path: Path) -> None:
+    """bitsandbytes NF4 / int8 base weights, LoRA and head in full precision, DP-SGD on CPU."""
+    config = load_config(
+        None,
+        [
+            f"model.quantization={bits}",
+            "data.max_rows=150",
+            "federation.rounds=1",
+            "training.local_steps=1",
+            "training.batch_size=8",
+            "tracking.enabled=false",
+            f"output.dir={tmp_path}",
+            f"output.run_name=q{bits}",
+        ],
+    )
+    summary = simulate(config)
+    assert math.isfinite(summary["final"]["auc"])
+    assert all(0 < e <= 8 for e in summary["final"]["epsilon"].values())

@@ -134,9 +134,13 @@ def _quantization_config(bits: str, device: torch.device) -> object | None:
     except ImportError as exc:
         raise ModelLoadError("model.quantization needs bitsandbytes: pip install 'fedlora[quant]'") from exc
     compute = torch.bfloat16 if device.type == "cuda" else torch.float32
+    # The classification head is new (not in the checkpoint) and trained: keep it in full precision.
+    skip = ["classifier", "score", "pooler"]
     if bits == "4":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
-    return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute, llm_int8_skip_modules=skip
+        )
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
 
 
 def load_base_model(

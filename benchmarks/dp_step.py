@@ -1,0 +1,238 @@
+"""DP-SGD step cost next to a non-private LoRA step, Opacus, and a naive per-example loop.
+
+In one process, on the same batches, interleaved (so machine noise hits every variant alike):
+
+* ``plain``  -- non-private LoRA step: mean loss, ``backward()``, Adam step;
+* ``dp``     -- our DP step (:func:`fedlora.training.dp_gradient`): output-gradient
+  per-example gradients, clipping, Gaussian noise, Adam step;
+* ``opacus`` -- Opacus ``GradSampleModule`` hooks + ``DPOptimizer`` (reference), on a copy;
+* ``naive``  -- one backward per example, clip, sum, noise, step.
+
+Before timing, our per-example gradients are checked against the naive loop (eval mode, no
+dropout). Peak memory is measured per variant in a child process (peak RSS growth over the
+RSS right after loading, on CPU; ``torch.cuda.max_memory_allocated`` on GPU).
+
+    python benchmarks/dp_step.py --model minilm      # or smollm2
+The last line is ``dp/plain=<ratio> opacus/plain=<ratio> mem=<ratio>`` (medians; mem = dp/plain).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from fedlora.config import LoraConfig, TrainingConfig
+from fedlora.model.encoding import EncodedSet
+from fedlora.model.loading import load_base_model
+from fedlora.model.lora import attach_lora
+from fedlora.privacy.clipping import clip_and_sum
+from fedlora.privacy.per_sample import PerExampleGradients
+from fedlora.privacy.randomness import SeededRandomness
+from fedlora.training import DPSettings, dp_gradient, make_optimizer
+
+VARIANTS = ("plain", "dp", "opacus", "naive")
+SIGMA, CLIP = 1.0, 1.0
+
+
+def build(args: argparse.Namespace) -> tuple[torch.nn.Module, EncodedSet, torch.device]:
+    device = torch.device(args.device)
+    loaded = load_base_model(args.model, quantization=args.quantization, seed=0, device=device)
+    model = attach_lora(loaded, LoraConfig(rank=8, alpha=16), seed=0)
+    if args.bf16:
+        model = model.to(torch.bfloat16)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 20000, (args.batch, args.seq), generator=gen)
+    data = EncodedSet(ids, torch.ones_like(ids), torch.randint(0, 2, (args.batch,), generator=gen))
+    return model, data, device
+
+
+def make_steps(model: torch.nn.Module, data: EncodedSet, device: torch.device) -> dict[str, Callable[[], None]]:
+    config = TrainingConfig(physical_batch_size=10_000)
+    index = torch.arange(len(data))
+    ids, mask, labels = data.batch(index, device)
+    rng = SeededRandomness(0)
+    dp = DPSettings(noise_multiplier=SIGMA, max_grad_norm=CLIP, sample_rate=1.0)
+    collector = PerExampleGradients(model)
+    params = collector.parameters()
+    opt = make_optimizer(params, config)
+
+    def plain() -> None:
+        opt.zero_grad(set_to_none=True)
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        F.cross_entropy(logits, labels).backward()
+        opt.step()
+
+    def ours() -> None:
+        opt.zero_grad(set_to_none=True)
+        grads, _, _ = dp_gradient(
+            model, collector, data, index, dp=dp, physical_batch_size=10_000, randomness=rng, device=device
+        )
+        for p, g in grads.items():
+            p.grad = g.to(p.dtype)
+        opt.step()
+
+    def naive() -> None:
+        per_example: dict[torch.Tensor, list[torch.Tensor]] = {p: [] for p in params}
+        for i in range(len(labels)):
+            model.zero_grad(set_to_none=True)
+            logits = model(input_ids=ids[i : i + 1], attention_mask=mask[i : i + 1]).logits.float()
+            F.cross_entropy(logits, labels[i : i + 1], reduction="sum").backward()
+            for p in params:
+                per_example[p].append(p.grad.detach().clone())  # type: ignore[union-attr]
+        clipped = clip_and_sum({p: torch.stack(g) for p, g in per_example.items()}, max_grad_norm=CLIP)
+        for p, s in clipped.summed.items():
+            p.grad = (s + rng.normal(s.shape, SIGMA * CLIP, device=s.device, dtype=s.dtype)) / len(labels)
+        opt.step()
+
+    steps = {"plain": plain, "dp": ours, "naive": naive}
+    try:
+        from opacus import GradSampleModule
+        from opacus.optimizers import DPOptimizer
+
+        twin = copy.deepcopy(model)
+        gsm = GradSampleModule(twin, batch_first=True, loss_reduction="sum")
+        twin_params = [p for p in twin.parameters() if p.requires_grad]
+        dpo = DPOptimizer(
+            make_optimizer(twin_params, config),
+            noise_multiplier=SIGMA,
+            max_grad_norm=CLIP,
+            expected_batch_size=len(labels),
+        )
+
+        def opacus_step() -> None:
+            dpo.zero_grad(set_to_none=True)
+            logits = gsm(input_ids=ids, attention_mask=mask).logits.float()
+            F.cross_entropy(logits, labels, reduction="sum").backward()
+            dpo.step()
+
+        steps["opacus"] = opacus_step
+    except Exception as exc:  # report, do not hide: Opacus may not support a layer
+        print(f"opacus unavailable for this model: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return steps
+
+
+def check_against_naive(model: torch.nn.Module, data: EncodedSet, device: torch.device) -> float:
+    """Max abs difference between our per-example gradients and a per-example backward loop."""
+    model.eval()
+    ids, mask, labels = data.batch(torch.arange(min(4, len(data))), device)
+    collector = PerExampleGradients(model)
+    params = collector.parameters()
+    with collector:
+        losses = F.cross_entropy(model(input_ids=ids, attention_mask=mask).logits.float(), labels, reduction="none")
+    ours = collector.compute(losses.sum())
+    worst = 0.0
+    for i in range(len(labels)):
+        model.zero_grad(set_to_none=True)
+        logits = model(input_ids=ids[i : i + 1], attention_mask=mask[i : i + 1]).logits.float()
+        F.cross_entropy(logits, labels[i : i + 1], reduction="sum").backward()
+        for p in params:
+            scale = float(p.grad.abs().max()) + 1e-12  # type: ignore[union-attr]
+            worst = max(worst, float((ours[p][i] - p.grad).abs().max()) / scale)  # type: ignore[operator]
+    model.train()
+    model.zero_grad(set_to_none=True)
+    return worst
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure_memory(args: argparse.Namespace, variant: str) -> float:
+    """Peak memory growth (MiB) of a variant's steps, measured in a fresh child process."""
+    cmd = [sys.executable, __file__, *sys.argv[1:], "--memory-child", variant]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    return float(out)
+
+
+def memory_child(args: argparse.Namespace) -> None:
+    model, data, device = build(args)
+    steps = make_steps(model, data, device)
+    step = steps[args.memory_child]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        for _ in range(3):
+            step()
+        sync(device)
+        print((torch.cuda.max_memory_allocated() - base) / 2**20)
+        return
+    with open("/proc/self/status") as f:
+        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+    for _ in range(3):
+        step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print((peak - rss) / 1024)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="minilm", help="minilm, smollm2, tiny-bert, ... (default minilm)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant (median reported)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quantization", default="none", choices=["none", "4", "8"])
+    parser.add_argument("--bf16", action="store_true", help="cast the model to bfloat16 (GPU)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=VARIANTS, help="variants not to run")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-variant memory children")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    if args.memory_child:
+        memory_child(args)
+        return
+    model, data, device = build(args)
+    error = check_against_naive(model, data, device)
+    tolerance = 1e-2 if args.bf16 or args.quantization != "none" else 1e-4
+    print(f"per-example gradients vs naive loop: max relative error {error:.2e} (tolerance {tolerance:g})")
+    if error > tolerance:
+        sys.exit("per-example gradients do not match the naive loop; refusing to time")
+    steps = {k: v for k, v in make_steps(model, data, device).items() if k not in args.skip}
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(args.steps):
+        for name, step in steps.items():  # interleaved: each round times every variant once
+            sync(device)
+            started = time.perf_counter()
+            step()
+            sync(device)
+            times[name].append(time.perf_counter() - started)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    memory = {} if args.no_memory else {k: measure_memory(args, k) for k in steps if k != "naive"}
+    machine = (
+        torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    )
+    print(f"\nmodel {args.model}, batch {args.batch}, seq {args.seq}, LoRA r=8 on q,v, {device.type} ({machine})")
+    print(f"{'variant':<8} {'median s':>9} {'x plain':>8} {'peak MiB':>9}")
+    for name in steps:
+        mem = memory.get(name)
+        print(
+            f"{name:<8} {median[name]:9.3f} {median[name] / median['plain']:8.3f} "
+            f"{'' if mem is None else f'{mem:9.1f}'}"
+        )
+    print(json.dumps({"median_s": median, "peak_mib": memory, "steps": times}))
+    opacus = median.get("opacus", float("nan")) / median["plain"]
+    mem_ratio = memory["dp"] / memory["plain"] if memory.get("plain") else float("nan")
+    print(f"dp/plain={median['dp'] / median['plain']:.3f} opacus/plain={opacus:.3f} mem={mem_ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
