@@ -8,6 +8,7 @@ round with a manifest written last.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -135,7 +136,7 @@ def make_privacy_plans(config: Config, data: dict[str, BankData]) -> dict[str, P
         steps = steps_per_round(num_examples=n, config=config.training)
         key = (target, config.privacy.delta, n, steps)
         if key in cache:
-            plans[bank.name] = PrivacyPlan(**{**cache[key].__dict__, "bank": bank.name})
+            plans[bank.name] = dataclasses.replace(cache[key], bank=bank.name)
             continue
         plans[bank.name] = cache[key] = plan_privacy(
             bank=bank.name,
