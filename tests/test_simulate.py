@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from fedlora import client as client_module
 from fedlora.cli import main
-from fedlora.config import load_config
+from fedlora.config import Config, load_config
 from fedlora.simulate import SimulationError, simulate
 
 
@@ -214,20 +214,18 @@ def test_help_explains_every_field() -> None:
         assert field in output
 
 
+_SMALL_REAL_RUN = ("data.max_rows=150", "training.local_steps=1", "training.batch_size=8")
+
+
+def _one_round_config(tmp_path: Path, run_name: str, *overrides: str) -> Config:
+    """One round of a real (pretrained) model, no tracking, written under ``tmp_path``."""
+    base = ["federation.rounds=1", "tracking.enabled=false", f"output.dir={tmp_path}", f"output.run_name={run_name}"]
+    return load_config(None, [*base, *overrides])
+
+
 @pytest.mark.slow
 def test_real_minilm_federation(tmp_path: Path) -> None:
-    config = load_config(
-        None,
-        [
-            "data.max_rows=300",
-            "federation.rounds=1",
-            "training.local_steps=2",
-            "tracking.enabled=false",
-            f"output.dir={tmp_path}",
-            "output.run_name=minilm",
-        ],
-    )
-    summary = simulate(config)
+    summary = simulate(_one_round_config(tmp_path, "minilm", "data.max_rows=300", "training.local_steps=2"))
     assert summary["model"] == "minilm"
     assert 0 < summary["final"]["auc"] < 1
     assert summary["trainable_parameters"] == 6 * 2 * 2 * 384 * 8 + 384 * 2 + 2
@@ -258,20 +256,7 @@ def test_real_smollm2_causal_lm_path(tmp_path: Path) -> None:
     """The SmolLM2 preset: GGUF converted once to a cached checkpoint, then a Llama classifier."""
     from fedlora.model.loading import smollm2_checkpoint
 
-    config = load_config(
-        None,
-        [
-            "model.name=smollm2",
-            "data.max_rows=150",
-            "federation.rounds=1",
-            "training.local_steps=1",
-            "training.batch_size=8",
-            "tracking.enabled=false",
-            f"output.dir={tmp_path}",
-            "output.run_name=smol",
-        ],
-    )
-    summary = simulate(config)
+    summary = simulate(_one_round_config(tmp_path, "smol", *_SMALL_REAL_RUN, "model.name=smollm2"))
     assert (smollm2_checkpoint() / "config.json").exists()
     assert summary["model"] == "smollm2"
     assert math.isfinite(summary["final"]["auc"])
@@ -283,19 +268,6 @@ def test_real_smollm2_causal_lm_path(tmp_path: Path) -> None:
 @pytest.mark.parametrize("bits", ["4", "8"])
 def test_quantized_minilm_trains_with_dp(bits: str, tmp_path: Path) -> None:
     """bitsandbytes NF4 / int8 base weights, LoRA and head in full precision, DP-SGD on CPU."""
-    config = load_config(
-        None,
-        [
-            f"model.quantization={bits}",
-            "data.max_rows=150",
-            "federation.rounds=1",
-            "training.local_steps=1",
-            "training.batch_size=8",
-            "tracking.enabled=false",
-            f"output.dir={tmp_path}",
-            f"output.run_name=q{bits}",
-        ],
-    )
-    summary = simulate(config)
+    summary = simulate(_one_round_config(tmp_path, f"q{bits}", *_SMALL_REAL_RUN, f"model.quantization={bits}"))
     assert math.isfinite(summary["final"]["auc"])
     assert all(0 < e <= 8 for e in summary["final"]["epsilon"].values())
