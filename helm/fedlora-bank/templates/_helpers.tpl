@@ -1,0 +1,110 @@
+{{/* Chart name (nameOverride wins). */}}
+{{- define "fedlora-bank.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: prefix of every object name. */}}
+{{- define "fedlora-bank.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The namespace every object goes to: the chart-managed one or the release namespace. */}}
+{{- define "fedlora-bank.namespace" -}}
+{{- if .Values.namespace.create }}
+{{- if eq .Values.namespace.name .Release.Namespace }}
+{{- fail (printf "namespace.create=true: install the release in another namespace than %q (e.g. helm install -n fedlora-system ...), or set namespace.create=false and use the existing namespace" .Values.namespace.name) }}
+{{- end }}
+{{- .Values.namespace.name }}
+{{- else }}
+{{- .Release.Namespace }}
+{{- end }}
+{{- end }}
+
+{{/* Common labels. */}}
+{{- define "fedlora-bank.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "fedlora-bank.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: fedlora
+fedlora.io/bank: {{ .Values.bank.name | quote }}
+{{- end }}
+
+{{/* Selector labels. */}}
+{{- define "fedlora-bank.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "fedlora-bank.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Labels that select the trainer pods (NetworkPolicies). */}}
+{{- define "fedlora-bank.trainerSelectorLabels" -}}
+{{ include "fedlora-bank.selectorLabels" . }}
+app.kubernetes.io/component: trainer
+{{- end }}
+
+{{/* Labels of the trainer Jobs and pods (no Helm labels: the launcher, not Helm, creates them). */}}
+{{- define "fedlora-bank.trainerLabels" -}}
+{{ include "fedlora-bank.trainerSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: fedlora
+fedlora.io/bank: {{ .Values.bank.name | quote }}
+{{- end }}
+
+{{/* The trainer's ServiceAccount name. */}}
+{{- define "fedlora-bank.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (printf "%s-trainer" (include "fedlora-bank.fullname" .)) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name: name the existing ServiceAccount when serviceAccount.create=false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The trainer image reference: by digest when one is given. */}}
+{{- define "fedlora-bank.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository .Values.image.tag }}
+{{- end }}
+{{- end }}
+
+{{/* FEDLORA_BANK_DATA: where the trainer reads the bank's private data. */}}
+{{- define "fedlora-bank.dataPath" -}}
+{{- if eq .Values.data.source "pvc" }}
+{{- if .Values.data.pvc.path }}
+{{- printf "/data/bank/%s" (trimPrefix "/" .Values.data.pvc.path) }}
+{{- else }}
+{{- "/data/bank" }}
+{{- end }}
+{{- else }}
+{{- .Values.data.bucket.uri }}
+{{- end }}
+{{- end }}
+
+{{/* Cross-field checks the schema cannot state with a clear message. */}}
+{{- define "fedlora-bank.validate" -}}
+{{- range .Values.trainer.extraEnv }}
+{{- if regexMatch "(?i)(SECRET|PASSWORD|TOKEN|CREDENTIAL|ACCESS_KEY)" .name }}
+{{- fail (printf "trainer.extraEnv %s: credentials are not allowed as plain values; put them in a Secret and use store.existingSecret or data.bucket.existingSecret" .name) }}
+{{- end }}
+{{- if hasPrefix "FEDLORA_REQUEST_" .name }}
+{{- fail (printf "trainer.extraEnv %s: FEDLORA_REQUEST_* variables belong to the consortium's launcher" .name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- define "fedlora-bank.validateNamespace" -}}
+{{- range $key, $_ := .Values.namespace.labels }}
+{{- if hasPrefix "pod-security.kubernetes.io/" $key }}
+{{- fail (printf "namespace.labels %s: the Pod Security labels are fixed at restricted by this chart" $key) }}
+{{- end }}
+{{- end }}
+{{- end }}
