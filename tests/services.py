@@ -167,6 +167,8 @@ class CephS3:
         self.log_dir = workdir / "log"
         self.mon_port = free_port()
         self.rgw_port = free_port()
+        while self.rgw_port == self.mon_port:
+            self.rgw_port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.rgw_port}"
         self.access_key, self.secret_key = _new_keys()
         self.fsid = str(uuid.uuid4())
@@ -416,6 +418,7 @@ class MLflowServer:
             "AWS_ACCESS_KEY_ID": self.s3.access_key,
             "AWS_SECRET_ACCESS_KEY": self.s3.secret_key,
             "AWS_DEFAULT_REGION": self.s3.region,
+            "MLFLOW_DISABLE_TELEMETRY": "true",  # offline machines: no usage reporting attempts
         }
         for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_URI"):
             env.pop(var, None)
