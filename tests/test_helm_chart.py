@@ -35,6 +35,8 @@ CHART = ROOT / "helm" / "fedlora-bank"
 CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
 K8S_VERSIONS = ["1.30.0", "1.33.0", kubernetes_validate.latest_version()]
 RELEASE = "fedlora-bank"
+# cluster-scoped objects, each only when a value asks (namespace.create, admissionPolicy.enabled)
+CLUSTER_SCOPED = {"Namespace", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 
 MINIMAL: dict[str, Any] = {
     "bank": {"name": "bank-m"},
@@ -164,9 +166,12 @@ def test_every_object_is_namespaced_in_the_bank_namespace(rendered: dict[str, li
         else:
             assert {"ResourceQuota", "LimitRange", "ServiceAccount"} <= set(kinds)
         assert not {"ClusterRole", "ClusterRoleBinding"} & set(kinds)
+        asks_policy = values.get("admissionPolicy", {}).get("enabled", False)
+        assert ("ValidatingAdmissionPolicy" in kinds) == asks_policy
         for doc in docs:
-            if doc["kind"] == "Namespace":
-                assert doc["metadata"]["name"] == expected_ns
+            if doc["kind"] in CLUSTER_SCOPED:
+                assert doc["kind"] != "Namespace" or doc["metadata"]["name"] == expected_ns
+                assert "namespace" not in doc["metadata"]
             else:
                 assert doc["metadata"]["namespace"] == expected_ns, (scenario, doc["kind"])
 
@@ -251,6 +256,80 @@ def test_data_source_bucket_and_credentials_from_existing_secrets(rendered: dict
     # no credentials anywhere as literal values, and no Secret objects in the chart
     for scenario, docs in rendered.items():
         assert not by_kind(docs, "Secret"), scenario
+
+
+# ----------------------------------------------------------------------------- admission policy
+
+
+def _tampered(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Jobs the consortium could create with its RBAC that differ from the bank's template."""
+
+    def variant(change: Any) -> dict[str, Any]:
+        out = copy.deepcopy(job)
+        change(out["spec"]["template"]["spec"], out["spec"]["template"]["spec"]["containers"][0], out)
+        return out
+
+    return {
+        "image": variant(lambda p, c, j: c.update(image="evil.example/exfil:1")),
+        "command": variant(lambda p, c, j: c.update(command=["sh", "-c", "cat /data/bank/*"])),
+        "subcommand": variant(lambda p, c, j: c.update(args=["simulate"])),
+        "service-account": variant(lambda p, c, j: p.update(serviceAccountName="default")),
+        "api-token": variant(lambda p, c, j: p.update(automountServiceAccountToken=True)),
+        "extra-env": variant(lambda p, c, j: c["env"].append({"name": "AWS_ENDPOINT_URL", "value": "https://x"})),
+        "store-override": variant(lambda p, c, j: c["env"].append({"name": "FEDLORA_STORE_URI", "value": "s3://x/"})),
+        "env-from": variant(lambda p, c, j: c.update(envFrom=[{"secretRef": {"name": "bank-secrets"}}])),
+        "host-path": variant(lambda p, c, j: p["volumes"].append({"name": "h", "hostPath": {"path": "/"}})),
+        "other-claim": variant(
+            lambda p, c, j: p["volumes"].append({"name": "x", "persistentVolumeClaim": {"claimName": "other"}})
+        ),
+        "sidecar": variant(lambda p, c, j: p["containers"].append(dict(c, name="sidecar"))),
+        "init": variant(lambda p, c, j: p.update(initContainers=[dict(c, name="init")])),
+        "capabilities": variant(lambda p, c, j: c["securityContext"]["capabilities"].update(add=["NET_ADMIN"])),
+        "host-network": variant(lambda p, c, j: p.update(hostNetwork=True)),
+        "labels": variant(
+            lambda p, c, j: j["spec"]["template"]["metadata"]["labels"].pop("app.kubernetes.io/component")
+        ),
+    }
+
+
+def test_admission_policy_admits_the_launcher_and_nothing_else(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """Evaluate the policy's CEL (cel-python, a CEL implementation; the API server uses cel-go)."""
+    celpy = pytest.importorskip("celpy", reason="cel-python evaluates the admission policy's CEL")
+    docs = rendered["pvc"]
+    (policy,) = by_kind(docs, "ValidatingAdmissionPolicy")
+    (binding,) = by_kind(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert "Deny" in binding["spec"]["validationActions"]
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    assert spec["matchConstraints"]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "bank-a"}}
+    assert (
+        "system:serviceaccount:consortium-kubeflow:fedlora-pipeline-runner" in spec["matchConditions"][0]["expression"]
+    )
+
+    env = celpy.Environment()
+    variables = [(v["name"], env.program(env.compile(v["expression"]))) for v in spec["variables"]]
+    validations = [(v["message"], env.program(env.compile(v["expression"]))) for v in spec["validations"]]
+
+    def denials(job: dict[str, Any]) -> list[str]:
+        activation: dict[str, Any] = {"object": celpy.json_to_cel(job)}
+        activation["variables"] = celpy.celtypes.MapType(
+            {celpy.celtypes.StringType(name): program.evaluate(activation) for name, program in variables}
+        )
+        out = []
+        for message, program in validations:
+            try:
+                result = program.evaluate(activation)
+            except Exception:  # an evaluation error denies, as with failurePolicy Fail
+                result = False
+            if isinstance(result, Exception) or not bool(result):
+                out.append(message)
+        return out
+
+    job = launcher_job(docs, "bank-a")
+    assert denials(job) == []
+    for name, tampered in _tampered(job).items():
+        assert denials(tampered), f"the admission policy admits a tampered Job ({name})"
 
 
 # ---------------------------------------------------------------------- RBAC and NetworkPolicies
