@@ -166,6 +166,7 @@ def test_every_object_is_namespaced_in_the_bank_namespace(rendered: dict[str, li
         else:
             assert {"ResourceQuota", "LimitRange", "ServiceAccount"} <= set(kinds)
         assert not {"ClusterRole", "ClusterRoleBinding"} & set(kinds)
+        assert ("Namespace" in kinds) == values.get("namespace", {}).get("create", False)
         asks_policy = values.get("admissionPolicy", {}).get("enabled", False)
         assert ("ValidatingAdmissionPolicy" in kinds) == asks_policy
         for doc in docs:

@@ -19,7 +19,9 @@ first. A launcher entry whose name the template already sets is dropped: **the b
 every name it sets. The exception is ``FEDLORA_REQUEST_*``: those names belong to the launcher, a template
 may not set them (:func:`parse_job_template` rejects it), and the launcher's values are always used. Launcher
 entries with other names the template does not set are appended. (Kubernetes gives ``env`` precedence over
-``envFrom``, so a bank that pins a name through ``envFrom`` only should also list it under ``env``.)
+``envFrom``, so a bank that pins a name through ``envFrom`` only should also list it under ``env``.) A bank whose
+Helm release turns on its admission policy (``admissionPolicy.enabled``) admits only ``FEDLORA_REQUEST_*``
+additions, so a launcher should pass nothing else.
 
 Pod security the template must keep (checked for the trainer and every init container; a container's
 ``securityContext`` overrides the pod's for ``runAsNonRoot``, ``runAsUser`` and ``seccompProfile``):
