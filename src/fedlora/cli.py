@@ -145,5 +145,11 @@ def simulate(config_path: str | None, overrides: tuple[str, ...], json_path: str
         Path(json_path).write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
 
 
+from fedlora.cli_kfp import compile_command, submit_command  # noqa: E402 (Kubeflow commands)
+
+main.add_command(compile_command)
+main.add_command(submit_command)
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,47 @@
+"""Compile the pipeline and the reusable components to KFP YAML (``pipelines/``, ``components/``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kfp import compiler
+
+from fedlora.config import Config, load_config
+from fedlora.pipeline.components import CONTROL_IMAGE, make_components
+from fedlora.pipeline.pipeline import build_pipeline
+
+__all__ = ["COMPONENT_FILES", "compile_components", "compile_pipeline", "default_config"]
+
+COMPONENT_FILES = {
+    "initialize_run": "initialize_run.yaml",
+    "train_bank": "train_bank.yaml",
+    "aggregate_round": "aggregate_round.yaml",
+    "finalize_run": "finalize_run.yaml",
+}
+"""File name of each component under ``components/``."""
+
+
+def default_config() -> Config:
+    """The config of the committed ``pipelines/fedlora.yaml``: the defaults (3 banks, 5 rounds)."""
+    return load_config(None)
+
+
+def compile_pipeline(config: Config, path: str | Path, *, image: str | None = None) -> Path:
+    """Compile the pipeline for ``config`` to ``path`` (KFP IR YAML, uploadable in the Kubeflow UI)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(config, image=image), str(out))
+    return out
+
+
+def compile_components(directory: str | Path, *, image: str = CONTROL_IMAGE) -> list[Path]:
+    """Compile each component to ``directory/<name>.yaml`` (load with ``kfp.components.load_component_from_file``)."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    components = make_components(image)
+    paths = []
+    for field, filename in COMPONENT_FILES.items():
+        path = out / filename
+        compiler.Compiler().compile(getattr(components, field), str(path))
+        paths.append(path)
+    return paths

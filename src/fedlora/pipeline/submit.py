@@ -1,0 +1,150 @@
+"""Submit the pipeline for a config to a Kubeflow Pipelines API through the ``kfp`` SDK."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fedlora.config import Config
+from fedlora.pipeline.compile import compile_pipeline
+from fedlora.pipeline.parameters import parameter_values
+
+__all__ = ["Auth", "SubmitResult", "make_client", "run_arguments", "submit"]
+
+
+@dataclass(frozen=True)
+class Auth:
+    """How to authenticate to the KFP API: whatever ``kfp.Client`` supports, passed through.
+
+    Attributes:
+        existing_token: A bearer token (e.g. ``kubectl create token`` or an OIDC id token).
+        cookies: A cookie header value (e.g. Dex's ``authservice_session=...`` of a Kubeflow login).
+        sa_token_path: A projected service-account token file (in-cluster access as a Kubeflow
+            profile's service account; ``kfp.client.ServiceAccountTokenVolumeCredentials``).
+        client_id: OAuth client id of an IAP-protected endpoint.
+        other_client_id: OAuth client id for IAP from outside GCP.
+        other_client_secret: Its secret.
+        ssl_ca_cert: CA bundle that signs the API's certificate.
+        verify_ssl: False to skip certificate checks (testing only).
+        proxy: HTTP proxy URL.
+        kube_context: kubeconfig context (for the kube-proxy path when no host is given).
+    """
+
+    existing_token: str | None = None
+    cookies: str | None = None
+    sa_token_path: str | None = None
+    client_id: str | None = None
+    other_client_id: str | None = None
+    other_client_secret: str | None = None
+    ssl_ca_cert: str | None = None
+    verify_ssl: bool | None = None
+    proxy: str | None = None
+    kube_context: str | None = None
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """The created run.
+
+    Attributes:
+        run_id: KFP run id.
+        url: The run's page in the Kubeflow Pipelines UI.
+        experiment: The experiment it was filed under.
+        namespace: The user namespace (multi-user Kubeflow), if any.
+    """
+
+    run_id: str
+    url: str
+    experiment: str
+    namespace: str | None
+
+
+def make_client(
+    host: str, *, namespace: str | None = None, auth: Auth | None = None, ui_host: str | None = None
+) -> Any:
+    """A ``kfp.Client`` for ``host`` with the given authentication."""
+    import kfp
+    from kfp.client import ServiceAccountTokenVolumeCredentials
+
+    auth = auth or Auth()
+    credentials = ServiceAccountTokenVolumeCredentials(auth.sa_token_path) if auth.sa_token_path else None
+    return kfp.Client(
+        host=host,
+        namespace=namespace or "kubeflow",
+        existing_token=auth.existing_token,
+        cookies=auth.cookies,
+        credentials=credentials,
+        client_id=auth.client_id,
+        other_client_id=auth.other_client_id,
+        other_client_secret=auth.other_client_secret,
+        ssl_ca_cert=auth.ssl_ca_cert,
+        verify_ssl=auth.verify_ssl,
+        proxy=auth.proxy,
+        kube_context=auth.kube_context,
+        ui_host=ui_host,
+    )
+
+
+def run_arguments(config: Config) -> dict[str, Any]:
+    """The run's parameter values: every parameter, from the config (``None`` as ``0`` or ``""``)."""
+    return parameter_values(config)
+
+
+def submit(
+    config: Config,
+    *,
+    host: str,
+    namespace: str | None = None,
+    experiment: str | None = None,
+    run_name: str | None = None,
+    image: str | None = None,
+    service_account: str | None = None,
+    auth: Auth | None = None,
+    ui_host: str | None = None,
+    client: Any = None,
+) -> SubmitResult:
+    """Compile the pipeline for ``config`` and create a run of it (caching off: tasks write the store).
+
+    Args:
+        config: The consortium's config; its rounds and banks shape the graph and its values
+            are the run's parameters.
+        host: The KFP API endpoint, e.g. ``https://kubeflow.example.com/pipeline``.
+        namespace: The Kubeflow profile namespace to run in (multi-user Kubeflow).
+        experiment: Experiment name (default: ``tracking.experiment``); created if missing.
+        run_name: The run's display name (default: ``fedlora <output.run_name>``, else with the UTC time).
+        image: The tasks' image (default: the control image).
+        service_account: Kubernetes service account of the run's pods.
+        auth: Authentication passed to ``kfp.Client``.
+        ui_host: Base URL of the UI for the printed link (default: ``host``).
+        client: A ready ``kfp.Client`` (tests); otherwise one is made from host and auth.
+
+    Returns:
+        The run's id and URL.
+    """
+    client = client or make_client(host, namespace=namespace, auth=auth, ui_host=ui_host)
+    experiment = experiment or config.tracking.experiment
+    if run_name is None:
+        run_name = f"fedlora {config.output.run_name or datetime.now(UTC).strftime('%Y-%m-%d %H:%M:%S')}"
+    with tempfile.TemporaryDirectory(prefix="fedlora-submit-") as tmp:
+        package = compile_pipeline(config, Path(tmp) / "fedlora.yaml", image=image)
+        result = client.create_run_from_pipeline_package(
+            str(package),
+            arguments=run_arguments(config),
+            run_name=run_name,
+            experiment_name=experiment,
+            namespace=namespace,
+            enable_caching=False,
+            service_account=service_account,
+        )
+    base = (ui_host or host).rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        base = f"http://{base}"
+    return SubmitResult(
+        run_id=str(result.run_id),
+        url=f"{base}/#/runs/details/{result.run_id}",
+        experiment=experiment,
+        namespace=namespace,
+    )

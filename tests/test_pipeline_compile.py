@@ -1,0 +1,185 @@
+"""The compiled pipeline and components: committed YAML is current, the graph names rounds and banks."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from kfp import components as kfp_components
+
+from fedlora.cli import main
+from fedlora.config import ConfigError, config_to_yaml, load_config
+from fedlora.pipeline.compile import COMPONENT_FILES, compile_components, compile_pipeline, default_config
+from fedlora.pipeline.components import CONTROL_IMAGE, initialize_run
+from fedlora.pipeline.parameters import FIELDS, PARAMETERS, parameter_values, to_overrides
+from fedlora.pipeline.steps import resolve_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _spec(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def test_committed_pipeline_is_current(tmp_path: Path) -> None:
+    fresh = compile_pipeline(default_config(), tmp_path / "fedlora.yaml")
+    committed = ROOT / "pipelines" / "fedlora.yaml"
+    assert committed.read_text(encoding="utf-8") == fresh.read_text(encoding="utf-8"), (
+        "pipelines/fedlora.yaml is stale: run `fedlora compile -o pipelines/fedlora.yaml --components components`"
+    )
+
+
+def test_committed_components_are_current(tmp_path: Path) -> None:
+    compile_components(tmp_path)
+    for filename in COMPONENT_FILES.values():
+        committed = ROOT / "components" / filename
+        assert committed.read_text(encoding="utf-8") == (tmp_path / filename).read_text(encoding="utf-8"), (
+            f"components/{filename} is stale: run `fedlora compile -o pipelines/fedlora.yaml --components components`"
+        )
+        component = kfp_components.load_component_from_file(str(committed))  # reusable as committed
+        assert component.name
+
+
+def test_cli_compile_without_config_reproduces_the_committed_pipeline(tmp_path: Path) -> None:
+    out = tmp_path / "p.yaml"
+    result = CliRunner().invoke(main, ["compile", "-o", str(out), "--components", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+    assert out.read_text(encoding="utf-8") == (ROOT / "pipelines" / "fedlora.yaml").read_text(encoding="utf-8")
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == sorted(COMPONENT_FILES.values())
+
+
+def _graph(spec: dict[str, Any]) -> dict[str, list[str]]:
+    """DAG name -> its task names (root and each round)."""
+    graph = {"root": sorted(spec["root"]["dag"]["tasks"])}
+    for name, comp in spec["components"].items():
+        if "dag" in comp:
+            graph[name] = sorted(comp["dag"]["tasks"])
+    return graph
+
+
+def test_graph_shows_rounds_and_banks_by_name(tmp_path: Path) -> None:
+    config = load_config(None, ["federation.rounds=2"])
+    spec = _spec(compile_pipeline(config, tmp_path / "p.yaml"))
+    graph = _graph(spec)
+    assert graph["root"] == ["finalize", "initialize", "round-1", "round-2"]
+    for r in (1, 2):
+        assert graph[f"comp-round-{r}"] == [f"aggregate-round-{r}", "train-bank-a", "train-bank-b", "train-bank-c"]
+        tasks = spec["components"][f"comp-round-{r}"]["dag"]["tasks"]
+        assert sorted(tasks[f"aggregate-round-{r}"]["dependentTasks"]) == [
+            "train-bank-a",
+            "train-bank-b",
+            "train-bank-c",
+        ]
+        assert tasks["train-bank-b"]["taskInfo"]["name"] == "train-bank-b"
+        assert tasks["train-bank-b"]["inputs"]["parameters"]["bank"]["runtimeValue"]["constant"] == "bank-b"
+        assert tasks["train-bank-b"]["cachingOptions"] == {}  # not cached: tasks write the store
+    root = spec["root"]["dag"]["tasks"]
+    assert root["round-2"]["dependentTasks"] == ["initialize", "round-1"]
+    assert root["finalize"]["dependentTasks"] == ["initialize", "round-2"]
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {CONTROL_IMAGE}
+    for executor in spec["deploymentSpec"]["executors"].values():  # nothing installed at run time
+        script = " ".join(executor["container"]["command"])
+        assert "pip install" not in script and "ensurepip" not in script
+
+
+def test_outputs_are_typed_metrics_roc_and_markdown(tmp_path: Path) -> None:
+    spec = _spec(compile_pipeline(load_config(None, ["federation.rounds=1"]), tmp_path / "p.yaml"))
+    outputs = spec["components"]["comp-aggregate-round-1"]["outputDefinitions"]["artifacts"]
+    assert outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
+    assert outputs["roc"]["artifactType"]["schemaTitle"] == "system.ClassificationMetrics"
+    assert outputs["summary"]["artifactType"]["schemaTitle"] == "system.Markdown"
+    train = spec["components"]["comp-train-bank-a"]["outputDefinitions"]["artifacts"]
+    assert train["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
+
+
+def test_parameters_are_config_fields_with_the_configs_defaults(tmp_path: Path) -> None:
+    config = load_config(
+        None,
+        [
+            "privacy.target_epsilon=3",
+            "store.uri=s3://exchange/consortium",
+            "federation.rounds=1",
+            "kubeflow.mode=namespaced",
+        ],
+    )
+    spec = _spec(compile_pipeline(config, tmp_path / "p.yaml"))
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert list(inputs) == sorted(p.name for p in PARAMETERS)
+    assert inputs["privacy_target_epsilon"]["defaultValue"] == 3.0
+    assert inputs["privacy_target_epsilon"]["parameterType"] == "NUMBER_DOUBLE"
+    assert inputs["store_uri"]["defaultValue"] == "s3://exchange/consortium"
+    assert inputs["kubeflow_mode"]["defaultValue"] == "namespaced"
+    assert inputs["privacy_delta"]["defaultValue"] == 0.0  # None in the config
+    assert inputs["federation_banks"]["defaultValue"] == ["bank-a", "bank-b", "bank-c"]
+    assert inputs["training_batch_size"]["parameterType"] == "NUMBER_INTEGER"
+    assert inputs["lora_ffa"]["parameterType"] == "BOOLEAN"
+    assert "federation_rounds" not in inputs  # structural: one graph node per round
+    assert "privacy.target_epsilon" in inputs["privacy_target_epsilon"]["description"]
+    for p in PARAMETERS:
+        assert p.name == p.field.replace(".", "_")
+
+
+def test_initialize_component_takes_every_parameter() -> None:
+    signature = inspect.signature(initialize_run)
+    names = [n for n in signature.parameters if n not in ("base_config", "kfp_run_name", "plan")]
+    assert names == [p.name for p in PARAMETERS]
+    assert len(FIELDS) == len(set(FIELDS))
+    for p in PARAMETERS:
+        assert signature.parameters[p.name].default is None
+
+
+def test_parameters_resolve_back_to_the_config() -> None:
+    config = load_config(None, ["store.uri=s3://b/p", "federation.rounds=2"])
+    values = parameter_values(config)
+    resolved = resolve_config(config_to_yaml(config), to_overrides(values))
+    assert resolved == config
+
+
+def test_run_parameters_override_and_zero_means_none() -> None:
+    base = config_to_yaml(load_config(None, ["privacy.delta=0.0001", "output.run_name=x", "data.max_rows=300"]))
+    resolved = resolve_config(
+        base,
+        to_overrides(
+            {
+                "privacy_target_epsilon": 2.5,
+                "privacy_delta": 0.0,
+                "output_run_name": "",
+                "data_max_rows": None,  # not given: compiled-in value stays
+                "federation_banks": ["bank-c", "bank-a"],
+                "federation_min_banks": 1,
+            }
+        ),
+    )
+    assert resolved.privacy.target_epsilon == 2.5
+    assert resolved.privacy.delta is None and resolved.output.run_name is None
+    assert resolved.data.max_rows == 300
+    assert [b.name for b in resolved.federation.banks] == ["bank-a", "bank-c"]
+
+
+def test_unknown_bank_or_bad_value_is_refused() -> None:
+    base = config_to_yaml(load_config(None))
+    with pytest.raises(ConfigError, match="bank-z"):
+        resolve_config(base, {"federation.banks": ["bank-a", "bank-z"]})
+    with pytest.raises(ConfigError, match="target_epsilon"):
+        resolve_config(base, {"privacy.target_epsilon": -1.0})
+
+
+def test_image_and_consortium_config(tmp_path: Path) -> None:
+    config = load_config(ROOT / "pipelines" / "consortium.example.yaml")
+    spec = _spec(
+        compile_pipeline(config, tmp_path / "p.yaml", image="registry.example/fedlora-control@sha256:" + "a" * 64)
+    )
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"registry.example/fedlora-control@sha256:" + "a" * 64}
+    graph = _graph(spec)
+    banks = [b.name for b in config.federation.banks]
+    assert graph["root"] == sorted(
+        ["initialize", "finalize", *[f"round-{r}" for r in range(1, config.federation.rounds + 1)]]
+    )
+    assert graph["comp-round-1"] == sorted(["aggregate-round-1", *[f"train-{b}" for b in banks]])
+    assert config.kubeflow.mode == "namespaced"
