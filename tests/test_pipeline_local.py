@@ -1,0 +1,188 @@
+"""The compiled pipeline end to end with ``kfp.local`` (inline mode), and the component steps' reporting."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kfp import local
+
+from fedlora.config import Config, config_to_yaml, load_config
+from fedlora.federation import BankOutcome
+from fedlora.pipeline import steps
+from fedlora.pipeline.pipeline import build_pipeline
+
+
+class FakeMetrics:
+    """Stands in for KFP's Output[Metrics] / Output[ClassificationMetrics] / Output[Markdown]."""
+
+    def __init__(self, path: Path) -> None:
+        self.metadata: dict[str, Any] = {}
+        self.roc: tuple[list[float], list[float], list[float]] | None = None
+        self.path = str(path)
+
+    def log_metric(self, metric: str, value: float) -> None:
+        self.metadata[metric] = value
+
+    def log_roc_curve(self, fpr: list[float], tpr: list[float], threshold: list[float]) -> None:
+        self.roc = (fpr, tpr, threshold)
+
+
+def _tiny(tmp_path: Path, *extra: str) -> Config:
+    return load_config(
+        None,
+        [
+            "model.name=tiny-bert",
+            "federation.rounds=2",
+            "federation.banks=[{name: bank-a}, {name: bank-b}]",
+            "data.max_rows=300",
+            "training.local_steps=2",
+            "training.batch_size=16",
+            "tracking.enabled=false",
+            f"output.dir={tmp_path / 'runs'}",
+            f"store.uri={tmp_path / 'store'}",
+            "kubeflow.mode=inline",
+            *extra,
+        ],
+    )
+
+
+def _task_outputs(root: Path, task: str) -> dict[str, Any]:
+    (path,) = root.glob(f"*/{task}/executor_output.json")
+    result: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return result
+
+
+@pytest.mark.slow
+def test_kfp_local_run_two_banks_two_rounds(tmp_path: Path) -> None:
+    config = _tiny(tmp_path)
+    pipeline = build_pipeline(config)
+    root = tmp_path / "pipeline_root"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    started = time.perf_counter()
+    pipeline(output_run_name="local-run", privacy_target_epsilon=6.0)
+    seconds = time.perf_counter() - started
+
+    run = tmp_path / "store" / "local-run"
+    for r in (0, 1, 2):
+        assert (run / f"rounds/{r:04d}/global/adapter.safetensors").is_file()
+    for r in (1, 2):
+        assert (run / f"rounds/{r:04d}/MANIFEST.json").is_file()
+        for bank in ("bank-a", "bank-b"):
+            assert (run / f"rounds/{r:04d}/updates/{bank}/adapter.safetensors").is_file()
+    assert (run / "final/adapter.safetensors").is_file()
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    stored = load_config(run / "config.yaml")
+    assert stored.privacy.target_epsilon == 6.0  # the run parameter reached the core
+
+    # KFP outputs: the initialize plan, each bank's metrics, each round's metrics, ROC and summary
+    init = _task_outputs(root, "initialize")
+    assert init["parameterValues"]["run"] == "local-run"
+    bank = _task_outputs(root, "train-bank-a")
+    assert bank["artifacts"]["metrics"]["artifacts"][0]["metadata"]["ok"] == 1.0
+    assert json.loads(bank["parameterValues"]["Output"])["status"] == "ok"
+    agg = _task_outputs(root, "aggregate-round-2")
+    metrics = agg["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    assert 0.0 <= metrics["test_auc"] <= 1.0
+    assert 0.0 < metrics["epsilon_bank-a"] <= 6.0 + 1e-6 and 0.0 < metrics["epsilon_bank-b"] <= 6.0 + 1e-6
+    assert metrics["banks_accepted"] == 2.0 and metrics["banks_failed"] == 0.0
+    roc = agg["artifacts"]["roc"]["artifacts"][0]["metadata"]["confidenceMetrics"]
+    assert len(roc) >= 2 and {"falsePositiveRate", "recall", "confidenceThreshold"} <= set(roc[0])
+    markdown = Path(agg["artifacts"]["summary"]["artifacts"][0]["uri"]).read_text(encoding="utf-8")
+    assert "## Round 2" in markdown and "bank-a | ✅ averaged" in markdown
+    final = _task_outputs(root, "finalize")
+    assert final["parameterValues"]["Output"].endswith("final/adapter.safetensors")
+    print(f"kfp.local: 2 banks x 2 rounds in {seconds:.0f} s")
+
+
+def test_failed_bank_is_reported_not_raised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(config: Config, *, run: str, bank: str, round_index: int) -> BankOutcome:
+        raise OSError("bank data volume is not mounted")
+
+    monkeypatch.setattr(steps, "train_bank", broken)
+    metrics, summary = FakeMetrics(tmp_path / "m"), FakeMetrics(tmp_path / "summary.md")
+    out = steps.train_bank_step(
+        config_yaml=config_to_yaml(_tiny(tmp_path)),
+        run="r",
+        bank="bank-b",
+        round_index=1,
+        metrics=metrics,
+        summary=summary,
+    )
+    outcome = BankOutcome.from_json(json.loads(out))
+    assert outcome.status == "failed" and "not mounted" in outcome.message
+    assert metrics.metadata["failed"] == 1.0 and metrics.metadata["ok"] == 0.0
+    text = Path(summary.path).read_text(encoding="utf-8")
+    assert text.startswith("### ❌ bank-b, round 1: failed") and "OSError: bank data volume is not mounted" in text
+
+
+def test_namespaced_mode_launches_the_banks_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, int, str]] = []
+
+    def job(config: Config, *, run: str, bank: str, round_index: int) -> BankOutcome:
+        calls.append((bank, round_index, config.kubeflow.mode))
+        return BankOutcome.failed(bank, round_index, "job fedlora-bank-a/x: timed out after 60 s")
+
+    monkeypatch.setattr(steps, "run_bank_job", job)
+    metrics = FakeMetrics(tmp_path / "m")
+    config = _tiny(tmp_path, "kubeflow.mode=namespaced")
+    steps.train_bank_step(
+        config_yaml=config_to_yaml(config),
+        run="r",
+        bank="bank-a",
+        round_index=2,
+        metrics=metrics,
+        summary=FakeMetrics(tmp_path / "s.md"),
+    )
+    assert calls == [("bank-a", 2, "namespaced")]
+    assert metrics.metadata["failed"] == 1.0
+
+
+def test_bank_left_out_of_the_run_is_not_selected(tmp_path: Path) -> None:
+    config = steps.resolve_config(
+        config_to_yaml(_tiny(tmp_path)), {"federation.banks": ["bank-a"], "federation.min_banks": 1}
+    )
+    metrics = FakeMetrics(tmp_path / "m")
+    out = steps.train_bank_step(
+        config_yaml=config_to_yaml(config),
+        run="r",
+        bank="bank-b",
+        round_index=1,
+        metrics=metrics,
+        summary=FakeMetrics(tmp_path / "s.md"),
+    )
+    assert json.loads(out)["status"] == "not_selected"
+    assert metrics.metadata["ok"] == 0.0 and metrics.metadata["failed"] == 0.0
+
+
+def test_bank_without_outcome_counts_as_failed_in_the_round(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def read(config: Config, *, run: str, bank: str, round_index: int) -> BankOutcome:
+        if bank == "bank-b":
+            raise FileNotFoundError("rounds/0001/updates/bank-b/outcome.json")
+        return BankOutcome(bank=bank, round=round_index, status="ok", num_examples=100)
+
+    monkeypatch.setattr(steps, "read_bank_outcome", read)
+    outcomes = steps._round_outcomes(_tiny(tmp_path), run="r", round_index=1)
+    assert [(o.bank, o.status) for o in outcomes] == [("bank-a", "ok"), ("bank-b", "failed")]
+
+
+def test_round_summary_shows_failed_banks() -> None:
+    record = {
+        "round": 3,
+        "auc": 0.71,
+        "ks": 0.3,
+        "loss": 0.6,
+        "banks": ["bank-a", "bank-c"],
+        "failed": {"bank-b": "job fedlora-bank-b/x: timed out after 7200 s"},
+        "rejected": {},
+        "budget_exhausted": [],
+        "epsilon": {"bank-a": 1.2, "bank-b": 0.8, "bank-c": 1.1},
+        "incoming_val_auc": {"bank-a": 0.7},
+    }
+    text = steps._round_markdown(record)
+    assert "| bank-b | ❌ failed: job fedlora-bank-b/x: timed out after 7200 s | 0.8 |" in text
+    assert "| bank-a | ✅ averaged | 1.2 | 0.7 |" in text
