@@ -466,3 +466,80 @@ def test_job_names_are_dns_labels_and_unique(run: str, bank: str, round_index: i
     assert name != job_name(run=run, bank=bank, round_index=round_index + 1)
     value = label_value(run)
     assert len(value) <= 63 and (value == run or not value.endswith("-"))
+
+
+def _namespaced_config(job_timeout: int = 60) -> Any:
+    from fedlora.config import load_config
+
+    return load_config(
+        None,
+        [
+            "federation.banks=[{name: bank-a, namespace: bank-a, job_template: fedlora-bank-job-template}, {name: b2}]",
+            "kubeflow.mode=namespaced",
+            f"kubeflow.job_timeout_seconds={job_timeout}",
+            "store.uri=s3://exchange/consortium",
+            "federation.min_banks=1",
+        ],
+    )
+
+
+def test_namespaced_step_returns_the_outcome_the_banks_job_published(
+    cluster: tuple[FakeCluster, client.ApiClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedlora.config import load_config_text
+    from fedlora.federation import BankOutcome
+    from fedlora.pipeline import steps
+
+    state, api = cluster
+    published = BankOutcome(bank="bank-a", round=3, status="ok", num_examples=250, epsilon=0.9, loss=0.61)
+    reads: list[tuple[str, str, int]] = []
+
+    def read(config: Any, *, run: str, bank: str, round_index: int) -> BankOutcome:
+        reads.append((run, bank, round_index))
+        return published
+
+    monkeypatch.setattr(steps, "read_bank_outcome", read)
+    config = _namespaced_config()
+    outcome = steps.run_bank_job(config, run="run-7", bank="bank-a", round_index=3, api=api)
+    assert outcome == published
+    assert reads == [("run-7", "bank-a", 3)]
+    (posted,) = state.posted
+    assert_valid_and_secure(posted)
+    assert posted["metadata"]["namespace"] == "bank-a"
+    assert posted["metadata"]["name"] == job_name(run="run-7", bank="bank-a", round_index=3)
+    trainer = posted["spec"]["template"]["spec"]["containers"][0]
+    assert trainer["args"] == ["train-bank", "--run", "run-7", "--bank", "bank-a", "--round", "3"]
+    env = {e["name"]: e.get("value") for e in trainer["env"]}
+    assert load_config_text(env["FEDLORA_REQUEST_CONFIG"]) == config  # the whole request, nothing else
+    assert {n for n in env if n.startswith("FEDLORA_REQUEST_")} == {
+        "FEDLORA_REQUEST_CONFIG",
+        "FEDLORA_REQUEST_RUN",
+        "FEDLORA_REQUEST_BANK",
+        "FEDLORA_REQUEST_ROUND",
+    }
+    assert posted["spec"]["activeDeadlineSeconds"] == 60
+
+
+def test_namespaced_step_turns_a_failed_job_into_a_failed_bank(
+    cluster: tuple[FakeCluster, client.ApiClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedlora.pipeline import steps
+
+    state, api = cluster
+    state.scenario = "fail"
+    state.log_lines = ["loading model", "CUDA error: out of memory"]
+    monkeypatch.setattr(steps, "read_bank_outcome", lambda *a, **k: pytest.fail("no outcome to read"))
+    outcome = steps.run_bank_job(_namespaced_config(), run="run-7", bank="bank-a", round_index=1, api=api)
+    assert outcome.status == "failed" and outcome.bank == "bank-a" and outcome.round == 1
+    assert "BackoffLimitExceeded" in outcome.message and "CUDA error: out of memory" in outcome.message
+    assert not state.jobs  # cleaned up
+
+
+def test_namespaced_step_bank_without_helm_release(cluster: tuple[FakeCluster, client.ApiClient]) -> None:
+    from fedlora.pipeline import steps
+
+    state, api = cluster
+    outcome = steps.run_bank_job(_namespaced_config(), run="run-7", bank="b2", round_index=1, api=api)
+    assert outcome.status == "failed"
+    assert "configmap b2/fedlora-bank-job-template" in outcome.message and "Helm release" in outcome.message
+    assert not state.posted
