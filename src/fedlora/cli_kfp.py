@@ -34,13 +34,24 @@ def _config(path: str | None, overrides: tuple[str, ...]) -> Config:
 )
 @click.option("--image", metavar="IMAGE", help="Image of every task (default: the FedLoRA control image).")
 @click.option(
+    "--secret",
+    metavar="NAME",
+    help="Secret (in the run's namespace) whose AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY keys every task gets "
+    "as environment variables. Default: the pods' own identity (IRSA, workload identity, a PodDefault).",
+)
+@click.option(
     "--components",
     "components_dir",
     type=click.Path(file_okay=False),
     help="Also write each reusable component's YAML into this folder.",
 )
 def compile_command(
-    config_path: str | None, overrides: tuple[str, ...], output: str, image: str | None, components_dir: str | None
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    output: str,
+    image: str | None,
+    secret: str | None,
+    components_dir: str | None,
 ) -> None:
     """Compile the FedLoRA pipeline to a YAML file for Kubeflow Pipelines.
 
@@ -53,7 +64,7 @@ def compile_command(
     from fedlora.pipeline.compile import compile_components, compile_pipeline
 
     config = _config(config_path, overrides)
-    path = compile_pipeline(config, output, image=image)
+    path = compile_pipeline(config, output, image=image, secret=secret)
     banks = ", ".join(b.name for b in config.federation.banks)
     click.echo(f"pipeline: {path} ({config.federation.rounds} rounds; banks {banks})")
     if components_dir:
@@ -74,6 +85,12 @@ def compile_command(
 @click.option("--experiment", help="Experiment of the run (default: tracking.experiment); created if missing.")
 @click.option("--run-name", help="Display name of the run (default: fedlora <output.run_name or time>).")
 @click.option("--image", metavar="IMAGE", help="Image of every task (default: the FedLoRA control image).")
+@click.option(
+    "--secret",
+    metavar="NAME",
+    help="Secret (in the run's namespace) whose AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY keys every task gets "
+    "as environment variables. Default: the pods' own identity (IRSA, workload identity, a PodDefault).",
+)
 @click.option("--service-account", help="Kubernetes service account of the run's pods.")
 @click.option("--token", "existing_token", envvar="KF_PIPELINES_TOKEN", help="Bearer token (env KF_PIPELINES_TOKEN).")
 @click.option("--cookies", help="Cookie header of a logged-in Kubeflow session, e.g. 'authservice_session=...'.")
@@ -97,6 +114,7 @@ def submit_command(
     experiment: str | None,
     run_name: str | None,
     image: str | None,
+    secret: str | None,
     service_account: str | None,
     existing_token: str | None,
     cookies: str | None,
@@ -136,6 +154,7 @@ def submit_command(
             experiment=experiment,
             run_name=run_name,
             image=image,
+            secret=secret,
             service_account=service_account,
             auth=auth,
             ui_host=ui_host,

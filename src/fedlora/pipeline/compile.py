@@ -26,11 +26,14 @@ def default_config() -> Config:
     return load_config(None)
 
 
-def compile_pipeline(config: Config, path: str | Path, *, image: str | None = None) -> Path:
-    """Compile the pipeline for ``config`` to ``path`` (KFP IR YAML, uploadable in the Kubeflow UI)."""
+def compile_pipeline(config: Config, path: str | Path, *, image: str | None = None, secret: str | None = None) -> Path:
+    """Compile the pipeline for ``config`` to ``path`` (KFP IR YAML, uploadable in the Kubeflow UI).
+
+    ``image`` and ``secret`` are as in :func:`fedlora.pipeline.pipeline.build_pipeline`.
+    """
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(config, image=image), str(out))
+    compiler.Compiler().compile(build_pipeline(config, image=image, secret=secret), str(out))
     return out
 
 

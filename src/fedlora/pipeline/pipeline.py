@@ -29,7 +29,7 @@ from fedlora.config import Config, config_to_yaml
 from fedlora.pipeline.components import CONTROL_IMAGE, Components, make_components
 from fedlora.pipeline.parameters import PARAMETERS, parameter_values
 
-__all__ = ["PIPELINE_NAME", "build_pipeline", "pipeline_image"]
+__all__ = ["PIPELINE_NAME", "S3_SECRET_KEYS", "build_pipeline", "pipeline_image"]
 
 PIPELINE_NAME = "fedlora"
 
@@ -47,7 +47,20 @@ def _named(component: Any, name: str) -> Any:
     return renamed
 
 
-def _round(components: Components, round_index: int, banks: list[str]) -> Any:
+S3_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
+"""Keys of the ``--secret`` Secret and the environment variables they become in every task."""
+
+
+def _with_secret(task: Any, secret: str | None) -> Any:
+    """Give ``task`` the exchange bucket's credentials from Secret ``secret`` (kfp-kubernetes), if any."""
+    if secret:
+        from kfp import kubernetes
+
+        kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=dict(S3_SECRET_KEYS))
+    return task
+
+
+def _round(components: Components, round_index: int, banks: list[str], secret: str | None = None) -> Any:
     """The sub-pipeline of one round: every bank trains, then the aggregation."""
     train = {bank: _named(components.train_bank, f"train-{bank}") for bank in banks}
     aggregate_round = _named(components.aggregate_round, f"aggregate-round-{round_index}")
@@ -57,9 +70,10 @@ def _round(components: Components, round_index: int, banks: list[str]) -> Any:
         for bank in banks:
             task = train[bank](config=config, run=run, bank=bank, round_index=round_index)
             task.set_display_name(f"train-{bank}").set_caching_options(False)
-            trained.append(task)
+            trained.append(_with_secret(task, secret))
         aggregate = aggregate_round(config=config, run=run, round_index=round_index)
         aggregate.set_display_name(f"aggregate-round-{round_index}").set_caching_options(False).after(*trained)
+        _with_secret(aggregate, secret)
         return aggregate.outputs["Output"]  # type: ignore[no-any-return]
 
     round_dag.__name__ = f"round_{round_index}"
@@ -102,17 +116,20 @@ def _docstring(config: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_pipeline(config: Config, *, image: str | None = None) -> Any:
+def build_pipeline(config: Config, *, image: str | None = None, secret: str | None = None) -> Any:
     """The FedLoRA pipeline for ``config`` (a KFP graph component: compile it or run it with ``kfp.local``).
 
     Args:
         config: The consortium's config: its rounds and banks shape the graph, its values are
             the parameters' defaults, and it is compiled in as the base of every run.
         image: The tasks' image (default: :data:`~fedlora.pipeline.components.CONTROL_IMAGE`).
+        secret: A Secret in the run's namespace whose keys ``AWS_ACCESS_KEY_ID`` and
+            ``AWS_SECRET_ACCESS_KEY`` every task gets as environment variables (the exchange
+            bucket's credentials). None: the pods' own identity (IRSA, workload identity, a PodDefault).
     """
     components = make_components(pipeline_image(config, image))
     banks = [b.name for b in config.federation.banks]
-    rounds = [_round(components, r, banks) for r in range(1, config.federation.rounds + 1)]
+    rounds = [_round(components, r, banks, secret) for r in range(1, config.federation.rounds + 1)]
     base_config = config_to_yaml(config)
     names = [p.name for p in PARAMETERS]
 
@@ -121,7 +138,7 @@ def build_pipeline(config: Config, *, image: str | None = None) -> Any:
 
     def body(**parameters: Any) -> None:
         init = initialize(base_config=base_config, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **parameters)
-        init.set_display_name("initialize").set_caching_options(False)
+        _with_secret(init.set_display_name("initialize").set_caching_options(False), secret)
         config_out, run_out = init.outputs["config"], init.outputs["run"]
         previous: Any = init
         for round_index, round_dag in enumerate(rounds, start=1):
@@ -129,7 +146,7 @@ def build_pipeline(config: Config, *, image: str | None = None) -> Any:
             task.set_display_name(f"round-{round_index}").set_caching_options(False).after(previous)
             previous = task
         final = finalize(config=config_out, run=run_out)
-        final.set_display_name("finalize").set_caching_options(False).after(previous)
+        _with_secret(final.set_display_name("finalize").set_caching_options(False).after(previous), secret)
 
     def fedlora(*args: Any) -> None:
         body(**dict(zip(names, args, strict=True)))

@@ -94,9 +94,9 @@ def resolve_config(base_config: str, overrides: dict[str, Any]) -> Config:
 
     Args:
         base_config: The config YAML compiled into the pipeline (``fedlora compile --config``).
-        overrides: Dotted config names to values (see
-            :func:`fedlora.pipeline.parameters.to_overrides`). ``federation.banks`` is a list of bank names: only those compiled-in banks take
-            part (their namespaces and templates stay as compiled).
+        overrides: Dotted config names to values (see :func:`fedlora.pipeline.parameters.to_overrides`).
+            ``federation.banks`` is a list of bank names: only those compiled-in banks take part
+            (their namespaces and templates stay as compiled).
 
     Raises:
         ConfigError: an unknown bank, or a value the config refuses (the message names it).

@@ -101,6 +101,7 @@ def submit(
     experiment: str | None = None,
     run_name: str | None = None,
     image: str | None = None,
+    secret: str | None = None,
     service_account: str | None = None,
     auth: Auth | None = None,
     ui_host: str | None = None,
@@ -116,6 +117,7 @@ def submit(
         experiment: Experiment name (default: ``tracking.experiment``); created if missing.
         run_name: The run's display name (default: ``fedlora <output.run_name>``, else with the UTC time).
         image: The tasks' image (default: the control image).
+        secret: Secret with the exchange bucket's credentials for every task (see ``build_pipeline``).
         service_account: Kubernetes service account of the run's pods.
         auth: Authentication passed to ``kfp.Client``.
         ui_host: Base URL of the UI for the printed link (default: ``host``).
@@ -129,7 +131,7 @@ def submit(
     if run_name is None:
         run_name = f"fedlora {config.output.run_name or datetime.now(UTC).strftime('%Y-%m-%d %H:%M:%S')}"
     with tempfile.TemporaryDirectory(prefix="fedlora-submit-") as tmp:
-        package = compile_pipeline(config, Path(tmp) / "fedlora.yaml", image=image)
+        package = compile_pipeline(config, Path(tmp) / "fedlora.yaml", image=image, secret=secret)
         result = client.create_run_from_pipeline_package(
             str(package),
             arguments=run_arguments(config),
