@@ -543,3 +543,15 @@ def test_namespaced_step_bank_without_helm_release(cluster: tuple[FakeCluster, c
     assert outcome.status == "failed"
     assert "configmap b2/fedlora-bank-job-template" in outcome.message and "Helm release" in outcome.message
     assert not state.posted
+
+
+def test_logs_of_a_job_that_ends_at_once_are_read_before_deletion(
+    cluster: tuple[FakeCluster, client.ApiClient],
+) -> None:
+    state, api = cluster
+    state.run_seconds = 0.0
+    lines: list[str] = []
+    result = launch(api, lines)
+    assert result.succeeded and "ε=1.02" in result.logs_tail and len(lines) == 3
+    order = [method for method, path in state.requests if method == "DELETE" or path.split("?")[0].endswith("/log")]
+    assert order[-1] == "DELETE" and "GET" in order

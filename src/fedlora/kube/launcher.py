@@ -295,12 +295,18 @@ class BankJobLauncher:
         except ApiException as exc:
             return JobResult(name, namespace, False, f"cannot create the job: {_api_error(exc)}")
         log.info("job %s/%s created; waiting up to %d s", namespace, name, timeout_seconds)
+        ended = False
+        grace = min(30.0, 5 * self.poll_seconds + 5)
         try:
             follower.start()
-            succeeded, reason = self._wait(namespace, name, started + timeout_seconds, timeout_seconds)
+            succeeded, reason, ended = self._wait(namespace, name, started + timeout_seconds, timeout_seconds)
         finally:
-            self._delete(namespace, name)
-            tail = follower.finish(timeout=min(30.0, 5 * self.poll_seconds + 5))
+            if ended:  # the pod has exited: collect the last of its log before the pod goes away
+                tail = follower.finish(timeout=grace)
+                self._delete(namespace, name)
+            else:  # timed out or interrupted: stop the pod first, which also ends its log stream
+                self._delete(namespace, name)
+                tail = follower.finish(timeout=grace)
         seconds = self.clock() - started
         level = logging.INFO if succeeded else logging.WARNING
         log.log(level, "job %s/%s ended after %.0f s: %s", namespace, name, seconds, reason)
@@ -339,20 +345,24 @@ class BankJobLauncher:
         result: dict[str, Any] = self.batch.api_client.sanitize_for_serialization(job)
         return result
 
-    def _wait(self, namespace: str, name: str, deadline: float, timeout_seconds: int) -> tuple[bool, str]:
-        """Watch the Job until a final condition or the deadline; re-read on 410 and on errors."""
+    def _wait(self, namespace: str, name: str, deadline: float, timeout_seconds: int) -> tuple[bool, str, bool]:
+        """Watch the Job until a final condition or the deadline; re-read on 410 and on errors.
+
+        Returns:
+            ``(succeeded, reason, ended)``; ``ended`` is True when the Job reached a final condition.
+        """
         backoff = self.poll_seconds
         while True:
             remaining = deadline - self.clock()
             if remaining <= 0:
-                return False, f"timed out after {timeout_seconds} s"
+                return False, f"timed out after {timeout_seconds} s", False
             try:
                 job = self._read(namespace, name)
                 if job is None:
-                    return False, "the job was deleted by someone else before it finished"
+                    return False, "the job was deleted by someone else before it finished", False
                 state = _job_state(job)
                 if state is not None:
-                    return state
+                    return (*state, True)
                 version = (job.get("metadata") or {}).get("resourceVersion")
                 stream = watch.Watch().stream(
                     self.batch.list_namespaced_job,
@@ -360,13 +370,14 @@ class BankJobLauncher:
                     field_selector=f"metadata.name={name}",
                     resource_version=version,
                     timeout_seconds=max(1, int(min(remaining, self.watch_seconds))),
+                    _request_timeout=(30, self.watch_seconds + 30),  # a silent, half-open connection ends too
                 )
                 for event in stream:
                     if event["type"] == "DELETED":
-                        return False, "the job was deleted by someone else before it finished"
+                        return False, "the job was deleted by someone else before it finished", False
                     state = _job_state(event["raw_object"])
                     if state is not None:
-                        return state
+                        return (*state, True)
                     if self.clock() >= deadline:
                         break
                 backoff = self.poll_seconds
@@ -374,7 +385,7 @@ class BankJobLauncher:
                 if exc.status == 410:  # our resourceVersion is too old: read again, watch again
                     continue
                 if exc.status in (401, 403):
-                    return False, f"lost access to the job: {_api_error(exc)}"
+                    return False, f"lost access to the job: {_api_error(exc)}", False
                 log.warning("watching job %s/%s: %s; retrying in %.0f s", namespace, name, _api_error(exc), backoff)
                 time.sleep(min(backoff, max(0.0, deadline - self.clock())))
                 backoff = min(backoff * 2, 30.0)
