@@ -528,7 +528,11 @@ def test_namespaced_step_turns_a_failed_job_into_a_failed_bank(
     state, api = cluster
     state.scenario = "fail"
     state.log_lines = ["loading model", "CUDA error: out of memory"]
-    monkeypatch.setattr(steps, "read_bank_outcome", lambda *a, **k: pytest.fail("no outcome to read"))
+
+    def nothing(*args: Any, **kwargs: Any) -> Any:
+        raise FileNotFoundError("rounds/0001/updates/bank-a/outcome.json")
+
+    monkeypatch.setattr(steps, "read_bank_outcome", nothing)
     outcome = steps.run_bank_job(_namespaced_config(), run="run-7", bank="bank-a", round_index=1, api=api)
     assert outcome.status == "failed" and outcome.bank == "bank-a" and outcome.round == 1
     assert "BackoffLimitExceeded" in outcome.message and "CUDA error: out of memory" in outcome.message
@@ -555,3 +559,24 @@ def test_logs_of_a_job_that_ends_at_once_are_read_before_deletion(
     assert result.succeeded and "ε=1.02" in result.logs_tail and len(lines) == 3
     order = [method for method, path in state.requests if method == "DELETE" or path.split("?")[0].endswith("/log")]
     assert order[-1] == "DELETE" and "GET" in order
+
+
+def test_namespaced_step_outside_a_cluster_is_a_failed_bank(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedlora.pipeline import steps
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    outcome = steps.run_bank_job(_namespaced_config(), run="r", bank="bank-a", round_index=1)
+    assert outcome.status == "failed" and "no access to the Kubernetes API" in outcome.message
+
+
+def test_namespaced_step_keeps_an_outcome_published_before_the_job_failed(
+    cluster: tuple[FakeCluster, client.ApiClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedlora.federation import BankOutcome
+    from fedlora.pipeline import steps
+
+    state, api = cluster
+    state.scenario = "fail"  # e.g. the pod was evicted after it had published its update
+    published = BankOutcome(bank="bank-a", round=2, status="ok", num_examples=80)
+    monkeypatch.setattr(steps, "read_bank_outcome", lambda *a, **k: published)
+    assert steps.run_bank_job(_namespaced_config(), run="r", bank="bank-a", round_index=2, api=api) == published

@@ -208,13 +208,18 @@ def run_bank_job(config: Config, *, run: str, bank: str, round_index: int, api: 
 
     Returns:
         The outcome the bank's Job published, or a failed outcome naming why (Job failed,
-        timed out, template missing or unsafe, outcome unreadable).
+        timed out, template missing or unsafe, outcome unreadable). An outcome the bank did
+        publish is used even when its Job ended badly afterwards (e.g. removed by a TTL).
     """
     from fedlora.kube.launcher import BankJobLauncher, api_client, job_name, label_value
 
     spec = next(b for b in config.federation.banks if b.name == bank)
     namespace = spec.namespace or spec.name
-    launcher = BankJobLauncher(api if api is not None else api_client(), log_sink=lambda line: print(line, flush=True))
+    try:
+        api = api if api is not None else api_client()
+    except Exception as exc:  # not in a cluster, no kubeconfig
+        return BankOutcome.failed(bank, round_index, f"no access to the Kubernetes API: {exc}")
+    launcher = BankJobLauncher(api, log_sink=lambda line: print(line, flush=True))
     result = launcher.run(
         namespace=namespace,
         template_configmap=spec.job_template,
@@ -233,14 +238,17 @@ def run_bank_job(config: Config, *, run: str, bank: str, round_index: int, api: 
         },
         timeout_seconds=config.kubeflow.job_timeout_seconds,
     )
-    if not result.succeeded:
+    try:  # the store is the only way back from the bank's namespace
+        outcome = read_bank_outcome(config, run=run, bank=bank, round_index=round_index)
+    except Exception as exc:
+        if result.succeeded:
+            return BankOutcome.failed(bank, round_index, f"job {namespace}/{result.name} completed but: {exc}")
         tail = result.logs_tail.splitlines()[-5:]
         detail = ("; last log lines: " + " | ".join(tail)) if tail else ""
         return BankOutcome.failed(bank, round_index, f"job {namespace}/{result.name}: {result.reason}{detail}")
-    try:
-        return read_bank_outcome(config, run=run, bank=bank, round_index=round_index)
-    except Exception as exc:  # the store is the only way back from the bank's namespace
-        return BankOutcome.failed(bank, round_index, f"job {namespace}/{result.name} completed but: {exc}")
+    if not result.succeeded:
+        log.warning("job %s/%s: %s, but the bank had published its outcome: using it", namespace, bank, result.reason)
+    return outcome
 
 
 def _bank_markdown(outcome: BankOutcome) -> str:
