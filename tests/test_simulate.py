@@ -49,7 +49,8 @@ def test_cli_simulate_writes_summary_run_dir_and_report(tiny_overrides: list[str
         assert info["accountant"] == "prv" and info["max_grad_norm"] == 1.0
         assert 0 < info["delta"] < 1 / 60 and 0 < info["sample_rate"] < 1 and info["noise_multiplier"] > 0
         ledger = json.loads((run_dir / f"privacy/{bank}.json").read_text())
-        assert sum(h[2] for h in ledger["history"]) == 4
+        assert sum(h[2] for h in ledger["ledger"]["history"]) == 4
+        assert ledger["charged_rounds"] == [1, 2]
     assert (run_dir / "report/index.html").read_text().count("<img") == 2
     assert (run_dir / "report/auc.png").stat().st_size > 1000
     assert "ε bank-a" in output and "final pooled test AUC" in output
@@ -99,23 +100,16 @@ def test_seeded_runs_are_reproducible(tiny_overrides: list[str], tmp_path: Path)
 
 
 def test_a_failing_bank_does_not_end_the_round(tiny_overrides: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    real = client_module.train_local
-
-    def flaky(model, data, **kwargs):  # type: ignore[no-untyped-def]
-        if data is flaky.victim.train:  # type: ignore[attr-defined]
-            raise RuntimeError("GPU fell off the bus")
-        return real(model, data, **kwargs)
-
     import fedlora.simulate as sim
 
-    original_prepare = sim.Simulation._prepare
+    real = sim.train_bank
 
-    def prepare(self):  # type: ignore[no-untyped-def]
-        original_prepare(self)
-        flaky.victim = self.banks["bank-b"]  # type: ignore[attr-defined]
+    def flaky(config, *, bank, **kwargs):  # type: ignore[no-untyped-def]
+        if bank == "bank-b":
+            raise RuntimeError("GPU fell off the bus")
+        return real(config, bank=bank, **kwargs)
 
-    monkeypatch.setattr(sim.Simulation, "_prepare", prepare)
-    monkeypatch.setattr(client_module, "train_local", flaky)
+    monkeypatch.setattr(sim, "train_bank", flaky)
     summary = simulate(load_config(None, tiny_overrides))
     for record in summary["rounds"]:
         assert "bank-b" in record["failed"] and "GPU fell off the bus" in record["failed"]["bank-b"]

@@ -15,8 +15,8 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedlora.client import ClientResult
 from fedlora.config import ConfigError, describe_fields, load_config
+from fedlora.federation import BankOutcome
 
 console = Console(stderr=True)
 
@@ -50,16 +50,17 @@ class RichProgress:
     def bank_started(self, *, round_index: int, bank: str) -> None:
         self.bar.update(self.task, description=f"round {round_index}: {bank} training")
 
-    def bank_finished(self, result: ClientResult | None, *, round_index: int, bank: str, error: str | None) -> None:
+    def bank_finished(self, result: BankOutcome | None, *, round_index: int, bank: str, error: str | None) -> None:
         if error is not None:
             self.console.print(f"[red]round {round_index} {bank}: FAILED[/] {error}")
         elif result is not None and result.status != "ok":
             self.console.print(f"[yellow]round {round_index} {bank}: {result.message}[/]")
-        elif result is not None and result.train is not None:
-            eps = "∞ (non-private)" if math.isinf(result.epsilon) else f"{result.epsilon:.3f}"
+        elif result is not None:
+            eps = "∞ (non-private)" if result.epsilon is None else f"{result.epsilon:.3f}"
+            auc = (result.incoming_val or {}).get("auc", math.nan)
             self.console.print(
-                f"round {round_index} {bank}: loss {result.train.mean_loss:.4f}, incoming val AUC "
-                f"{result.incoming_val.auc:.3f}, ε {eps}, {result.train_seconds:.1f}s"
+                f"round {round_index} {bank}: loss {result.loss or math.nan:.4f}, incoming val AUC "
+                f"{auc:.3f}, ε {eps}, {result.train_seconds:.1f}s"
             )
 
     def round_finished(self, record: dict[str, Any]) -> None:
@@ -111,15 +112,38 @@ def main(verbose: bool) -> None:
     help="Override one config field, e.g. --set privacy.target_epsilon=3 (repeatable).",
 )
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the summary JSON to this path.")
-def simulate(config_path: str | None, overrides: tuple[str, ...], json_path: str | None) -> None:
+@click.option(
+    "--store",
+    "store_uri",
+    metavar="URI",
+    help="Adapter exchange: s3://bucket/prefix or a directory (same as --set store.uri=URI). "
+    "S3 credentials come from the standard AWS chain (environment, profile, web identity).",
+)
+@click.option("--tracking-uri", metavar="URI", help="MLflow tracking URI, e.g. http://mlflow:5000 (tracking.uri).")
+@click.option(
+    "--resume",
+    metavar="RUN",
+    help="Continue the interrupted run RUN from its last committed round, with its own stored config "
+    "(only store/tracking/output settings may be given). Each bank's ε continues from its ledger.",
+)
+def simulate(
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    json_path: str | None,
+    store_uri: str | None,
+    tracking_uri: str | None,
+    resume: str | None,
+) -> None:
     """Run the whole federation on this machine (no services needed).
 
     With no options: 3 banks, 5 rounds, DP-SGD at ε=8 per bank, the bundled MiniLM model and
     the bundled German Credit data. Writes a run directory (global adapter of every round,
     final adapter, summary.json, report/index.html) under output.dir and logs to MLflow.
     """
+    extra = [f"store.uri={store_uri}"] if store_uri else []
+    extra += [f"tracking.uri={tracking_uri}"] if tracking_uri else []
     try:
-        config = load_config(config_path, overrides)
+        config = load_config(config_path, [*overrides, *extra])
     except ConfigError as exc:
         console.print(f"[red]error:[/] {exc}")
         sys.exit(2)
@@ -127,7 +151,7 @@ def simulate(config_path: str | None, overrides: tuple[str, ...], json_path: str
 
     progress = RichProgress(console)
     try:
-        summary = run_simulation(config, progress=progress)
+        summary = run_simulation(config, progress=progress, resume=resume)
     except (ValueError, RuntimeError, OSError) as exc:
         progress.stop()
         console.print(f"[red]error:[/] {exc}")
@@ -137,7 +161,7 @@ def simulate(config_path: str | None, overrides: tuple[str, ...], json_path: str
     out.print(_summary_table(summary))
     final = summary["final"]
     out.print(f"final pooled test AUC {final['auc']:.4f}; adapter {final['adapter']}")
-    out.print(f"report: {summary['report']}   wall time {summary['wall_seconds']:.1f}s")
+    out.print(f"report: {summary.get('report', '-')}   wall time {summary['wall_seconds']:.1f}s")
     if summary.get("stopped_early"):
         out.print(f"[yellow]{summary['stopped_early']}[/]")
     if json_path:

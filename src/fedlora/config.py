@@ -52,6 +52,14 @@ class BankConfig(_Section):
         None, description="The bank's own CSV/Parquet file or directory; None = its partition of data.dataset."
     )
     target_epsilon: float | None = Field(None, gt=0, description="Overrides privacy.target_epsilon for this bank.")
+    namespace: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+        description="Kubernetes namespace of the bank's Helm release (kubeflow.mode=namespaced); None = the name.",
+    )
+    job_template: str = Field(
+        "fedlora-bank-job-template", description="ConfigMap holding the bank's trainer Job template."
+    )
 
 
 class ModelConfig(_Section):
@@ -121,9 +129,7 @@ class FederationConfig(_Section):
     fraction_fit: float = Field(1.0, gt=0, le=1, description="Share of banks sampled each round (seeded).")
     min_banks: int = Field(2, ge=1, description="A round needs at least this many valid updates.")
     banks: list[BankConfig] = Field(
-        default_factory=lambda: [
-            BankConfig(name=n, data=None, target_epsilon=None) for n in ("bank-a", "bank-b", "bank-c")
-        ],
+        default_factory=lambda: [BankConfig.model_validate({"name": n}) for n in ("bank-a", "bank-b", "bank-c")],
         description="The consortium's banks.",
     )
 
@@ -143,6 +149,47 @@ class TrackingConfig(_Section):
     enabled: bool = Field(True, description="Log to MLflow.")
     uri: str | None = Field(None, description="MLflow tracking URI; None = sqlite file in output.dir.")
     experiment: str = Field("fedlora", description="MLflow experiment name.")
+    registered_model: str | None = Field(
+        "fedlora-credit-risk", description="Register the final adapter as a version of this model; None = don't."
+    )
+
+
+class StoreConfig(_Section):
+    """The adapter exchange: a local directory or an S3 bucket (AWS, MinIO, Ceph)."""
+
+    uri: str | None = Field(
+        None, description="s3://bucket/prefix or a directory; runs live under it. None = output.dir (local)."
+    )
+    endpoint_url: str | None = Field(
+        None, description="S3 endpoint (MinIO, Ceph); None = AWS_ENDPOINT_URL or AWS's own endpoint."
+    )
+    region: str | None = Field(None, description="S3 region; None = the standard AWS configuration chain.")
+    path_style: bool = Field(False, description="Path-style S3 addressing (most MinIO/Ceph installs).")
+    sse: Literal["none", "AES256", "aws:kms"] = Field("none", description="Server-side encryption of uploads.")
+    sse_kms_key_id: str | None = Field(None, description="KMS key id when store.sse=aws:kms.")
+    retry_seconds: float = Field(60.0, ge=0, description="How long transient S3 errors are retried before failing.")
+
+    @model_validator(mode="after")
+    def _check(self) -> StoreConfig:
+        if self.uri is not None and self.uri.startswith("s3://"):
+            bucket = self.uri[5:].split("/", 1)[0]
+            if not bucket:
+                raise ValueError(f"store.uri={self.uri!r} names no bucket (expected s3://bucket/prefix)")
+        if self.sse_kms_key_id is not None and self.sse != "aws:kms":
+            raise ValueError("store.sse_kms_key_id needs store.sse=aws:kms")
+        return self
+
+
+class KubeflowConfig(_Section):
+    """How the Kubeflow pipeline runs each bank's training."""
+
+    mode: Literal["inline", "namespaced"] = Field(
+        "inline",
+        description="inline = train inside the pipeline task; namespaced = a Job in the bank's namespace.",
+    )
+    job_timeout_seconds: int = Field(
+        6 * 3600, ge=60, description="A bank's Job that runs longer is stopped and counted as failed."
+    )
 
 
 class OutputConfig(_Section):
@@ -163,6 +210,8 @@ class Config(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)  # type: ignore[arg-type]
     federation: FederationConfig = Field(default_factory=FederationConfig)  # type: ignore[arg-type]
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)  # type: ignore[arg-type]
+    store: StoreConfig = Field(default_factory=StoreConfig)  # type: ignore[arg-type]
+    kubeflow: KubeflowConfig = Field(default_factory=KubeflowConfig)  # type: ignore[arg-type]
     output: OutputConfig = Field(default_factory=OutputConfig)  # type: ignore[arg-type]
 
 
@@ -206,6 +255,29 @@ def _format_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def _parse_tree(text: str, source: str) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {source} is not valid YAML: {exc}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config {source} must hold a mapping at the top level")
+    return loaded
+
+
+def load_config_text(text: str, *, source: str = "<text>", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Validate a config given as YAML text (a stored run config, a pipeline parameter)."""
+    tree = _parse_tree(text, source)
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, source)) from exc
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Load a config from YAML (optional), apply ``--set`` overrides, validate.
 
@@ -219,16 +291,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         p = Path(path)
         source = str(p)
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+            text = p.read_text(encoding="utf-8")
         except FileNotFoundError as exc:
             raise ConfigError(f"config file not found: {p}") from exc
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must hold a mapping at the top level")
-        tree = loaded
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid UTF-8 text: {exc}") from exc
+        tree = _parse_tree(text, f"file {p}")
     for assignment in overrides:
         apply_override(tree, assignment)
     if overrides:

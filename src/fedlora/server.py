@@ -10,7 +10,8 @@ separately (the standard, approximate FedAvg of LoRA).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -26,11 +27,56 @@ class AggregationError(RuntimeError):
 
 @dataclass(frozen=True)
 class Update:
-    """A bank's adapter and the weight it carries."""
+    """A bank's adapter, the weight it carries, and what its training could possibly have changed.
+
+    ``max_change_norm`` bounds ``‖θ_k − θ_global‖₂`` given the bank's optimizer, clipping and
+    step count (see :func:`max_update_norm`); ``frozen`` names tensors that must come back
+    unchanged (FFA-LoRA's shared A matrices).
+    """
 
     bank: str
     adapter: AdapterState
     num_examples: int
+    max_change_norm: float | None = None
+    frozen: frozenset[str] = field(default_factory=frozenset)
+
+
+ADAM_BETAS = (0.9, 0.999)
+SGD_MOMENTUM = 0.9
+
+
+def max_update_norm(
+    *,
+    optimizer: str,
+    learning_rate: float,
+    steps: int,
+    num_params: int,
+    max_grad_norm: float | None = None,
+    noise_multiplier: float | None = None,
+    sample_rate: float | None = None,
+    num_examples: int | None = None,
+) -> float | None:
+    """An upper bound on ``‖θ_after − θ_before‖₂`` that honest local training cannot exceed.
+
+    * Adam: each coordinate moves at most ``α·max(1, (1−β₁)/√(1−β₂))`` per step (Kingma & Ba,
+      2015, §2.1), whatever the gradient, so ``‖Δ‖₂ ≤ √d · steps · α · max(1, (1−β₁)/√(1−β₂))``.
+    * SGD with momentum μ under DP-SGD: the privatised gradient is ``(Σ clip(g_i) + N(0, σ²C²I))/(q·n)``;
+      the clipped sum has norm ≤ n·C and the Gaussian's norm is ≤ σC(√d + 10) except with
+      probability ≤ e⁻⁵⁰ (Laurent & Massart, 2000), and momentum scales a step by ≤ 1/(1−μ).
+      Without clipping there is no bound (None).
+
+    An update beyond the bound was not produced by the configured training: it is tampered
+    with, or the bank ran something else.
+    """
+    if optimizer == "adam":
+        beta1, beta2 = ADAM_BETAS
+        per_step = learning_rate * max(1.0, (1 - beta1) / math.sqrt(1 - beta2))
+        return math.sqrt(num_params) * steps * per_step * 1.001
+    if max_grad_norm is None or noise_multiplier is None or not sample_rate or not num_examples:
+        return None
+    gradient = max_grad_norm * (num_examples + noise_multiplier * (math.sqrt(num_params) + 10))
+    gradient /= sample_rate * num_examples
+    return steps * learning_rate * gradient / (1 - SGD_MOMENTUM) * 1.001
 
 
 def sample_banks(banks: list[str], *, fraction_fit: float, min_banks: int, round_index: int, seed: int) -> list[str]:
@@ -57,6 +103,17 @@ def validate_update(update: Update, reference: AdapterState) -> str | None:
             return f"{name}: dtype {value.dtype} != expected {ref.dtype}"
         if not torch.isfinite(value).all():
             return f"{name}: contains NaN or Inf"
+        if name in update.frozen and not torch.equal(value, ref):
+            return f"{name}: a frozen (FFA-LoRA) tensor was changed"
+    if update.max_change_norm is not None:
+        change = math.sqrt(
+            sum(float((update.adapter[n].double() - ref.double()).pow(2).sum()) for n, ref in reference.items())
+        )
+        if change > update.max_change_norm:
+            return (
+                f"change norm {change:.4g} exceeds the {update.max_change_norm:.4g} that the configured "
+                "training (optimizer, learning rate, steps, clipping) allows"
+            )
     return None
 
 

@@ -33,6 +33,10 @@ class Tracker(Protocol):
         """Attach tags to the run."""
         ...
 
+    def register_model(self, *, name: str, artifact_path: str, tags: dict[str, str], description: str) -> str:
+        """Register a logged artifact as a model version; return the version ("" when not tracked)."""
+        ...
+
     def finish(self, *, status: str) -> None:
         """Close the run (``FINISHED`` or ``FAILED``)."""
         ...
@@ -55,50 +59,102 @@ class NullTracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         return None
 
+    def register_model(self, *, name: str, artifact_path: str, tags: dict[str, str], description: str) -> str:
+        return ""
+
     def finish(self, *, status: str) -> None:
         return None
 
 
 class MLflowTracker:
-    """Logs to MLflow (a local sqlite store by default, or any tracking server URI)."""
+    """Logs to one MLflow run by id, so every process of a run (simulation, pipeline tasks) can attach to it.
 
-    def __init__(self, *, uri: str, experiment: str, run_name: str, artifact_location: str | None = None) -> None:
+    Works with a local sqlite store (the default) or any tracking server URI; artifacts go
+    wherever the experiment's artifact location points (a directory, or S3 through the server).
+    """
+
+    def __init__(self, *, uri: str, run_id: str) -> None:
         try:
-            import mlflow
+            from mlflow.tracking import MlflowClient
         except ImportError as exc:
             raise TrackingError(
                 "tracking needs mlflow: pip install 'fedlora[tracking]' or --set tracking.enabled=false"
             ) from exc
-        self._mlflow = mlflow
-        mlflow.set_tracking_uri(uri)
+        self.uri = uri
+        self.run_id: str | None = run_id
+        self._client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    @classmethod
+    def start(cls, *, uri: str, experiment: str, run_name: str, artifact_location: str | None = None) -> MLflowTracker:
+        """Create the experiment if needed and start a new run in it."""
         try:
-            if artifact_location is not None and mlflow.get_experiment_by_name(experiment) is None:
-                mlflow.create_experiment(experiment, artifact_location=artifact_location)
-            mlflow.set_experiment(experiment)
-            self._run = mlflow.start_run(run_name=run_name)
+            from mlflow.tracking import MlflowClient
+        except ImportError as exc:
+            raise TrackingError(
+                "tracking needs mlflow: pip install 'fedlora[tracking]' or --set tracking.enabled=false"
+            ) from exc
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        try:
+            found = client.get_experiment_by_name(experiment)
+            experiment_id = (
+                found.experiment_id
+                if found is not None
+                else client.create_experiment(experiment, artifact_location=artifact_location)
+            )
+            run = client.create_run(experiment_id, run_name=run_name)
         except Exception as exc:  # mlflow raises many exception types for unreachable servers
             raise TrackingError(f"cannot start an MLflow run at {uri}: {exc}") from exc
-        self.run_id: str | None = self._run.info.run_id
-        self.uri = uri
+        return cls(uri=uri, run_id=run.info.run_id)
+
+    def _id(self) -> str:
+        assert self.run_id is not None
+        return self.run_id
 
     def log_params(self, params: dict[str, Any]) -> None:
-        self._mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:500]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self._client.log_batch(self._id(), params=items[i : i + 100])
 
     def log_metrics(self, metrics: dict[str, float], *, step: int) -> None:
-        finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
-        self._mlflow.log_metrics(finite, step=step)
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        finite = [
+            Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))
+        ]
+        self._client.log_batch(self._id(), metrics=finite)
 
     def log_artifact(self, path: Path, *, artifact_path: str | None = None) -> None:
         if path.is_dir():
-            self._mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+            self._client.log_artifacts(self._id(), str(path), artifact_path=artifact_path)
         else:
-            self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
+            self._client.log_artifact(self._id(), str(path), artifact_path=artifact_path)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        self._mlflow.set_tags(tags)
+        for key, value in tags.items():
+            self._client.set_tag(self._id(), key, value[:5000])
+
+    def register_model(self, *, name: str, artifact_path: str, tags: dict[str, str], description: str) -> str:
+        """Register ``runs:/<run>/<artifact_path>`` as a new version of model ``name``; return the version."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._client.get_registered_model(name)
+        except MlflowException:
+            self._client.create_registered_model(name, description="FedLoRA credit-risk adapters (DP-FedAvg LoRA)")
+        run = self._client.get_run(self._id())
+        source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
+        version = self._client.create_model_version(
+            name, source=source, run_id=self._id(), tags=tags, description=description
+        )
+        return str(version.version)
 
     def finish(self, *, status: str) -> None:
-        self._mlflow.end_run(status=status)
+        self._client.set_terminated(self._id(), status=status)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

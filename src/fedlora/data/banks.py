@@ -58,15 +58,21 @@ def _sample_rows(frame: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
     return frame.iloc[keep].reset_index(drop=True)
 
 
-def build_bank_data(config: Config) -> dict[str, BankData]:
-    """Load, validate, partition and split the data of every bank.
+def build_bank_data(config: Config, *, only: list[str] | None = None) -> dict[str, BankData]:
+    """Load, validate, partition and split the data of every bank (or of the banks in ``only``).
 
     Banks with ``data`` set read their own file (validated against the dataset's schema);
     the others share a partition of ``data.dataset``. All files are validated before
-    anything else happens, so a bad file stops the run before training.
+    anything else happens, so a bad file stops the run before training. With ``only``, the
+    files of other banks are not read (a bank's Job sees only its own data).
     """
     schema = get_schema(config.data.dataset)
-    own = {b.name: read_bank_file(b.data, schema) for b in config.federation.banks if b.data is not None}
+    wanted = {b.name for b in config.federation.banks} if only is None else set(only)
+    own = {
+        b.name: read_bank_file(b.data, schema)
+        for b in config.federation.banks
+        if b.data is not None and b.name in wanted
+    }
     shared_banks = [b.name for b in config.federation.banks if b.data is None]
     frames: dict[str, pd.DataFrame] = dict(own)
     if shared_banks:
@@ -85,6 +91,8 @@ def build_bank_data(config: Config) -> dict[str, BankData]:
             frames[name] = frame.iloc[idx].reset_index(drop=True)
     banks: dict[str, BankData] = {}
     for offset, b in enumerate(config.federation.banks):
+        if b.name not in wanted:
+            continue
         frame = frames[b.name]
         split = stratified_split(
             frame["label"].to_numpy(),

@@ -1,0 +1,707 @@
+"""The federation's steps, shared by every shell: initialize, train a bank, aggregate a round, finalize.
+
+``fedlora simulate`` calls them in a loop in one process; the Kubeflow components call one
+each; a bank's Job calls :func:`train_bank`. All state lives in the run's store, so any
+step can run in a fresh process, and a run interrupted between (or inside) rounds resumes
+from the last committed round:
+
+* ``privacy/<bank>.json`` holds the bank's privacy plan and ledger. A bank charges its
+  ledger *before* it publishes an update (a crash in between over-counts, never
+  under-counts), and an update that was published is never trained again: a retried or
+  resumed step finds ``outcome.json`` and returns it, so no round is charged twice.
+* ``rounds/NNNN/MANIFEST.json`` is written last: a round without it is not committed, and
+  a resumed run redoes only what is missing.
+* ``tracking.json`` names the MLflow run, so every process logs to the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedlora.client import BankState, run_client_round
+from fedlora.config import Config, config_to_yaml, load_config_text
+from fedlora.model.lora import adapter_state, load_adapter_state, trainable_names
+from fedlora.privacy.accounting import PrivacyLedger, PrivacyPlan, plan_privacy
+from fedlora.privacy.randomness import make_randomness
+from fedlora.report import write_report
+from fedlora.runtime import Runtime
+from fedlora.server import AggregationError, Update, aggregate, max_update_norm, sample_banks
+from fedlora.store.adapters import load_adapter, put_json, save_adapter
+from fedlora.store.base import Store, StoreError, global_prefix, round_prefix, update_prefix
+from fedlora.store.local import LocalStore
+from fedlora.store.s3 import S3Store, parse_s3_uri
+from fedlora.tracking import MLflowTracker, NullTracker, Tracker, TrackingError, flatten
+from fedlora.training import steps_per_round
+
+log = logging.getLogger(__name__)
+
+OUTCOME_FILE = "outcome.json"
+# Config sections that may differ when a run is resumed (where things live, not what is computed).
+LOCATION_SECTIONS = ("store", "tracking", "output", "kubeflow")
+
+
+class FederationError(RuntimeError):
+    """A step cannot go on (too few banks, an uncommitted previous round, a conflicting run)."""
+
+
+@dataclass(frozen=True)
+class BankOutcome:
+    """What a bank's round produced (JSON-able: it travels between pipeline tasks)."""
+
+    bank: str
+    round: int
+    status: str  # "ok" | "budget_exhausted" | "not_selected" | "failed"
+    num_examples: int = 0
+    epsilon: float | None = None
+    delta: float | None = None
+    loss: float | None = None
+    steps: int = 0
+    examples_seen: int = 0
+    incoming_val: dict[str, float] | None = None
+    update_uri: str | None = None
+    message: str = ""
+    train_seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BankOutcome:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    @classmethod
+    def failed(cls, bank: str, round_index: int, message: str) -> BankOutcome:
+        return cls(bank=bank, round=round_index, status="failed", message=message)
+
+
+# --- where a run lives -------------------------------------------------------------------
+
+
+def open_run_store(config: Config, run: str) -> Store:
+    """The store of run ``run``: ``store.uri``/run (S3 or a directory), or ``output.dir``/run."""
+    uri = config.store.uri
+    if uri is None:
+        return LocalStore(Path(config.output.dir) / run)
+    if uri.startswith("s3://"):
+        bucket, prefix = parse_s3_uri(uri)
+        s3 = config.store
+        return S3Store(
+            bucket=bucket,
+            prefix=f"{prefix}/{run}" if prefix else run,
+            endpoint_url=s3.endpoint_url,
+            region=s3.region,
+            path_style=s3.path_style,
+            sse=s3.sse,
+            sse_kms_key_id=s3.sse_kms_key_id,
+            retry_seconds=s3.retry_seconds,
+        )
+    return LocalStore(Path(uri) / run)
+
+
+def committed_rounds(store: Store) -> list[int]:
+    """Rounds whose manifest exists, in order."""
+    rounds = []
+    for key in store.list("rounds/"):
+        parts = key.split("/")
+        if len(parts) == 3 and parts[2] == "MANIFEST.json":
+            rounds.append(int(parts[1]))
+    return sorted(rounds)
+
+
+def select_banks(config: Config, round_index: int) -> list[str]:
+    """The banks that train in ``round_index`` (seeded, identical in every process)."""
+    return sample_banks(
+        [b.name for b in config.federation.banks],
+        fraction_fit=config.federation.fraction_fit,
+        min_banks=config.federation.min_banks,
+        round_index=round_index,
+        seed=config.seed,
+    )
+
+
+def _semantic(config: Config) -> dict[str, Any]:
+    return {k: v for k, v in config.model_dump(mode="json").items() if k not in LOCATION_SECTIONS}
+
+
+def stored_config(store: Store, config: Config) -> Config:
+    """The run's own config from the store, with this process's location sections (store, tracking, ...)."""
+    text = store.get("config.yaml").decode("utf-8")
+    stored = load_config_text(text, source=store.uri("config.yaml"))
+    return stored.model_copy(update={k: getattr(config, k) for k in LOCATION_SECTIONS})
+
+
+# --- privacy state -----------------------------------------------------------------------
+
+
+def _privacy_key(bank: str) -> str:
+    return f"privacy/{bank}.json"
+
+
+@dataclass
+class BankPrivacy:
+    """A bank's plan, ledger and the rounds it has been charged for."""
+
+    plan: PrivacyPlan
+    ledger: PrivacyLedger
+    charged_rounds: list[int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "plan": dataclasses.asdict(self.plan),
+            "ledger": self.ledger.to_json(),
+            "charged_rounds": self.charged_rounds,
+            "epsilon_spent": _finite_or_none(self.ledger.epsilon()),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BankPrivacy:
+        return cls(
+            plan=PrivacyPlan(**data["plan"]),
+            ledger=PrivacyLedger.from_json(data["ledger"]),
+            charged_rounds=[int(r) for r in data.get("charged_rounds", [])],
+        )
+
+
+def load_bank_privacy(store: Store, bank: str) -> BankPrivacy | None:
+    """The bank's stored privacy state, or None before its first plan."""
+    from fedlora.store.adapters import get_json
+
+    key = _privacy_key(bank)
+    return BankPrivacy.from_json(get_json(store, key)) if store.exists(key) else None
+
+
+def plan_bank(config: Config, bank: str, num_examples: int) -> PrivacyPlan:
+    """Calibrate ``bank``'s σ for its target (ε, δ) over the whole schedule (all rounds)."""
+    spec = next(b for b in config.federation.banks if b.name == bank)
+    return plan_privacy(
+        bank=bank,
+        num_examples=num_examples,
+        target_epsilon=spec.target_epsilon or config.privacy.target_epsilon,
+        delta=config.privacy.delta,
+        batch_size=config.training.batch_size,
+        steps_per_round=steps_per_round(num_examples=num_examples, config=config.training),
+        rounds=config.federation.rounds,
+        max_grad_norm=config.privacy.max_grad_norm,
+        noise_multiplier=config.privacy.noise_multiplier,
+        accountant=config.privacy.accountant,
+    )
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return None if value is None or math.isinf(value) else float(value)
+
+
+# --- tracking ----------------------------------------------------------------------------
+
+
+def default_tracking_uri(config: Config) -> str:
+    """``tracking.uri``, or a sqlite file in ``output.dir`` (the embedded default)."""
+    return config.tracking.uri or f"sqlite:///{Path(config.output.dir).resolve() / 'mlflow.db'}"
+
+
+def open_tracker(config: Config, store: Store, *, run: str, create: bool = False) -> Tracker:
+    """Attach to the run's MLflow run (``tracking.json``); with ``create``, start it when missing."""
+    if not config.tracking.enabled:
+        return NullTracker()
+    from fedlora.store.adapters import get_json
+
+    if store.exists("tracking.json"):
+        info = get_json(store, "tracking.json")
+        return MLflowTracker(uri=config.tracking.uri or str(info["uri"]), run_id=str(info["run_id"]))
+    if not create:
+        raise FederationError(f"{store.uri('tracking.json')} is missing; run the initialize step first")
+    uri = default_tracking_uri(config)
+    artifacts = None if config.tracking.uri else (Path(config.output.dir).resolve() / "mlartifacts").as_uri()
+    tracker = MLflowTracker.start(
+        uri=uri, experiment=config.tracking.experiment, run_name=run, artifact_location=artifacts
+    )
+    put_json(store, "tracking.json", {"uri": uri, "run_id": tracker.run_id, "experiment": config.tracking.experiment})
+    return tracker
+
+
+def _tracked(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Tracking is a record, not the run's state: a failure mid-run is logged, never fatal."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # mlflow raises many types for server outages
+        log.warning("MLflow %s failed (the run goes on; its state is in the store): %s", what, exc)
+        return None
+
+
+# --- the steps ---------------------------------------------------------------------------
+
+
+def initialize(config: Config, *, run: str, runtime: Runtime | None = None, resume: bool = False) -> dict[str, Any]:
+    """Validate everything, calibrate σ for every bank this process can read, write round 0.
+
+    Nothing is written until the data, model and privacy settings have all been validated.
+    Idempotent: on an existing run (``resume``) only what is missing is written, and a
+    config that changes what is computed is refused.
+
+    Raises:
+        FederationError: the run exists (without ``resume``) or its config differs.
+
+    """
+    runtime = runtime or Runtime(config)
+    store = open_run_store(config, run)
+    check = getattr(store, "check", None)
+    if check is not None:
+        check()
+    exists = store.exists("config.yaml")
+    if exists and not resume:
+        raise FederationError(f"run {store.uri('')} already exists; resume it (--resume {run}) or pick another name")
+    if exists and _semantic(stored_config(store, config)) != _semantic(config):
+        raise FederationError(f"run {store.uri('')} was started with a different config; resume without changes")
+    plans: dict[str, PrivacyPlan] = {}
+    for spec in config.federation.banks:
+        if not runtime.can_read(spec.name):
+            log.info("bank %s: data not readable here; it calibrates its own σ in its first round", spec.name)
+            continue
+        sets = runtime.bank(spec.name)
+        if config.privacy.enabled:
+            plans[spec.name] = plan_bank(config, spec.name, len(sets.train))
+    initial = adapter_state(runtime.model)
+    with runtime.timer.phase("tracking"):
+        tracker = open_tracker(config, store, run=run, create=True)
+        if not exists:
+            _tracked("log_params", tracker.log_params, flatten(config.model_dump(mode="json")))
+    with runtime.timer.phase("store"):
+        if not exists:
+            store.put("config.yaml", config_to_yaml(config).encode("utf-8"))
+        if not store.exists(f"{global_prefix(0)}/meta.json"):
+            save_adapter(store, global_prefix(0), initial, {"round": 0, "kind": "global"})
+        for bank, plan in plans.items():
+            if not store.exists(_privacy_key(bank)):
+                ledger = PrivacyLedger(delta=plan.delta, accountant=plan.accountant)
+                put_json(store, _privacy_key(bank), BankPrivacy(plan, ledger, []).to_json())
+    return {
+        "run": run,
+        "store_uri": store.uri(""),
+        "banks": [b.name for b in config.federation.banks],
+        "privacy": {bank: dataclasses.asdict(plan) for bank, plan in plans.items()},
+        "committed_rounds": committed_rounds(store),
+    }
+
+
+def _bank_seed(config: Config, bank: str, round_index: int) -> int:
+    offset = [b.name for b in config.federation.banks].index(bank)
+    return int(np.random.SeedSequence([config.seed, offset, round_index]).generate_state(1)[0])
+
+
+def train_bank(config: Config, *, run: str, bank: str, round_index: int, runtime: Runtime | None = None) -> BankOutcome:
+    """One bank's round: evaluate the incoming global adapter, train with DP-SGD, publish the update.
+
+    Order of writes: privacy ledger (charged), adapter update, ``outcome.json``. If the
+    outcome already exists (a retry, a resumed run) it is returned and nothing is retrained.
+
+    Raises:
+        FederationError: the previous round is not committed or the bank is unknown.
+
+    """
+    if bank not in {b.name for b in config.federation.banks}:
+        raise FederationError(f"unknown bank {bank!r}; banks: {[b.name for b in config.federation.banks]}")
+    runtime = runtime or Runtime(config)
+    store = open_run_store(config, run)
+    prefix = update_prefix(round_index, bank)
+    if store.exists(f"{prefix}/{OUTCOME_FILE}"):
+        return read_bank_outcome(config, run=run, bank=bank, round_index=round_index)
+    if bank not in select_banks(config, round_index):
+        return BankOutcome(bank=bank, round=round_index, status="not_selected", message="not sampled this round")
+    previous = round_index - 1
+    if previous > 0 and not store.exists(f"{round_prefix(previous)}/MANIFEST.json"):
+        raise FederationError(f"round {previous} of run {run} is not committed; cannot start round {round_index}")
+    with runtime.timer.phase("store"):
+        incoming = load_adapter(store, global_prefix(previous)).tensors
+    sets = runtime.bank(bank)
+    privacy: BankPrivacy | None = None
+    if config.privacy.enabled:
+        privacy = load_bank_privacy(store, bank)
+        if privacy is None:
+            plan = plan_bank(config, bank, len(sets.train))
+            privacy = BankPrivacy(plan, PrivacyLedger(delta=plan.delta, accountant=plan.accountant), [])
+    state = BankState(
+        name=bank,
+        train=sets.train,
+        val=sets.val,
+        test=sets.test,
+        plan=privacy.plan if privacy else None,
+        ledger=privacy.ledger if privacy else None,
+        randomness=make_randomness(secure=config.privacy.secure_rng, seed=_bank_seed(config, bank, round_index)),
+    )
+    result = run_client_round(
+        runtime.model,
+        state,
+        incoming,
+        round_index=round_index,
+        training=config.training,
+        steps=steps_per_round(num_examples=len(sets.train), config=config.training),
+        device=runtime.device,
+    )
+    runtime.timer.add("evaluate", result.eval_seconds)
+    runtime.timer.add("train", result.train_seconds)
+    outcome = BankOutcome(
+        bank=bank,
+        round=round_index,
+        status=result.status,
+        num_examples=result.num_examples,
+        epsilon=_finite_or_none(result.epsilon),
+        delta=privacy.plan.delta if privacy else None,
+        loss=result.train.mean_loss if result.train else None,
+        steps=result.train.steps if result.train else 0,
+        examples_seen=result.train.examples_seen if result.train else 0,
+        incoming_val=result.incoming_val.as_dict(),
+        update_uri=store.uri(prefix) if result.adapter is not None else None,
+        message=result.message,
+        train_seconds=result.train_seconds,
+    )
+    with runtime.timer.phase("store"):
+        if privacy is not None and result.status == "ok":
+            privacy.charged_rounds.append(round_index)
+            put_json(store, _privacy_key(bank), privacy.to_json())
+        if result.adapter is not None:
+            save_adapter(
+                store,
+                prefix,
+                result.adapter,
+                {
+                    "bank": bank,
+                    "round": round_index,
+                    "kind": "update",
+                    "num_examples": result.num_examples,
+                    "epsilon": outcome.epsilon,
+                    "delta": outcome.delta,
+                    "steps": outcome.steps,
+                },
+            )
+        put_json(store, f"{prefix}/{OUTCOME_FILE}", outcome.to_json())
+    return outcome
+
+
+def read_bank_outcome(config: Config, *, run: str, bank: str, round_index: int) -> BankOutcome:
+    """The outcome a bank's step wrote for ``round_index`` (e.g. from its Job in another namespace)."""
+    from fedlora.store.adapters import get_json
+
+    store = open_run_store(config, run)
+    return BankOutcome.from_json(get_json(store, f"{update_prefix(round_index, bank)}/{OUTCOME_FILE}"))
+
+
+def _update_bound(config: Config, store: Store, outcome: BankOutcome, num_params: int) -> float | None:
+    privacy = load_bank_privacy(store, outcome.bank) if config.privacy.enabled else None
+    return max_update_norm(
+        optimizer=config.training.optimizer,
+        learning_rate=config.training.learning_rate,
+        steps=outcome.steps,
+        num_params=num_params,
+        max_grad_norm=privacy.plan.max_grad_norm if privacy else None,
+        noise_multiplier=privacy.plan.noise_multiplier if privacy else None,
+        sample_rate=privacy.plan.sample_rate if privacy else None,
+        num_examples=outcome.num_examples,
+    )
+
+
+def _read_updates(
+    config: Config, store: Store, round_index: int, trained: list[BankOutcome], reference: dict[str, Any]
+) -> tuple[list[Update], dict[str, str]]:
+    updates: list[Update] = []
+    rejected: dict[str, str] = {}
+    num_params = sum(int(t.numel()) for t in reference.values())
+    frozen = frozenset(n for n in reference if "lora_A" in n) if config.lora.ffa else frozenset()
+    for outcome in trained:
+        try:
+            stored = load_adapter(store, update_prefix(round_index, outcome.bank))
+        except StoreError as exc:
+            rejected[outcome.bank] = str(exc)
+            log.warning("rejected update of bank %s: %s", outcome.bank, exc)
+            continue
+        if stored.meta.get("bank") != outcome.bank or stored.meta.get("round") != round_index:
+            rejected[outcome.bank] = f"metadata names bank {stored.meta.get('bank')!r} round {stored.meta.get('round')}"
+            continue
+        updates.append(
+            Update(
+                outcome.bank,
+                stored.tensors,
+                int(stored.meta["num_examples"]),
+                max_change_norm=_update_bound(config, store, outcome, num_params),
+                frozen=frozen,
+            )
+        )
+    return updates, rejected
+
+
+def aggregate_round(
+    config: Config,
+    *,
+    run: str,
+    round_index: int,
+    outcomes: list[BankOutcome],
+    runtime: Runtime | None = None,
+) -> dict[str, Any]:
+    """Validate and average the round's updates, evaluate, write the global adapter, commit the round.
+
+    When every selected bank's budget is spent, the round is committed with the global
+    adapter unchanged and ``stopped_early`` set. Idempotent: a committed round is returned.
+
+    Raises:
+        FederationError: fewer than ``federation.min_banks`` valid updates.
+
+    """
+    from fedlora.store.adapters import get_json
+
+    runtime = runtime or Runtime(config)
+    store = open_run_store(config, run)
+    manifest = f"{round_prefix(round_index)}/MANIFEST.json"
+    if store.exists(manifest):
+        return dict(get_json(store, manifest))
+    with runtime.timer.phase("store"):
+        previous = load_adapter(store, global_prefix(round_index - 1)).tensors
+        before = get_json(store, f"{round_prefix(round_index - 1)}/MANIFEST.json") if round_index > 1 else {}
+    selected = [o for o in outcomes if o.status != "not_selected"]
+    trained = [o for o in selected if o.status == "ok"]
+    failed = {o.bank: o.message for o in selected if o.status == "failed"}
+    exhausted = [o.bank for o in selected if o.status == "budget_exhausted"]
+    epsilon: dict[str, float | None] = dict(before.get("epsilon", {}))
+    for spec in config.federation.banks:
+        epsilon.setdefault(spec.name, 0.0 if config.privacy.enabled else None)
+    for o in selected:
+        if o.status in ("ok", "budget_exhausted"):
+            epsilon[o.bank] = o.epsilon
+    stopped = ""
+    if not trained and exhausted and len(exhausted) == len(selected):
+        stopped = f"round {round_index}: every selected bank's privacy budget is spent; stopping"
+        new_global, accepted = previous, []
+        rejected: dict[str, str] = {}
+    else:
+        with runtime.timer.phase("store"):
+            updates, rejected = _read_updates(config, store, round_index, trained, previous)
+        with runtime.timer.phase("aggregate"):
+            try:
+                agg = aggregate(updates, previous, min_banks=config.federation.min_banks)
+            except AggregationError as exc:
+                raise FederationError(
+                    f"round {round_index} failed: {exc}; failed banks: {failed or 'none'}, "
+                    f"rejected: {rejected or 'none'}, budget spent: {exhausted or 'none'}"
+                ) from exc
+        rejected.update(agg.rejected)
+        new_global, accepted = agg.adapter, agg.accepted
+    weights = [o.examples_seen for o in trained if o.bank in accepted]
+    losses = [o.loss if o.loss is not None else math.nan for o in trained if o.bank in accepted]
+    loss = float(np.average(losses, weights=weights)) if weights and sum(weights) else math.nan
+    record: dict[str, Any] = {
+        "round": round_index,
+        "loss": loss,
+        "epsilon": epsilon,
+        "banks": accepted,
+        "failed": failed,
+        "rejected": rejected,
+        "budget_exhausted": exhausted,
+        "steps": {o.bank: o.steps for o in trained},
+        "incoming_val_auc": {o.bank: (o.incoming_val or {}).get("auc") for o in selected if o.incoming_val},
+        "stopped_early": stopped or None,
+    }
+    if runtime.all_readable():
+        evaluation = runtime.evaluate(new_global)
+        record |= {
+            "auc": evaluation.pooled.auc,
+            "ks": evaluation.pooled.ks,
+            "metrics": evaluation.pooled.as_dict(),
+            "per_bank_test": {b: m.as_dict() for b, m in evaluation.per_bank.items()},
+            "roc": evaluation.roc,
+        }
+    else:  # the coordinator sees no bank's rows: the banks' own validation of the incoming adapter is what we have
+        record |= {"auc": None, "ks": None, "metrics": {}, "per_bank_test": {}, "roc": None}
+    with runtime.timer.phase("store"):
+        save_adapter(
+            store,
+            global_prefix(round_index),
+            new_global,
+            {
+                "round": round_index,
+                "kind": "global",
+                "banks": accepted,
+                "num_examples": sum(o.num_examples for o in trained if o.bank in accepted),
+            },
+        )
+        put_json(store, manifest, record)
+    with runtime.timer.phase("tracking"):
+        tracker = open_tracker(config, store, run=run)
+        _tracked("log_metrics", tracker.log_metrics, round_metrics(record), step=round_index)
+        problems = {f"round{round_index}.failed.{b}": m for b, m in failed.items()}
+        problems |= {f"round{round_index}.rejected.{b}": m for b, m in rejected.items()}
+        if problems:
+            _tracked("set_tags", tracker.set_tags, problems)
+    return record
+
+
+def round_metrics(record: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a round record that MLflow and the KFP UI plot."""
+    metrics = {f"test_{k}": v for k, v in record["metrics"].items() if k != "n"}
+    metrics["train_loss"] = record["loss"]
+    for bank, eps in record["epsilon"].items():
+        if eps is not None:
+            metrics[f"epsilon_{bank}"] = eps
+    for bank, m in record["per_bank_test"].items():
+        metrics[f"test_auc_{bank}"] = m["auc"]
+    for bank, auc in record["incoming_val_auc"].items():
+        if auc is not None:
+            metrics[f"incoming_val_auc_{bank}"] = auc
+    metrics["banks_accepted"] = float(len(record["banks"]))
+    metrics["banks_failed"] = float(len(record["failed"]) + len(record["rejected"]))
+    return metrics
+
+
+def _publish_dir(store: Store, local: Path, key_prefix: str) -> None:
+    """Copy the files under ``local`` into the store (no-op when the store *is* that directory)."""
+    if isinstance(store, LocalStore) and store.root.resolve() in [local.resolve(), *local.resolve().parents]:
+        return
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        store.put(f"{key_prefix}/{path.relative_to(local).as_posix()}", path.read_bytes())
+
+
+def finalize(
+    config: Config, *, run: str, runtime: Runtime | None = None, local_dir: Path | None = None
+) -> dict[str, Any]:
+    """Write the final adapter (ours and PEFT's format), the summary and the report; register in MLflow.
+
+    Raises:
+        FederationError: no round was committed.
+
+    """
+    from fedlora.store.adapters import get_json
+
+    runtime = runtime or Runtime(config)
+    store = open_run_store(config, run)
+    rounds = [get_json(store, f"{round_prefix(r)}/MANIFEST.json") for r in committed_rounds(store) if r > 0]
+    if not rounds:
+        raise FederationError(f"run {store.uri('')} has no committed round")
+    last = rounds[-1]
+    work = Path(local_dir) if local_dir is not None else Path(tempfile.mkdtemp(prefix="fedlora-final-"))
+    with runtime.timer.phase("store"):
+        final = load_adapter(store, global_prefix(last["round"])).tensors
+        meta = save_adapter(store, "final", final, {"round": last["round"], "kind": "final"})
+        load_adapter_state(runtime.model, final)
+        peft_dir = work / "final" / "peft"
+        tmp = work / "final" / ".peft.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        runtime.model.save_pretrained(str(tmp))  # type: ignore[operator]
+        shutil.rmtree(peft_dir, ignore_errors=True)
+        tmp.replace(peft_dir)
+        _publish_dir(store, peft_dir, "final/peft")
+    privacy = _privacy_summary(config, store)
+    stopped = next((r["stopped_early"] for r in rounds if r.get("stopped_early")), None)
+    summary: dict[str, Any] = {
+        "run": run,
+        "run_dir": str(work),
+        "store_uri": store.uri(""),
+        "model": config.model.name,
+        "dataset": config.data.dataset,
+        "aggregation": "fedavg-ffa-lora (exact)" if config.lora.ffa else "fedavg-lora (A and B averaged separately)",
+        "privacy_mode": f"dp-sgd per-example ({config.privacy.accountant})" if config.privacy.enabled else "none",
+        "trainable_parameters": sum(runtime.model.get_parameter(n).numel() for n in trainable_names(runtime.model)),
+        "final": {
+            "auc": last["auc"],
+            "metrics": last["metrics"],
+            "per_bank_test": last["per_bank_test"],
+            "epsilon": last["epsilon"],
+            "adapter": store.uri("final/adapter.safetensors"),
+            "peft_adapter": str(peft_dir),
+            "sha256": meta["sha256"],
+        },
+        "rounds": [r for r in rounds if not r.get("stopped_early")] or rounds,
+        "privacy": privacy,
+        "stopped_early": stopped,
+    }
+    if all(r.get("auc") is not None for r in summary["rounds"]):
+        report = write_report(summary, work / "report")
+        summary["report"] = str(report)
+        _publish_dir(store, work / "report", "report")
+    _register(config, store, run, summary, work)
+    summary["timings"] = dict(runtime.timer.seconds)
+    put_json(store, "summary.json", summary)
+    return summary
+
+
+def _privacy_summary(config: Config, store: Store) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    if not config.privacy.enabled:
+        return summary
+    for spec in config.federation.banks:
+        state = load_bank_privacy(store, spec.name)
+        if state is None:
+            continue
+        summary[spec.name] = {
+            "noise_multiplier": state.plan.noise_multiplier,
+            "sample_rate": state.plan.sample_rate,
+            "steps": state.ledger.steps,
+            "delta": state.plan.delta,
+            "max_grad_norm": state.plan.max_grad_norm,
+            "accountant": state.plan.accountant,
+            "target_epsilon": state.plan.target_epsilon,
+            "planned_steps": state.plan.planned_steps,
+            "epsilon": _finite_or_none(state.ledger.epsilon()),
+            "charged_rounds": state.charged_rounds,
+        }
+    return summary
+
+
+def _register(config: Config, store: Store, run: str, summary: dict[str, Any], work: Path) -> None:
+    """Log the final adapter and report to MLflow and register the adapter with its privacy guarantee."""
+    tracker = open_tracker(config, store, run=run)
+    guarantee = {f"epsilon.{bank}": str(info["epsilon"]) for bank, info in summary["privacy"].items()} | {
+        f"delta.{bank}": str(info["delta"]) for bank, info in summary["privacy"].items()
+    }
+    tags = guarantee | {
+        "accountant": config.privacy.accountant if config.privacy.enabled else "none",
+        "aggregation": summary["aggregation"],
+        "privacy_mode": summary["privacy_mode"],
+        "rounds": str(len(summary["rounds"])),
+        "fedlora.run": run,
+    }
+    _tracked("log_artifact", tracker.log_artifact, work / "final", artifact_path="final_adapter")
+    if (work / "report").exists():
+        _tracked("log_artifact", tracker.log_artifact, work / "report", artifact_path="report")
+    _tracked(
+        "set_tags", tracker.set_tags, tags | {f"epsilon.{b}": str(e) for b, e in summary["final"]["epsilon"].items()}
+    )
+    if config.tracking.registered_model:
+        lines = [
+            f"FedLoRA adapter of run {run} ({summary['aggregation']}), {summary['privacy_mode']}.",
+            *[
+                f"{bank}: (ε={info['epsilon']}, δ={info['delta']:.3g})-DP per example, {info['accountant']} "
+                f"accountant, {info['steps']} steps, σ={info['noise_multiplier']:.4f}, C={info['max_grad_norm']}"
+                for bank, info in summary["privacy"].items()
+            ],
+        ]
+        version = _tracked(
+            "register_model",
+            tracker.register_model,
+            name=config.tracking.registered_model,
+            artifact_path="final_adapter",
+            tags=tags,
+            description="\n".join(lines),
+        )
+        if version:
+            summary["registered_model"] = {"name": config.tracking.registered_model, "version": version}
+    _tracked("finish", tracker.finish, status="FINISHED")
+
+
+__all__ = [
+    "BankOutcome",
+    "FederationError",
+    "TrackingError",
+    "aggregate_round",
+    "finalize",
+    "initialize",
+    "open_run_store",
+    "read_bank_outcome",
+    "train_bank",
+]

@@ -1,0 +1,173 @@
+"""What one process loads once and reuses: the base model with LoRA, the banks' encoded data, timers.
+
+The local simulation keeps one :class:`Runtime` for every bank and round (adapters are
+swapped, the model is never reloaded); a Kubeflow task or a bank's Job builds its own.
+Bank data is loaded lazily and only for the banks asked for, so a bank's Job never needs
+another bank's files.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_curve
+
+from fedlora.config import Config
+from fedlora.data.banks import BankData, build_bank_data
+from fedlora.evaluation import Metrics, compute_metrics
+from fedlora.model.encoding import EncodedSet, encode
+from fedlora.model.loading import load_base_model
+from fedlora.model.lora import AdapterState, attach_lora, load_adapter_state
+from fedlora.training import predict_default_probability
+
+
+@dataclass
+class PhaseTimer:
+    """Wall seconds per phase (load, train, evaluate, aggregate, store, tracking)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - started)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+
+@dataclass(frozen=True)
+class BankSets:
+    """One bank's tokenized train / validation / test rows."""
+
+    train: EncodedSet
+    val: EncodedSet
+    test: EncodedSet
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Test metrics of one adapter, pooled over the banks and per bank, plus a thinned ROC curve."""
+
+    pooled: Metrics
+    per_bank: dict[str, Metrics]
+    roc: dict[str, list[float]]
+
+
+def thin_roc(labels: np.ndarray, scores: np.ndarray, *, points: int = 50) -> dict[str, list[float]]:
+    """The ROC curve (fpr, tpr, thresholds) thinned to at most ``points`` points, for plots."""
+    if len(np.unique(labels)) < 2:
+        return {"fpr": [], "tpr": [], "thresholds": []}
+    fpr, tpr, thresholds = roc_curve(labels, scores)
+    keep = np.unique(np.linspace(0, len(fpr) - 1, num=min(points, len(fpr))).round().astype(int))
+    finite = np.clip(thresholds[keep], 0.0, 1.0)  # the first threshold is +inf by convention
+    return {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist(), "thresholds": finite.tolist()}
+
+
+class Runtime:
+    """The model (loaded on first use) and each bank's data (loaded on first use), for one config."""
+
+    def __init__(self, config: Config, *, bank_files: dict[str, str] | None = None) -> None:
+        """Create a runtime.
+
+        Args:
+            config: the run's configuration.
+            bank_files: per-bank data paths that replace ``federation.banks[].data`` in this
+                process (a bank's Job mounts its data at a path only the bank knows).
+
+        """
+        self.config = config
+        self.bank_files = bank_files or {}
+        self.timer = PhaseTimer()
+        self._model: torch.nn.Module | None = None
+        self._device = torch.device("cpu")
+        self._tokenizer: object | None = None
+        self._raw: dict[str, BankData] = {}
+        self._sets: dict[str, BankSets] = {}
+
+    def _config_with_files(self) -> Config:
+        if not self.bank_files:
+            return self.config
+        banks = [
+            b.model_copy(update={"data": self.bank_files.get(b.name, b.data)}) for b in self.config.federation.banks
+        ]
+        federation = self.config.federation.model_copy(update={"banks": banks})
+        return self.config.model_copy(update={"federation": federation})
+
+    def bank_data(self, name: str) -> BankData:
+        """``name``'s validated rows; every readable bank is loaded at once (one partition pass)."""
+        if name not in self._raw:
+            only = None if self.all_readable() else [name]
+            with self.timer.phase("load"):
+                self._raw.update(build_bank_data(self._config_with_files(), only=only))
+        return self._raw[name]
+
+    def bank_names(self) -> set[str]:
+        return {b.name for b in self.config.federation.banks}
+
+    def can_read(self, bank: str) -> bool:
+        """Whether this process can read ``bank``'s data (its partition of the bundled data, or its file)."""
+        spec = next(b for b in self.config.federation.banks if b.name == bank)
+        path = self.bank_files.get(bank, spec.data)
+        return path is None or Path(path).exists()
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The base model with LoRA attached (initial adapter = the seeded LoRA init)."""
+        if self._model is None:
+            cfg = self.config
+            with self.timer.phase("load"):
+                loaded = load_base_model(cfg.model.name, quantization=cfg.model.quantization, seed=cfg.seed)
+                self._device = loaded.device
+                self._tokenizer = loaded.tokenizer
+                self._model = attach_lora(loaded, cfg.lora, seed=cfg.seed)
+        return self._model
+
+    @property
+    def device(self) -> torch.device:
+        _ = self.model
+        return self._device
+
+    def bank(self, name: str) -> BankSets:
+        """``name``'s tokenized data (its own file only is read when it has one)."""
+        if name not in self._sets:
+            data = self.bank_data(name)
+            _ = self.model  # loads the tokenizer
+            with self.timer.phase("load"):
+                max_length = self.config.model.max_length
+                self._sets[name] = BankSets(
+                    train=encode(data.train, self._tokenizer, max_length=max_length),  # type: ignore[arg-type]
+                    val=encode(data.val, self._tokenizer, max_length=max_length),  # type: ignore[arg-type]
+                    test=encode(data.test, self._tokenizer, max_length=max_length),  # type: ignore[arg-type]
+                )
+        return self._sets[name]
+
+    def all_readable(self) -> bool:
+        return all(self.can_read(b) for b in self.bank_names())
+
+    def evaluate(self, adapter: AdapterState) -> Evaluation:
+        """Score every bank's held-out test rows with ``adapter`` (simulation and inline runs only)."""
+        cfg = self.config
+        with self.timer.phase("evaluate"):
+            load_adapter_state(self.model, adapter)
+            labels, scores, per_bank = [], [], {}
+            for spec in cfg.federation.banks:
+                test = self.bank(spec.name).test
+                p = predict_default_probability(
+                    self.model, test, batch_size=cfg.training.eval_batch_size, device=self.device
+                )
+                y = test.labels.numpy()
+                per_bank[spec.name] = compute_metrics(y, p)
+                labels.append(y)
+                scores.append(p)
+            y_all, p_all = np.concatenate(labels), np.concatenate(scores)
+            return Evaluation(pooled=compute_metrics(y_all, p_all), per_bank=per_bank, roc=thin_roc(y_all, p_all))
