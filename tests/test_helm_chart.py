@@ -41,7 +41,7 @@ CLUSTER_SCOPED = {"Namespace", "ValidatingAdmissionPolicy", "ValidatingAdmission
 MINIMAL: dict[str, Any] = {
     "bank": {"name": "bank-m"},
     "consortium": {"serviceAccount": {"name": "pipeline-runner", "namespace": "kubeflow"}},
-    "store": {"uri": "s3://fedlora-exchange/bank-m"},
+    "store": {"uri": "s3://fedlora-exchange/consortium-m"},
     "data": {"pvc": {"claimName": "bank-m-data"}},
     "networkPolicy": {"egress": {"store": {"cidrs": ["10.20.0.0/16"], "ports": [443]}}},
 }

@@ -169,6 +169,45 @@ def simulate(
         Path(json_path).write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
 
 
+@main.command("train-bank")
+@click.option("--run", required=True, help="The run name (as the coordinator named it).")
+@click.option("--bank", required=True, help="This bank's name in the consortium config.")
+@click.option("--round", "round_index", required=True, type=click.IntRange(min=1), help="The round to train.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, exists=True),
+    help="The run's config (default: the request in FEDLORA_REQUEST_CONFIG).",
+)
+def train_bank_command(run: str, bank: str, round_index: int, config_path: str | None) -> None:
+    """Train one bank's round and publish its noised adapter (what a bank's Job runs).
+
+    Reads the consortium's request from FEDLORA_REQUEST_CONFIG and this bank's own settings
+    from FEDLORA_BANK_DATA (a path, or s3:// in the bank's private bucket) and FEDLORA_STORE_*
+    (how this bank reaches the exchange bucket). Prints the outcome as JSON. Exit 0 when the
+    bank trained, was not sampled or has spent its budget; 1 on failure; 2 on a bad request.
+    """
+    from fedlora.bank_job import bank_data_path, environment, request_config
+    from fedlora.federation import train_bank
+    from fedlora.runtime import Runtime
+
+    env = environment()
+    try:
+        text = Path(config_path).read_text(encoding="utf-8") if config_path else None
+        config = request_config(env, config_text=text)
+    except (ConfigError, OSError, UnicodeDecodeError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+    try:
+        data = bank_data_path(env)
+        runtime = Runtime(config, bank_files={bank: data} if data else None)
+        outcome = train_bank(config, run=run, bank=bank, round_index=round_index, runtime=runtime)
+    except (ValueError, RuntimeError, OSError) as exc:
+        console.print(f"[red]error:[/] bank {bank} round {round_index}: {exc}")
+        sys.exit(1)
+    click.echo(json.dumps(outcome.to_json(), sort_keys=True))
+
+
 from fedlora.cli_kfp import compile_command, submit_command  # noqa: E402 (Kubeflow commands)
 
 main.add_command(compile_command)
