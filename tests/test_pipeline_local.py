@@ -186,3 +186,19 @@ def test_round_summary_shows_failed_banks() -> None:
     text = steps._round_markdown(record)
     assert "| bank-b | ❌ failed: job fedlora-bank-b/x: timed out after 7200 s | 0.8 |" in text
     assert "| bank-a | ✅ averaged | 1.2 | 0.7 |" in text
+
+
+def test_bank_not_sampled_this_round_starts_no_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(steps, "run_bank_job", lambda *a, **k: pytest.fail("no Job for a bank that sits out"))
+    config = _tiny(tmp_path, "kubeflow.mode=namespaced", "federation.fraction_fit=0.5", "federation.min_banks=1")
+    selected = set(steps.select_banks(config, 1))
+    (sitting_out,) = {"bank-a", "bank-b"} - selected
+    out = steps.train_bank_step(
+        config_yaml=config_to_yaml(config),
+        run="r",
+        bank=sitting_out,
+        round_index=1,
+        metrics=FakeMetrics(tmp_path / "m"),
+        summary=FakeMetrics(tmp_path / "s.md"),
+    )
+    assert json.loads(out)["status"] == "not_selected"

@@ -290,6 +290,8 @@ def train_bank_step(
     config = load_config_text(config_yaml, source="pipeline config")
     if bank not in {b.name for b in config.federation.banks}:
         outcome = BankOutcome(bank=bank, round=round_index, status="not_selected", message="left out of this run")
+    elif bank not in select_banks(config, round_index):  # no Job (and no GPU) for a bank that sits out
+        outcome = BankOutcome(bank=bank, round=round_index, status="not_selected", message="not sampled this round")
     elif config.kubeflow.mode == "namespaced":
         outcome = run_bank_job(config, run=run, bank=bank, round_index=round_index)
     else:
