@@ -202,3 +202,10 @@ def test_bank_not_sampled_this_round_starts_no_job(tmp_path: Path, monkeypatch: 
         summary=FakeMetrics(tmp_path / "s.md"),
     )
     assert json.loads(out)["status"] == "not_selected"
+
+
+def test_plan_warns_about_local_only_locations(tmp_path: Path) -> None:
+    warnings = steps._location_warnings(_tiny(tmp_path, "tracking.enabled=true"))
+    assert len(warnings) == 2 and "s3://" in warnings[0] and "tracking_uri" in warnings[1]
+    cluster = _tiny(tmp_path, "store.uri=s3://exchange/c", "tracking.enabled=true", "tracking.uri=http://mlflow:5000")
+    assert steps._location_warnings(cluster) == []

@@ -143,6 +143,22 @@ def _write(output: FileOutput, text: str) -> None:
 # --- initialize ----------------------------------------------------------------------------
 
 
+def _location_warnings(config: Config) -> list[str]:
+    """Settings that work in a local run but not on a cluster, where each task is its own pod."""
+    warnings = []
+    if config.store.uri is None or not config.store.uri.startswith("s3://"):
+        warnings.append(
+            f"store.uri is {config.store.uri or 'not set'}: a local path works for kfp.local, but on a cluster "
+            "every task (and every bank's Job) must reach the store: use s3://bucket/prefix."
+        )
+    if config.tracking.enabled and not config.tracking.uri:
+        warnings.append(
+            "tracking.uri is not set: MLflow logs go to a sqlite file in this task's own filesystem; "
+            "on a cluster set tracking_uri to your MLflow server."
+        )
+    return warnings
+
+
 def initialize_step(
     *, base_config: str, parameters: dict[str, Any], kfp_run_name: str, plan: FileOutput
 ) -> tuple[str, str]:
@@ -186,6 +202,9 @@ def initialize_step(
         lines.append("Each bank calibrates its noise in its own namespace in its first round.")
     else:
         lines.append("**Privacy disabled** (non-private baseline).")
+    for warning in _location_warnings(config):
+        log.warning("%s", warning)
+        lines += ["", f"⚠️ {warning}"]
     _write(plan, "\n".join(lines) + "\n")
     return config_to_yaml(config), run
 
