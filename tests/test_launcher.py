@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -24,7 +25,7 @@ import yaml
 from kubernetes import client
 
 from fedlora.kube.job_template import TEMPLATE_KEY, TEMPLATE_LABELS
-from fedlora.kube.launcher import BankJobLauncher, JobResult, job_name, label_value
+from fedlora.kube.launcher import BankJobLauncher, JobResult, api_client, job_name, label_value
 
 K8S_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 NS = "bank-a"
@@ -565,6 +566,7 @@ def test_namespaced_step_outside_a_cluster_is_a_failed_bank(monkeypatch: pytest.
     from fedlora.pipeline import steps
 
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")
     outcome = steps.run_bank_job(_namespaced_config(), run="r", bank="bank-a", round_index=1)
     assert outcome.status == "failed" and "no access to the Kubernetes API" in outcome.message
 
@@ -580,3 +582,24 @@ def test_namespaced_step_keeps_an_outcome_published_before_the_job_failed(
     published = BankOutcome(bank="bank-a", round=2, status="ok", num_examples=80)
     monkeypatch.setattr(steps, "read_bank_outcome", lambda *a, **k: published)
     assert steps.run_bank_job(_namespaced_config(), run="r", bank="bank-a", round_index=2, api=api) == published
+
+
+def test_api_client_from_a_kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://10.0.0.1:6443"}}],
+                "users": [{"name": "u", "user": {"token": "abc"}}],
+                "contexts": [{"name": "consortium", "context": {"cluster": "c", "user": "u", "namespace": "x"}}],
+                "current-context": "consortium",
+            }
+        ),
+        encoding="utf-8",
+    )
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    assert api_client().configuration.host == "https://10.0.0.1:6443"
+    assert api_client(str(kubeconfig), context="consortium").configuration.api_key["authorization"] == "Bearer abc"

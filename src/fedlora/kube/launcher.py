@@ -100,18 +100,25 @@ def label_value(text: str) -> str:
 
 
 def api_client(kubeconfig: str | None = None, *, context: str | None = None) -> client.ApiClient:
-    """An API client from ``kubeconfig`` (a file) when given, else the pod's in-cluster service account.
+    """An API client: the pod's service account in a cluster, else a kubeconfig.
+
+    Args:
+        kubeconfig: A kubeconfig file; default ``$KUBECONFIG`` or ``~/.kube/config`` when not in a pod.
+        context: A context of the kubeconfig (default: its current context).
 
     Raises:
         kubernetes.config.ConfigException: no usable configuration.
     """
+    import os
+
     from kubernetes import config as kube_config
 
-    if kubeconfig is not None or context is not None:
-        return kube_config.new_client_from_config(config_file=kubeconfig, context=context)
-    configuration = client.Configuration()
-    kube_config.load_incluster_config(client_configuration=configuration)
-    return client.ApiClient(configuration)
+    if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        configuration = client.Configuration()
+        kube_config.load_incluster_config(client_configuration=configuration)
+        return client.ApiClient(configuration)
+    # the client reads $KUBECONFIG once, at import: read it now
+    return kube_config.new_client_from_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"), context=context)
 
 
 def _job_state(job: dict[str, Any] | None) -> tuple[bool, str] | None:
