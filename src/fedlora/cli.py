@@ -140,6 +140,16 @@ def simulate(
     the bundled German Credit data. Writes a run directory (global adapter of every round,
     final adapter, summary.json, report/index.html) under output.dir and logs to MLflow.
     """
+    if resume is not None:
+        from fedlora.federation import LOCATION_SECTIONS
+
+        fixed = [o for o in overrides if o.split(".", 1)[0].strip() not in LOCATION_SECTIONS]
+        if fixed:
+            console.print(
+                f"[red]error:[/] --resume continues a run with its own stored config; {', '.join(fixed)} cannot "
+                f"change (only {', '.join(LOCATION_SECTIONS)} settings may be given)"
+            )
+            sys.exit(2)
     extra = [f"store.uri={store_uri}"] if store_uri else []
     extra += [f"tracking.uri={tracking_uri}"] if tracking_uri else []
     try:
