@@ -169,6 +169,31 @@ class FakeCluster:
             return None
         conditions = {c["type"] for c in job.get("status", {}).get("conditions", [])}
         phase = "Succeeded" if "Complete" in conditions else "Failed" if "Failed" in conditions else "Running"
+        status: dict[str, Any] = {"phase": phase}
+        if phase == "Failed":
+            terminated = {"exitCode": 1, "reason": "Error"}
+            status["containerStatuses"] = [
+                {
+                    "name": "trainer",
+                    "image": "registry.bank-a.example/fedlora-trainer:0.1.0",
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {"terminated": terminated},
+                }
+            ]
+        if self.jobs[(ns, job_name)]["scenario"] == "hang":  # no GPU node free
+            status = {
+                "phase": "Pending",
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                    }
+                ],
+            }
         template = job["spec"]["template"]
         return {
             "apiVersion": "v1",
@@ -180,7 +205,7 @@ class FakeCluster:
                 "creationTimestamp": job["metadata"]["creationTimestamp"],
             },
             "spec": template["spec"],
-            "status": {"phase": phase},
+            "status": status,
         }
 
 
@@ -378,7 +403,8 @@ def test_failed_job_is_a_failed_bank_and_is_deleted(cluster: tuple[FakeCluster, 
     state.scenario = "fail"
     result = launch(api, [])
     assert not result.succeeded
-    assert result.reason == "BackoffLimitExceeded: Job has reached the specified backoff limit"
+    assert result.reason.startswith("BackoffLimitExceeded: Job has reached the specified backoff limit (pod ")
+    assert result.reason.endswith(": Failed; trainer exited 1: Error)")
     assert len(state.deleted) == 1 and not state.jobs
     assert_valid_and_secure(state.posted[0])
 
@@ -389,7 +415,8 @@ def test_timeout_stops_and_deletes_the_job(cluster: tuple[FakeCluster, client.Ap
     started = time.monotonic()
     result = launch(api, [], timeout=1)
     assert not result.succeeded
-    assert result.reason == "timed out after 1 s"
+    assert result.reason.startswith("timed out after 1 s (pod fedlora-bank-a-r2-")
+    assert "Pending; Unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu." in result.reason
     assert time.monotonic() - started < 10
     assert state.deleted and state.deleted[0][2] == {"propagationPolicy": "Background"}
     assert not state.jobs

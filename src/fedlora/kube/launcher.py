@@ -307,6 +307,8 @@ class BankJobLauncher:
         try:
             follower.start()
             succeeded, reason, ended = self._wait(namespace, name, started + timeout_seconds, timeout_seconds)
+            if not succeeded:
+                reason += self._diagnose(namespace, name)
         finally:
             if ended:  # the pod has exited: collect the last of its log before the pod goes away
                 tail = follower.finish(timeout=grace)
@@ -400,6 +402,33 @@ class BankJobLauncher:
                 log.warning("watching job %s/%s: %s; retrying in %.0f s", namespace, name, exc, backoff)
                 time.sleep(min(backoff, max(0.0, deadline - self.clock())))
                 backoff = min(backoff * 2, 30.0)
+
+    def _diagnose(self, namespace: str, name: str) -> str:
+        """Why the Job's last pod did not succeed, from its status (``" (pod x: Pending, Unschedulable: ...)"``)."""
+        try:
+            pods = self.core.list_namespaced_pod(namespace, label_selector=f"job-name={name}").items
+        except Exception as exc:  # a diagnosis is a bonus; the Job's condition is the result
+            log.debug("pods of job %s/%s: %s", namespace, name, exc)
+            return ""
+        if not pods:
+            return " (no pod was created: see the Job's events, e.g. quota or admission)"
+        pod = self.core.api_client.sanitize_for_serialization(
+            max(pods, key=lambda p: str(p.metadata.creation_timestamp or ""))
+        )
+        status = pod.get("status") or {}
+        details = [str(status.get("phase", "Unknown"))]
+        for condition in status.get("conditions") or []:
+            if condition.get("status") == "False" and condition.get("reason"):
+                details.append(f"{condition['reason']}: {condition.get('message', '')}".strip(": "))
+        for container in status.get("containerStatuses") or []:
+            state = container.get("state") or {}
+            if "waiting" in state:
+                waiting = state["waiting"]
+                details.append(f"{container['name']} waiting: {waiting.get('reason', '')} {waiting.get('message', '')}")
+            elif "terminated" in state:
+                done = state["terminated"]
+                details.append(f"{container['name']} exited {done.get('exitCode')}: {done.get('reason', '')}")
+        return f" (pod {pod['metadata']['name']}: {'; '.join(d.strip() for d in details)})"
 
     def _delete(self, namespace: str, name: str) -> None:
         """Delete the Job and (in the background) its pods; a missing Job is fine."""
