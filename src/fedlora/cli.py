@@ -7,7 +7,7 @@ import logging
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -16,7 +16,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fedlora.config import ConfigError, describe_fields, load_config
-from fedlora.federation import BankOutcome
+
+if TYPE_CHECKING:
+    from fedlora.federation import BankOutcome
 
 console = Console(stderr=True)
 
@@ -96,10 +98,10 @@ def main(verbose: bool) -> None:
     if not verbose:  # third-party chatter (load reports, DB migrations) hides our progress
         for name in ("mlflow", "alembic", "transformers", "httpx", "urllib3"):
             logging.getLogger(name).setLevel(logging.ERROR)
-        import transformers
+        import os
 
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 @main.command(epilog=_config_help())

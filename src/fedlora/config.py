@@ -190,6 +190,10 @@ class KubeflowConfig(_Section):
     job_timeout_seconds: int = Field(
         6 * 3600, ge=60, description="A bank's Job that runs longer is stopped and counted as failed."
     )
+    control_image: str = Field(
+        "ghcr.io/fedlora/fedlora-control:0.1.0",
+        description="Image of the pipeline's own tasks (images/control.Dockerfile; inline mode trains in it).",
+    )
 
 
 class OutputConfig(_Section):

@@ -35,9 +35,8 @@ PIPELINE_NAME = "fedlora"
 
 
 def pipeline_image(config: Config, image: str | None = None) -> str:
-    """The tasks' image: ``image``, else ``kubeflow.control_image`` if the config has one, else the default."""
-    configured = getattr(config.kubeflow, "control_image", None)
-    return image or (configured if isinstance(configured, str) and configured else CONTROL_IMAGE)
+    """The tasks' image: ``image`` (``--image``), else ``kubeflow.control_image``."""
+    return image or config.kubeflow.control_image or CONTROL_IMAGE
 
 
 def _named(component: Any, name: str) -> Any:
