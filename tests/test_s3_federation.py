@@ -578,3 +578,20 @@ def test_run_fails_clearly_when_s3_stays_down_and_resumes_afterwards(
     assert summary["resumed_after_round"] == 1
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
     _verify_rounds(store, [1, 2])
+
+
+def test_resume_against_a_misspelt_bucket_names_the_bucket(
+    ceph_s3: CephS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--resume`` probes ``config.yaml`` with exists(), which reads a missing bucket as a missing run.
+
+    The user then hunts for a run that is there, under the bucket they meant; the message
+    should say the bucket does not exist (see test_s3_store.py's exists() test).
+    """
+    _set_credentials(monkeypatch, ceph_s3.access_key, ceph_s3.secret_key, ceph_s3.region)
+    typo = f"no-such-bucket-{uuid.uuid4().hex[:8]}"
+    sets = [f"output.dir={tmp_path / 'runs'}", "tracking.enabled=false", *_s3_sets(ceph_s3, retry_seconds=1)]
+    code, output = _run_cli(["simulate", *_sets(sets), "--store", f"s3://{typo}/exchange", "--resume", "e2e"])
+    flat = " ".join(output.split())
+    assert code == 1, output
+    assert f"bucket '{typo}' does not exist" in flat, output
