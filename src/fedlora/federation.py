@@ -209,15 +209,24 @@ def default_tracking_uri(config: Config) -> str:
     return config.tracking.uri or f"sqlite:///{Path(config.output.dir).resolve() / 'mlflow.db'}"
 
 
+_TRACKERS: dict[str, Tracker] = {}
+"""Trackers of the runs this process touched (so a run can be marked FAILED even when the store is down)."""
+
+
 def open_tracker(config: Config, store: Store, *, run: str, create: bool = False) -> Tracker:
     """Attach to the run's MLflow run (``tracking.json``); with ``create``, start it when missing."""
     if not config.tracking.enabled:
         return NullTracker()
     from fedlora.store.adapters import get_json
 
+    cached = _TRACKERS.get(store.uri(""))
+    if cached is not None:
+        return cached
     if store.exists("tracking.json"):
         info = get_json(store, "tracking.json")
-        return MLflowTracker(uri=config.tracking.uri or str(info["uri"]), run_id=str(info["run_id"]))
+        tracker = MLflowTracker(uri=config.tracking.uri or str(info["uri"]), run_id=str(info["run_id"]))
+        _TRACKERS[store.uri("")] = tracker
+        return tracker
     if not create:
         raise FederationError(f"{store.uri('tracking.json')} is missing; run the initialize step first")
     uri = default_tracking_uri(config)
@@ -226,6 +235,7 @@ def open_tracker(config: Config, store: Store, *, run: str, create: bool = False
         uri=uri, experiment=config.tracking.experiment, run_name=run, artifact_location=artifacts
     )
     put_json(store, "tracking.json", {"uri": uri, "run_id": tracker.run_id, "experiment": config.tracking.experiment})
+    _TRACKERS[store.uri("")] = tracker
     return tracker
 
 
@@ -269,7 +279,8 @@ def initialize(config: Config, *, run: str, runtime: Runtime | None = None, resu
             continue
         sets = runtime.bank(spec.name)
         if config.privacy.enabled:
-            plans[spec.name] = plan_bank(config, spec.name, len(sets.train))
+            with runtime.timer.phase("load"):  # σ calibration is part of setting up
+                plans[spec.name] = plan_bank(config, spec.name, len(sets.train))
     initial = adapter_state(runtime.model)
     with runtime.timer.phase("tracking"):
         tracker = open_tracker(config, store, run=run, create=True)

@@ -106,6 +106,7 @@ class S3Store:
                 "s3", endpoint_url=endpoint_url, region_name=region, config=boto_config
             )
         self.client = client
+        self._bucket_checked = False
 
     def _key(self, key: str) -> str:
         if key.startswith("/") or ".." in key.split("/"):
@@ -144,7 +145,13 @@ class S3Store:
             "SignatureDoesNotMatch": "wrong secret key: check AWS_SECRET_ACCESS_KEY / the profile in use",
             "NoSuchBucket": f"bucket {self.bucket!r} does not exist",
             "NoCredentialsError": "no AWS credentials found (environment, profile or web identity)",
+            "403": "forbidden: wrong or unknown credentials, or a bucket policy that does not allow this",
         }
+        if code == "InvalidRequest" and "ServerSideEncryption" in self._extra:
+            hints[code] = (
+                f"the server refused server-side encryption {self._extra['ServerSideEncryption']!r} "
+                "(not configured there, or it requires TLS); check store.sse"
+            )
         hint = hints.get(code, str(exc))
         return StoreError(f"{what} {self.uri(key)} failed: {code}: {hint}")
 
@@ -209,9 +216,25 @@ class S3Store:
             raise
         except Exception as exc:
             if _error_code(exc) in NOT_FOUND_CODES:
+                self._require_bucket()  # a HEAD on a missing bucket is a bare 404 too
                 return False
             raise self._permanent("check", key, exc) from exc
         return True
+
+    def _require_bucket(self) -> None:
+        if self._bucket_checked:
+            return
+        try:
+            self._call("open", "", lambda: self.client.head_bucket(Bucket=self.bucket))
+        except StoreError:
+            raise
+        except Exception as exc:
+            if _error_code(exc) in NOT_FOUND_CODES | {"NoSuchBucket"}:
+                raise StoreError(
+                    f"open {self.uri('')} failed: NoSuchBucket: bucket {self.bucket!r} does not exist"
+                ) from exc
+            raise self._permanent("open", "", exc) from exc
+        self._bucket_checked = True
 
     def list(self, prefix: str) -> list[str]:
         base = self._key("x")[:-1]  # "<prefix>/" (or "" without a prefix)
