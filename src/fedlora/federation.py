@@ -154,13 +154,14 @@ class BankPrivacy:
     plan: PrivacyPlan
     ledger: PrivacyLedger
     charged_rounds: list[int]
+    epsilon_spent: float | None = 0.0  # ε of the whole ledger, as computed when it was last charged
 
     def to_json(self) -> dict[str, Any]:
         return {
             "plan": dataclasses.asdict(self.plan),
             "ledger": self.ledger.to_json(),
             "charged_rounds": self.charged_rounds,
-            "epsilon_spent": _finite_or_none(self.ledger.epsilon()),
+            "epsilon_spent": self.epsilon_spent,
         }
 
     @classmethod
@@ -169,6 +170,7 @@ class BankPrivacy:
             plan=PrivacyPlan(**data["plan"]),
             ledger=PrivacyLedger.from_json(data["ledger"]),
             charged_rounds=[int(r) for r in data.get("charged_rounds", [])],
+            epsilon_spent=data.get("epsilon_spent", 0.0),
         )
 
 
@@ -181,12 +183,35 @@ def load_bank_privacy(store: Store, bank: str) -> BankPrivacy | None:
 
 
 def plan_bank(config: Config, bank: str, num_examples: int) -> PrivacyPlan:
-    """Calibrate ``bank``'s σ for its target (ε, δ) over the whole schedule (all rounds)."""
+    """Calibrate ``bank``'s σ for its target (ε, δ) over the whole schedule (all rounds).
+
+    Banks with the same target, δ, size and schedule share one calibration (it is a
+    deterministic search; each costs seconds with the PRV accountant).
+    """
     spec = next(b for b in config.federation.banks if b.name == bank)
+    key = (
+        spec.target_epsilon or config.privacy.target_epsilon,
+        config.privacy.delta,
+        num_examples,
+        config.training.model_dump_json(),
+        config.federation.rounds,
+        config.privacy.max_grad_norm,
+        config.privacy.noise_multiplier,
+        config.privacy.accountant,
+    )
+    if key not in _PLANS:
+        _PLANS[key] = _calibrate(config, bank, num_examples, key[0])
+    return dataclasses.replace(_PLANS[key], bank=bank)
+
+
+_PLANS: dict[tuple[object, ...], PrivacyPlan] = {}
+
+
+def _calibrate(config: Config, bank: str, num_examples: int, target_epsilon: float) -> PrivacyPlan:
     return plan_privacy(
         bank=bank,
         num_examples=num_examples,
-        target_epsilon=spec.target_epsilon or config.privacy.target_epsilon,
+        target_epsilon=target_epsilon,
         delta=config.privacy.delta,
         batch_size=config.training.batch_size,
         steps_per_round=steps_per_round(num_examples=num_examples, config=config.training),
@@ -378,6 +403,7 @@ def train_bank(config: Config, *, run: str, bank: str, round_index: int, runtime
     with runtime.timer.phase("store"):
         if privacy is not None and result.status == "ok":
             privacy.charged_rounds.append(round_index)
+            privacy.epsilon_spent = outcome.epsilon  # the accountant's ε for the ledger including this round
             put_json(store, _privacy_key(bank), privacy.to_json())
         if result.adapter is not None:
             save_adapter(
@@ -658,7 +684,7 @@ def _privacy_summary(config: Config, store: Store) -> dict[str, Any]:
             "accountant": state.plan.accountant,
             "target_epsilon": state.plan.target_epsilon,
             "planned_steps": state.plan.planned_steps,
-            "epsilon": _finite_or_none(state.ledger.epsilon()),
+            "epsilon": state.epsilon_spent if state.charged_rounds else 0.0,
             "charged_rounds": state.charged_rounds,
         }
     return summary
