@@ -102,6 +102,7 @@ def main(verbose: bool) -> None:
 
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow configures its own logger on import
 
 
 @main.command(epilog=_config_help())
