@@ -44,6 +44,10 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
+class _NotFoundError(StoreError):
+    """The object (or, on a HEAD request, possibly the bucket) does not exist."""
+
+
 def _is_transient(exc: Exception) -> bool:
     from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
@@ -117,7 +121,13 @@ class S3Store:
         return f"s3://{self.bucket}/{self._key(key)}" if key else f"s3://{self.bucket}/{self.prefix}"
 
     def _call(self, what: str, key: str, fn: Callable[[], T]) -> T:
-        """Run ``fn``; retry transient errors with backoff until ``retry_seconds`` have passed."""
+        """Run ``fn``; retry transient errors with backoff until ``retry_seconds`` have passed.
+
+        Raises:
+            _NotFoundError: S3 answered "not found" (callers decide what that means).
+            StoreError: a permanent error (with a hint) or S3 unavailable past ``retry_seconds``.
+
+        """
         deadline = time.monotonic() + self.retry_seconds
         delay = 0.5
         attempt = 0
@@ -126,8 +136,10 @@ class S3Store:
             try:
                 return fn()
             except Exception as exc:
+                if _error_code(exc) in NOT_FOUND_CODES:
+                    raise _NotFoundError(f"{self.uri(key)}: not found") from exc
                 if not _is_transient(exc):
-                    raise
+                    raise self._permanent(what, key, exc) from exc
                 if time.monotonic() + delay > deadline:
                     raise StoreError(
                         f"{what} {self.uri(key)}: S3 still unavailable after {attempt} attempts over "
@@ -155,38 +167,29 @@ class S3Store:
         hint = hints.get(code, str(exc))
         return StoreError(f"{what} {self.uri(key)} failed: {code}: {hint}")
 
+    @property
+    def _base(self) -> str:
+        """``<prefix>/`` (or ``""`` without a prefix): what every key of this store starts with."""
+        return f"{self.prefix}/" if self.prefix else ""
+
     def check(self) -> None:
         """Fail early (before anything is written) when the bucket is unreachable or access is denied."""
-        try:
-            self._call(
-                "open",
-                "",
-                lambda: self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key("x")[:-1], MaxKeys=1),
-            )
-        except StoreError:
-            raise
-        except Exception as exc:
-            raise self._permanent("open", "", exc) from exc
+        self._call("open", "", lambda: self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._base, MaxKeys=1))
 
     def put(self, key: str, data: bytes) -> None:
         digest = hashlib.sha256(data).hexdigest()
         full = self._key(key)
-        try:
-            self._call(
-                "upload",
-                key,
-                lambda: self.client.put_object(
-                    Bucket=self.bucket,
-                    Key=full,
-                    Body=data,
-                    Metadata={"sha256": digest},
-                    **self._extra,  # type: ignore[arg-type]
-                ),
-            )
-        except StoreError:
-            raise
-        except Exception as exc:
-            raise self._permanent("upload", key, exc) from exc
+        self._call(
+            "upload",
+            key,
+            lambda: self.client.put_object(
+                Bucket=self.bucket,
+                Key=full,
+                Body=data,
+                Metadata={"sha256": digest},
+                **self._extra,  # type: ignore[arg-type]
+            ),
+        )
 
     def get(self, key: str) -> bytes:
         full = self._key(key)
@@ -195,14 +198,7 @@ class S3Store:
             response = self.client.get_object(Bucket=self.bucket, Key=full)
             return response["Body"].read(), dict(response.get("Metadata", {}))
 
-        try:
-            data, meta = self._call("download", key, fetch)
-        except StoreError:
-            raise
-        except Exception as exc:
-            if _error_code(exc) in NOT_FOUND_CODES:
-                raise StoreError(f"{self.uri(key)}: not found") from exc
-            raise self._permanent("download", key, exc) from exc
+        data, meta = self._call("download", key, fetch)
         expected = meta.get("sha256")
         if expected is not None and hashlib.sha256(data).hexdigest() != expected:
             raise IntegrityError(f"{self.uri(key)}: downloaded bytes do not match the object's sha256 metadata")
@@ -212,13 +208,9 @@ class S3Store:
         full = self._key(key)
         try:
             self._call("check", key, lambda: self.client.head_object(Bucket=self.bucket, Key=full))
-        except StoreError:
-            raise
-        except Exception as exc:
-            if _error_code(exc) in NOT_FOUND_CODES:
-                self._require_bucket()  # a HEAD on a missing bucket is a bare 404 too
-                return False
-            raise self._permanent("check", key, exc) from exc
+        except _NotFoundError:
+            self._require_bucket()  # a HEAD on a missing bucket is a bare 404 too
+            return False
         return True
 
     def _require_bucket(self) -> None:
@@ -226,18 +218,14 @@ class S3Store:
             return
         try:
             self._call("open", "", lambda: self.client.head_bucket(Bucket=self.bucket))
-        except StoreError:
-            raise
-        except Exception as exc:
-            if _error_code(exc) in NOT_FOUND_CODES | {"NoSuchBucket"}:
-                raise StoreError(
-                    f"open {self.uri('')} failed: NoSuchBucket: bucket {self.bucket!r} does not exist"
-                ) from exc
-            raise self._permanent("open", "", exc) from exc
+        except _NotFoundError as exc:
+            raise StoreError(
+                f"open {self.uri('')} failed: NoSuchBucket: bucket {self.bucket!r} does not exist"
+            ) from exc
         self._bucket_checked = True
 
     def list(self, prefix: str) -> list[str]:
-        base = self._key("x")[:-1]  # "<prefix>/" (or "" without a prefix)
+        base = self._base
         keys: list[str] = []
 
         def page(token: str | None) -> dict[str, Any]:
@@ -248,12 +236,7 @@ class S3Store:
 
         token: str | None = None
         while True:
-            try:
-                response = self._call("list", prefix, lambda token=token: page(token))  # type: ignore[misc]
-            except StoreError:
-                raise
-            except Exception as exc:
-                raise self._permanent("list", prefix, exc) from exc
+            response = self._call("list", prefix, lambda token=token: page(token))  # type: ignore[misc]
             keys.extend(str(obj["Key"])[len(base) :] for obj in response.get("Contents", []))
             if not response.get("IsTruncated"):
                 return sorted(keys)
