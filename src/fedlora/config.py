@@ -271,15 +271,21 @@ def _parse_tree(text: str, source: str) -> dict[str, Any]:
     return loaded
 
 
-def load_config_text(text: str, *, source: str = "<text>", overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Validate a config given as YAML text (a stored run config, a pipeline parameter)."""
-    tree = _parse_tree(text, source)
+def _validate(tree: dict[str, Any], source: str, overrides: list[str] | tuple[str, ...]) -> Config:
+    """Apply ``--set`` overrides to ``tree`` and validate it; errors name ``source`` and each bad key."""
     for assignment in overrides:
         apply_override(tree, assignment)
+    if overrides:
+        source += " + --set"
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(_format_error(exc, source)) from exc
+
+
+def load_config_text(text: str, *, source: str = "<text>", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Validate a config given as YAML text (a stored run config, a pipeline parameter)."""
+    return _validate(_parse_tree(text, source), source, overrides)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -289,26 +295,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         ConfigError: on unreadable YAML, unknown keys or wrong types; the message names them.
 
     """
-    tree: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        p = Path(path)
-        source = str(p)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file not found: {p}") from exc
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"config file {p} is not valid UTF-8 text: {exc}") from exc
-        tree = _parse_tree(text, f"file {p}")
-    for assignment in overrides:
-        apply_override(tree, assignment)
-    if overrides:
-        source += " + --set"
+    if path is None:
+        return _validate({}, "defaults", overrides)
+    p = Path(path)
     try:
-        return Config.model_validate(tree)
-    except ValidationError as exc:
-        raise ConfigError(_format_error(exc, source)) from exc
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {p}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {p} is not valid UTF-8 text: {exc}") from exc
+    return _validate(_parse_tree(text, f"file {p}"), str(p), overrides)
 
 
 def config_to_yaml(config: Config) -> str:
