@@ -66,6 +66,17 @@ class NullTracker:
         return None
 
 
+def _mlflow_client(uri: str) -> Any:
+    """An ``MlflowClient`` for tracking and registry at ``uri`` (mlflow is an optional extra)."""
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError as exc:
+        raise TrackingError(
+            "tracking needs mlflow: pip install 'fedlora[tracking]' or --set tracking.enabled=false"
+        ) from exc
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 class MLflowTracker:
     """Logs to one MLflow run by id, so every process of a run (simulation, pipeline tasks) can attach to it.
 
@@ -74,27 +85,15 @@ class MLflowTracker:
     """
 
     def __init__(self, *, uri: str, run_id: str) -> None:
-        try:
-            from mlflow.tracking import MlflowClient
-        except ImportError as exc:
-            raise TrackingError(
-                "tracking needs mlflow: pip install 'fedlora[tracking]' or --set tracking.enabled=false"
-            ) from exc
         self.uri = uri
         self.run_id: str | None = run_id
-        self._client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        self._client = _mlflow_client(uri)
 
     @classmethod
     def start(cls, *, uri: str, experiment: str, run_name: str, artifact_location: str | None = None) -> MLflowTracker:
         """Create the experiment if needed and start a new run in it."""
-        try:
-            from mlflow.tracking import MlflowClient
-        except ImportError as exc:
-            raise TrackingError(
-                "tracking needs mlflow: pip install 'fedlora[tracking]' or --set tracking.enabled=false"
-            ) from exc
         check_reachable(uri)
-        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client = _mlflow_client(uri)
         try:
             found = client.get_experiment_by_name(experiment)
             experiment_id = (
