@@ -35,7 +35,7 @@ from fedlora.privacy.randomness import make_randomness
 from fedlora.report import write_report
 from fedlora.runtime import Runtime
 from fedlora.server import AggregationError, Update, aggregate, max_update_norm, sample_banks
-from fedlora.store.adapters import load_adapter, put_json, save_adapter
+from fedlora.store.adapters import get_json, load_adapter, put_json, save_adapter
 from fedlora.store.base import Store, StoreError, global_prefix, round_prefix, update_prefix
 from fedlora.store.local import LocalStore
 from fedlora.store.s3 import S3Store, parse_s3_uri
@@ -176,8 +176,6 @@ class BankPrivacy:
 
 def load_bank_privacy(store: Store, bank: str) -> BankPrivacy | None:
     """The bank's stored privacy state, or None before its first plan."""
-    from fedlora.store.adapters import get_json
-
     key = _privacy_key(bank)
     return BankPrivacy.from_json(get_json(store, key)) if store.exists(key) else None
 
@@ -242,8 +240,6 @@ def open_tracker(config: Config, store: Store, *, run: str, create: bool = False
     """Attach to the run's MLflow run (``tracking.json``); with ``create``, start it when missing."""
     if not config.tracking.enabled:
         return NullTracker()
-    from fedlora.store.adapters import get_json
-
     cached = _TRACKERS.get(store.uri(""))
     if cached is not None:
         return cached
@@ -426,8 +422,6 @@ def train_bank(config: Config, *, run: str, bank: str, round_index: int, runtime
 
 def read_bank_outcome(config: Config, *, run: str, bank: str, round_index: int) -> BankOutcome:
     """The outcome a bank's step wrote for ``round_index`` (e.g. from its Job in another namespace)."""
-    from fedlora.store.adapters import get_json
-
     store = open_run_store(config, run)
     return BankOutcome.from_json(get_json(store, f"{update_prefix(round_index, bank)}/{OUTCOME_FILE}"))
 
@@ -492,8 +486,6 @@ def aggregate_round(
         FederationError: fewer than ``federation.min_banks`` valid updates.
 
     """
-    from fedlora.store.adapters import get_json
-
     runtime = runtime or Runtime(config)
     store = open_run_store(config, run)
     manifest = f"{round_prefix(round_index)}/MANIFEST.json"
@@ -613,8 +605,6 @@ def finalize(
         FederationError: no round was committed.
 
     """
-    from fedlora.store.adapters import get_json
-
     runtime = runtime or Runtime(config)
     store = open_run_store(config, run)
     rounds = [get_json(store, f"{round_prefix(r)}/MANIFEST.json") for r in committed_rounds(store) if r > 0]
