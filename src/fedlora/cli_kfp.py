@@ -22,9 +22,23 @@ def _config(path: str | None, overrides: tuple[str, ...]) -> Config:
         sys.exit(2)
 
 
+# Options shared by `compile` and `submit` (one definition, one help text).
+_config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False), help=_CONFIG_HELP)
+_set_option = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help=_SET_HELP)
+_image_option = click.option(
+    "--image", metavar="IMAGE", help="Image of every task (default: the FedLoRA control image)."
+)
+_secret_option = click.option(
+    "--secret",
+    metavar="NAME",
+    help="Secret (in the run's namespace) whose AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY keys every task gets "
+    "as environment variables. Default: the pods' own identity (IRSA, workload identity, a PodDefault).",
+)
+
+
 @click.command("compile")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=_CONFIG_HELP)
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help=_SET_HELP)
+@_config_option
+@_set_option
 @click.option(
     "-o",
     "--output",
@@ -32,13 +46,8 @@ def _config(path: str | None, overrides: tuple[str, ...]) -> Config:
     type=click.Path(dir_okay=False),
     help="Where to write the pipeline YAML (upload it in the Kubeflow Pipelines UI).",
 )
-@click.option("--image", metavar="IMAGE", help="Image of every task (default: the FedLoRA control image).")
-@click.option(
-    "--secret",
-    metavar="NAME",
-    help="Secret (in the run's namespace) whose AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY keys every task gets "
-    "as environment variables. Default: the pods' own identity (IRSA, workload identity, a PodDefault).",
-)
+@_image_option
+@_secret_option
 @click.option(
     "--components",
     "components_dir",
@@ -73,8 +82,8 @@ def compile_command(
 
 
 @click.command("submit")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=_CONFIG_HELP)
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help=_SET_HELP)
+@_config_option
+@_set_option
 @click.option(
     "--host",
     required=True,
@@ -84,13 +93,8 @@ def compile_command(
 @click.option("--namespace", help="Kubeflow profile namespace to run in (multi-user Kubeflow).")
 @click.option("--experiment", help="Experiment of the run (default: tracking.experiment); created if missing.")
 @click.option("--run-name", help="Display name of the run (default: fedlora <output.run_name or time>).")
-@click.option("--image", metavar="IMAGE", help="Image of every task (default: the FedLoRA control image).")
-@click.option(
-    "--secret",
-    metavar="NAME",
-    help="Secret (in the run's namespace) whose AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY keys every task gets "
-    "as environment variables. Default: the pods' own identity (IRSA, workload identity, a PodDefault).",
-)
+@_image_option
+@_secret_option
 @click.option("--service-account", help="Kubernetes service account of the run's pods.")
 @click.option("--token", "existing_token", envvar="KF_PIPELINES_TOKEN", help="Bearer token (env KF_PIPELINES_TOKEN).")
 @click.option("--cookies", help="Cookie header of a logged-in Kubeflow session, e.g. 'authservice_session=...'.")
