@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from fedlora.config import Config, load_config
+from helpers import tiny_overrides_for
 
 if TYPE_CHECKING:
     from services import CephS3, MLflowServer
@@ -19,16 +20,7 @@ if TYPE_CHECKING:
 @pytest.fixture
 def tiny_overrides(tmp_path: Path) -> list[str]:
     """A fast federation: tiny random model, 2 rounds, 3 banks on a 300-row sample."""
-    return [
-        "model.name=tiny-bert",
-        "federation.rounds=2",
-        "data.max_rows=300",
-        "training.local_steps=2",
-        "training.batch_size=16",
-        "tracking.enabled=false",
-        f"output.dir={tmp_path / 'runs'}",
-        "output.run_name=test",
-    ]
+    return tiny_overrides_for(tmp_path / "runs")
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -26,6 +26,7 @@ from kubernetes import client
 
 from fedlora.kube.job_template import TEMPLATE_KEY, TEMPLATE_LABELS
 from fedlora.kube.launcher import BankJobLauncher, JobResult, api_client, job_name, label_value
+from helpers import JsonHandler
 
 K8S_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 NS = "bank-a"
@@ -220,19 +221,8 @@ def _status(code: int, reason: str, message: str) -> dict[str, Any]:
     }
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(JsonHandler):
     cluster: FakeCluster
-
-    def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
-        pass
-
-    def _send(self, code: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def _stream(self, lines: Iterator[str], content_type: str) -> None:
         self.send_response(200)
@@ -312,15 +302,6 @@ class Handler(BaseHTTPRequestHandler):
                 yield json.dumps({"type": "MODIFIED", "object": job})
                 return
             time.sleep(0.05)
-
-    def do_GET(self) -> None:
-        self._route("GET")
-
-    def do_POST(self) -> None:
-        self._route("POST")
-
-    def do_DELETE(self) -> None:
-        self._route("DELETE")
 
 
 @pytest.fixture

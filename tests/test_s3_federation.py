@@ -22,11 +22,9 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load as load_safetensors
 
-from fedlora.cli import main
 from fedlora.config import Config, load_config
 from fedlora.federation import (
     BankOutcome,
@@ -41,33 +39,13 @@ from fedlora.store.adapters import get_json, load_adapter, put_json, save_adapte
 from fedlora.store.base import StoreError
 from fedlora.store.policy import bank_principal, consortium_bucket_policy
 from fedlora.store.s3 import S3Store
+from helpers import run_cli as _run_cli
+from helpers import set_args as _sets
+from helpers import tiny_overrides_for as _tiny
 from services import CephS3, MLflowServer, free_port
 
 BANKS = ["bank-a", "bank-b", "bank-c"]
 MODEL_NAME = "fedlora-credit-risk"
-
-
-def _tiny(out: Path, run: str) -> list[str]:
-    """The ``tiny_overrides`` of conftest.py (that fixture is function-scoped)."""
-    return [
-        "model.name=tiny-bert",
-        "federation.rounds=2",
-        "data.max_rows=300",
-        "training.local_steps=2",
-        "training.batch_size=16",
-        "tracking.enabled=false",
-        f"output.dir={out}",
-        f"output.run_name={run}",
-    ]
-
-
-def _sets(overrides: list[str]) -> list[str]:
-    return [arg for o in overrides for arg in ("--set", o)]
-
-
-def _run_cli(args: list[str]) -> tuple[int, str]:
-    result = CliRunner().invoke(main, args, catch_exceptions=False)
-    return result.exit_code, result.output
 
 
 def _s3_sets(ceph: CephS3, **extra: Any) -> list[str]:

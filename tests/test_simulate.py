@@ -7,22 +7,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from fedlora import client as client_module
-from fedlora.cli import main
 from fedlora.config import Config, load_config
 from fedlora.simulate import SimulationError, simulate
-
-
-def _sets(overrides: list[str]) -> list[str]:
-    return [arg for o in overrides for arg in ("--set", o)]
-
-
-def _run_cli(args: list[str]) -> tuple[int, str]:
-    result = CliRunner().invoke(main, args, catch_exceptions=False)
-    return result.exit_code, result.output
+from helpers import run_cli as _run_cli
+from helpers import set_args as _sets
 
 
 def test_cli_simulate_writes_summary_run_dir_and_report(tiny_overrides: list[str], tmp_path: Path) -> None:

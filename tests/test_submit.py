@@ -6,7 +6,7 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -19,6 +19,7 @@ from fedlora.cli import main
 from fedlora.config import load_config
 from fedlora.pipeline.parameters import PARAMETERS
 from fedlora.pipeline.submit import Auth, run_arguments, submit
+from helpers import JsonHandler
 
 
 @dataclass
@@ -33,21 +34,10 @@ class KfpStub:
         return [r for r in self.requests if r["method"] == method and r["path"] == path]
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(JsonHandler):
     stub: KfpStub
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _send(self, code: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _handle(self, method: str) -> None:
+    def _route(self, method: str) -> None:
         url = urlparse(self.path)
         length = int(self.headers.get("Content-Length", "0"))
         body = json.loads(self.rfile.read(length)) if length else None
@@ -80,12 +70,6 @@ class Handler(BaseHTTPRequestHandler):
             self.stub.runs.append(run)
             return self._send(200, run)
         return self._send(404, {"error": f"no route {method} {url.path}", "code": 5})
-
-    def do_GET(self) -> None:
-        self._handle("GET")
-
-    def do_POST(self) -> None:
-        self._handle("POST")
 
 
 @pytest.fixture
