@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,12 @@ def _consortium(tmp_path: Path, tiny_overrides: list[str]) -> tuple[Config, Path
 
 
 def _invoke(env: dict[str, str]) -> Any:
+    """Run the bank's Job command; unless the test says otherwise its ledger is a directory of its own."""
+    env = {
+        "FEDLORA_BANK_LEDGER": tempfile.mkdtemp(prefix="bank-a-ledger-"),
+        "FEDLORA_BANK_POLICY": '{"minNoiseMultiplier": 0}',  # the tiny schedule calibrates to σ < 0.5
+        **env,
+    }
     return CliRunner().invoke(main, ["train-bank", "--run", "r1", "--bank", "bank-a", "--round", "1"], env=env)
 
 
@@ -51,17 +58,19 @@ def test_train_bank_uses_the_banks_data_and_store_and_is_idempotent(tiny_overrid
         "FEDLORA_REQUEST_CONFIG": config_to_yaml(request),
         "FEDLORA_BANK_DATA": str(_bank_csv(tmp_path / "credit.csv")),
         "FEDLORA_STORE_URI": str(exchange),  # the bank's own way to the exchange wins
+        "FEDLORA_BANK_LEDGER": str(tmp_path / "bank-a-ledger"),
     }
     result = _invoke(env)
     assert result.exit_code == 0, result.output
     outcome = json.loads(result.output.strip().splitlines()[-1])
     assert outcome["status"] == "ok" and outcome["bank"] == "bank-a" and outcome["round"] == 1
-    assert 120 <= outcome["num_examples"] <= 150  # the train split of its 200 rows
+    assert outcome["num_examples"] in (120, 130, 140, 150)  # the train split of its 200 rows, rounded
     assert outcome["update_uri"] == str(exchange / "r1/rounds/0001/updates/bank-a")
     assert 0 < outcome["epsilon"] <= config.privacy.target_epsilon
     privacy = json.loads((exchange / "r1/privacy/bank-a.json").read_text())
     assert privacy["charged_rounds"] == [1]
     assert privacy["plan"]["sample_rate"] == pytest.approx(config.training.batch_size / outcome["num_examples"])
+    assert not {"loss", "incoming_val", "examples_seen"} & set(outcome)  # exact metrics stay in the bank
     stored = load_adapter(_store(config), "rounds/0001/updates/bank-a")
     assert stored.meta["bank"] == "bank-a" and stored.meta["num_examples"] == outcome["num_examples"]
 
@@ -69,6 +78,8 @@ def test_train_bank_uses_the_banks_data_and_store_and_is_idempotent(tiny_overrid
     assert again.exit_code == 0
     assert json.loads(again.output.strip().splitlines()[-1]) == outcome
     assert json.loads((exchange / "r1/privacy/bank-a.json").read_text())["charged_rounds"] == [1]
+    charges = list((tmp_path / "bank-a-ledger").rglob("charges/r1/0001/*.json"))
+    assert len(charges) == 1  # the bank's own ledger holds exactly one charge for the round
     assert not list(exchange.rglob("*.csv"))  # rows never reach the exchange
 
 
@@ -131,5 +142,5 @@ def test_train_bank_reads_data_from_the_banks_private_bucket(
     result = _invoke(env)
     assert result.exit_code == 0, result.output
     outcome = json.loads(result.output.strip().splitlines()[-1])
-    assert outcome["status"] == "ok" and 120 <= outcome["num_examples"] <= 150
+    assert outcome["status"] == "ok" and outcome["num_examples"] in (120, 130, 140, 150)
     assert not list(exchange.rglob("*.csv"))

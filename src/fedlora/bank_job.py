@@ -10,6 +10,11 @@ as YAML). The bank's Helm release decides where its data is and how it reaches t
 * ``FEDLORA_STORE_URI`` and ``FEDLORA_STORE_{ENDPOINT_URL,REGION,PATH_STYLE,SSE,SSE_KMS_KEY_ID}``:
   the exchange bucket as this bank reaches it. ``FEDLORA_STORE_URI`` is the exchange root
   (the consortium's ``store.uri``); runs live under it and the bank writes only its own keys.
+* ``FEDLORA_BANK_POLICY``: the bank's privacy policy (JSON/YAML, the chart's ``privacyPolicy``
+  values); absent = the conservative defaults of :class:`~fedlora.privacy.policy.BankPolicy`.
+* ``FEDLORA_BANK_LEDGER``: where the bank's own privacy ledger lives, out of the coordinator's
+  reach: a directory on the bank's volume, or ``s3://bucket/prefix`` in its private bucket
+  (reached with the ``FEDLORA_BANK_DATA_*`` settings). Required: without it the Job refuses.
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from fedlora.config import Config, ConfigError, load_config_text
+from fedlora.privacy.policy import BankPolicy
+from fedlora.store.base import Store
 
 STORE_ENV = {
     "FEDLORA_STORE_URI": "uri",
@@ -45,24 +53,62 @@ def request_config(env: Mapping[str, str], *, config_text: str | None = None) ->
     return load_config_text(text, source="the training request (FEDLORA_REQUEST_CONFIG)", overrides=overrides)
 
 
-def fetch_private_data(uri: str, env: Mapping[str, str], *, scratch: Path | None = None) -> Path:
-    """Download the bank's data from its private bucket into local scratch space; return the local path.
+def bank_policy(env: Mapping[str, str]) -> BankPolicy:
+    """The bank's policy from ``FEDLORA_BANK_POLICY`` (the defaults when unset).
 
-    ``uri`` is ``s3://bucket/key`` (one file) or ``s3://bucket/prefix/`` (every ``.csv`` /
-    ``.parquet`` under it, read as one table).
+    Raises:
+        PolicyError: the policy text is invalid.
+
     """
+    text = env.get("FEDLORA_BANK_POLICY", "").strip()
+    return BankPolicy.from_text(text) if text else BankPolicy.model_validate({})
+
+
+def _private_s3_client(env: Mapping[str, str]) -> Any:
     import boto3
 
-    from fedlora.store.s3 import parse_s3_uri
-
-    bucket, key = parse_s3_uri(uri)
-    client = boto3.session.Session().client(
+    return boto3.session.Session().client(
         "s3",
         endpoint_url=env.get("FEDLORA_BANK_DATA_ENDPOINT_URL") or None,
         region_name=env.get("FEDLORA_BANK_DATA_REGION") or None,
         aws_access_key_id=env.get("FEDLORA_BANK_DATA_AWS_ACCESS_KEY_ID") or None,
         aws_secret_access_key=env.get("FEDLORA_BANK_DATA_AWS_SECRET_ACCESS_KEY") or None,
     )
+
+
+def bank_ledger_store(env: Mapping[str, str]) -> Store:
+    """The bank's own ledger store from ``FEDLORA_BANK_LEDGER`` (a directory or ``s3://`` in its private bucket).
+
+    Raises:
+        ConfigError: the variable is unset (the chart always sets it).
+
+    """
+    uri = env.get("FEDLORA_BANK_LEDGER", "").strip()
+    if not uri:
+        raise ConfigError(
+            "FEDLORA_BANK_LEDGER is not set: the bank's privacy ledger must live in the bank's own storage "
+            "(chart values ledger.pvc.claimName or ledger.uri); refusing to train without it"
+        )
+    if uri.startswith("s3://"):
+        from fedlora.store.s3 import S3Store, parse_s3_uri
+
+        bucket, prefix = parse_s3_uri(uri)
+        return S3Store(bucket=bucket, prefix=prefix, client=_private_s3_client(env))
+    from fedlora.store.local import LocalStore
+
+    return LocalStore(Path(uri))
+
+
+def fetch_private_data(uri: str, env: Mapping[str, str], *, scratch: Path | None = None) -> Path:
+    """Download the bank's data from its private bucket into local scratch space; return the local path.
+
+    ``uri`` is ``s3://bucket/key`` (one file) or ``s3://bucket/prefix/`` (every ``.csv`` /
+    ``.parquet`` under it, read as one table).
+    """
+    from fedlora.store.s3 import parse_s3_uri
+
+    bucket, key = parse_s3_uri(uri)
+    client = _private_s3_client(env)
     target = Path(tempfile.mkdtemp(prefix="fedlora-bank-data-", dir=scratch))
     if uri.endswith("/") or not key:
         listing = client.list_objects_v2(Bucket=bucket, Prefix=key)

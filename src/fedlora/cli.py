@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,29 +58,29 @@ class RichProgress:
             self.console.print(f"[yellow]round {round_index} {bank}: {result.message}[/]")
         elif result is not None:
             eps = "∞ (non-private)" if result.epsilon is None else f"{result.epsilon:.3f}"
-            auc = (result.incoming_val or {}).get("auc", math.nan)
-            self.console.print(
-                f"round {round_index} {bank}: loss {result.loss or math.nan:.4f}, incoming val AUC "
-                f"{auc:.3f}, ε {eps}, {result.train_seconds:.1f}s"
-            )
+            released = ", DP evaluation histograms released" if result.evaluation else ""
+            self.console.print(f"round {round_index} {bank}: ε {eps}, {result.steps} steps{released}")
 
     def round_finished(self, record: dict[str, Any]) -> None:
-        self.bar.update(self.task, advance=1, description=f"round {record['round']} done: AUC {record['auc']:.3f}")
+        auc = record["auc"] if record["auc"] is not None else (record.get("dp_evaluation") or {}).get("auc")
+        self.bar.update(self.task, advance=1, description=f"round {record['round']} done: AUC {_num(auc)}")
 
     def stop(self) -> None:
         self.bar.stop()
 
 
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
 def _summary_table(summary: dict[str, Any]) -> Table:
     banks = list(summary["rounds"][0]["epsilon"]) if summary["rounds"] else []
     table = Table(title=f"FedLoRA — {summary['aggregation']}, privacy: {summary['privacy_mode']}")
-    for col in ["round", "train loss", "test AUC", "KS", *[f"ε {b}" for b in banks], "banks"]:
+    for col in ["round", "test AUC", "KS", *[f"ε {b}" for b in banks], "banks"]:
         table.add_column(col, justify="right", no_wrap=True)
     for r in summary["rounds"]:
         eps = ["∞" if r["epsilon"][b] is None else f"{r['epsilon'][b]:.3f}" for b in banks]
-        table.add_row(
-            str(r["round"]), f"{r['loss']:.4f}", f"{r['auc']:.4f}", f"{r['ks']:.4f}", *eps, str(len(r["banks"]))
-        )
+        table.add_row(str(r["round"]), _num(r["auc"]), _num(r["ks"]), *eps, str(len(r["banks"])))
     return table
 
 
@@ -182,6 +181,17 @@ def simulate(
         Path(json_path).write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
 
 
+def _keep_private_error(side: Any, run: str, round_index: int, exc: BaseException) -> None:
+    """Keep the full error (it may quote data values) in the bank's own ledger store, never in the log."""
+    import traceback
+
+    try:
+        text = "".join(traceback.format_exception(exc))
+        side.ledger_store.put(f"errors/{run}/{round_index:04d}.txt", text.encode("utf-8"))
+    except Exception as store_exc:  # the bank's storage is down too: say so, without the details
+        console.print(f"[yellow]could not keep the error in the bank's ledger store: {type(store_exc).__name__}[/]")
+
+
 @main.command("train-bank")
 @click.option("--run", required=True, help="The run name (as the coordinator named it).")
 @click.option("--bank", required=True, help="This bank's name in the consortium config.")
@@ -196,27 +206,34 @@ def train_bank_command(run: str, bank: str, round_index: int, config_path: str |
     """Train one bank's round and publish its noised adapter (what a bank's Job runs).
 
     Reads the consortium's request from FEDLORA_REQUEST_CONFIG and this bank's own settings
-    from FEDLORA_BANK_DATA (a path, or s3:// in the bank's private bucket) and FEDLORA_STORE_*
-    (how this bank reaches the exchange bucket). Prints the outcome as JSON. Exit 0 when the
-    bank trained, was not sampled or has spent its budget; 1 on failure; 2 on a bad request.
+    from FEDLORA_BANK_DATA (a path, or s3:// in the bank's private bucket), FEDLORA_STORE_*
+    (how this bank reaches the exchange bucket), FEDLORA_BANK_POLICY (its privacy policy) and
+    FEDLORA_BANK_LEDGER (its own ledger: a directory or s3:// in its private bucket). A request
+    outside the policy is refused (status "refused"). Prints the outcome as JSON; error
+    messages name file, column, row and rule, never a value (the full text is kept in the
+    ledger store under errors/). Exit 0 when the bank trained, was not sampled, refused or
+    has spent its budget; 1 on failure; 2 on a bad request or deployment.
     """
-    from fedlora.bank_job import bank_data_path, environment, request_config
-    from fedlora.federation import train_bank
+    from fedlora.bank_job import bank_data_path, bank_ledger_store, bank_policy, environment, request_config
+    from fedlora.federation import BankSide, public_message, train_bank
+    from fedlora.privacy.policy import PolicyError
     from fedlora.runtime import Runtime
 
     env = environment()
     try:
         text = Path(config_path).read_text(encoding="utf-8") if config_path else None
         config = request_config(env, config_text=text)
-    except (ConfigError, OSError, UnicodeDecodeError) as exc:
+        side = BankSide(ledger_store=bank_ledger_store(env), policy=bank_policy(env), job=True)
+    except (ConfigError, PolicyError, OSError, UnicodeDecodeError) as exc:
         console.print(f"[red]error:[/] {exc}")
         sys.exit(2)
     try:
         data = bank_data_path(env)
         runtime = Runtime(config, bank_files={bank: data} if data else None)
-        outcome = train_bank(config, run=run, bank=bank, round_index=round_index, runtime=runtime)
-    except (ValueError, RuntimeError, OSError) as exc:
-        console.print(f"[red]error:[/] bank {bank} round {round_index}: {exc}")
+        outcome = train_bank(config, run=run, bank=bank, round_index=round_index, runtime=runtime, side=side)
+    except Exception as exc:  # everything printed here may be streamed to the consortium: no data values
+        _keep_private_error(side, run, round_index, exc)
+        console.print(f"[red]error:[/] bank {bank} round {round_index}: {public_message(exc)}")
         sys.exit(1)
     click.echo(json.dumps(outcome.to_json(), sort_keys=True))
 

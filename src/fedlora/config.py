@@ -107,7 +107,22 @@ class PrivacyConfig(_Section):
     accountant: Literal["prv", "rdp"] = Field(
         "prv", description="Opacus accountant: prv (Gopi et al., 2021; default) or rdp (looser)."
     )
-    secure_rng: bool = Field(False, description="Draw sampling and noise from the OS CSPRNG (production).")
+    insecure_seeded_noise: bool = Field(
+        False,
+        description="RESEARCH ONLY: draw sampling and noise from a generator seeded by `seed` (replayable by anyone "
+        "who knows the config, which voids the ε claim). Default: the OS CSPRNG. A bank's Job refuses it.",
+    )
+    release_metrics: bool = Field(
+        False,
+        description="Each bank releases DP-noised score histograms of its test rows every round (charged to its "
+        "ledger); the coordinator computes pooled AUC/KS/Brier from them. Off = no metric leaves a bank.",
+    )
+    evaluation_epsilon: float = Field(
+        0.5,
+        gt=0,
+        description="With release_metrics: the share of each bank's ε reserved for the evaluation releases "
+        "(σ of the histograms is calibrated so that they alone cost this over the run).",
+    )
 
 
 class TrainingConfig(_Section):

@@ -23,24 +23,34 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from fedlora.client import BankState, run_client_round
-from fedlora.config import Config, config_to_yaml, load_config_text
-from fedlora.model.lora import adapter_state, load_adapter_state, trainable_names
-from fedlora.privacy.accounting import PrivacyLedger, PrivacyPlan, plan_privacy
-from fedlora.privacy.randomness import make_randomness
+from fedlora.client import BankState, ClientResult, run_client_round
+from fedlora.config import Config, ConfigError, config_to_yaml, load_config_text
+from fedlora.model.encoding import EncodedSet
+from fedlora.model.lora import AdapterState, adapter_state, load_adapter_state, trainable_names
+from fedlora.privacy.accounting import (
+    PrivacyConfigError,
+    PrivacyPlan,
+    declared_count,
+    default_delta,
+    plan_privacy,
+)
+from fedlora.privacy.bank_ledger import BankLedger, BudgetSpent, ClaimRefused, dataset_fingerprint
+from fedlora.privacy.dp_evaluation import ScoreHistograms, noised, pooled_metrics, score_histograms
+from fedlora.privacy.policy import BankPolicy, PolicyError
+from fedlora.privacy.randomness import Randomness, make_randomness
 from fedlora.report import write_report
-from fedlora.runtime import Runtime
+from fedlora.runtime import BankSets, Runtime
 from fedlora.server import AggregationError, Update, aggregate, max_update_norm, sample_banks
 from fedlora.store.adapters import get_json, load_adapter, put_json, save_adapter
-from fedlora.store.base import Store, StoreError, global_prefix, round_prefix, update_prefix
+from fedlora.store.base import PrefixedStore, Store, StoreError, global_prefix, round_prefix, update_prefix
 from fedlora.store.local import LocalStore
 from fedlora.store.s3 import S3Store, parse_s3_uri
 from fedlora.tracking import MLflowTracker, NullTracker, Tracker, TrackingError, flatten
-from fedlora.training import steps_per_round
+from fedlora.training import DPSettings, predict_default_probability, steps_per_round
 
 log = logging.getLogger(__name__)
 
@@ -53,23 +63,29 @@ class FederationError(RuntimeError):
     """A step cannot go on (too few banks, an uncommitted previous round, a conflicting run)."""
 
 
+BankStatus = Literal["ok", "budget_exhausted", "not_selected", "refused", "failed"]
+
+
 @dataclass(frozen=True)
 class BankOutcome:
-    """What a bank's round produced (JSON-able: it travels between pipeline tasks)."""
+    """What a bank published for a round (JSON-able: it travels between pipeline tasks).
+
+    Everything here has left the bank, so it holds only DP releases and public values: the
+    declared (rounded) example count, the run's ε from the bank's ledger, and, when the bank's
+    policy releases metrics, its noised score histograms. Exact metrics, losses and counts
+    stay in the bank's own ledger store.
+    """
 
     bank: str
     round: int
-    status: str  # "ok" | "budget_exhausted" | "not_selected" | "failed"
+    status: BankStatus
     num_examples: int = 0
     epsilon: float | None = None
     delta: float | None = None
-    loss: float | None = None
     steps: int = 0
-    examples_seen: int = 0
-    incoming_val: dict[str, float] | None = None
+    evaluation: dict[str, Any] | None = None
     update_uri: str | None = None
     message: str = ""
-    train_seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -140,88 +156,98 @@ def stored_config(store: Store, config: Config) -> Config:
     return stored.model_copy(update={k: getattr(config, k) for k in LOCATION_SECTIONS})
 
 
-# --- privacy state -----------------------------------------------------------------------
+# --- privacy: the bank's policy, plan and ledger --------------------------------------
 
 
 def _privacy_key(bank: str) -> str:
     return f"privacy/{bank}.json"
 
 
-@dataclass
-class BankPrivacy:
-    """A bank's plan, ledger and the rounds it has been charged for."""
+@dataclass(frozen=True)
+class BankSide:
+    """What only the bank decides: its privacy policy and where its own ledger lives.
 
-    plan: PrivacyPlan
-    ledger: PrivacyLedger
-    charged_rounds: list[int]
-    epsilon_spent: float | None = 0.0  # ε of the whole ledger, as computed when it was last charged
+    In a bank's Job (``job=True``) both come from the bank's Helm release
+    (``FEDLORA_BANK_POLICY``, ``FEDLORA_BANK_LEDGER``), messages that leave the bank are
+    redacted, and seeded noise is refused. In ``fedlora simulate`` and inline Kubeflow runs
+    the user is every bank: the config is each bank's policy and the ledgers live in the run's
+    store under ``bank-ledgers/<bank>/``.
+    """
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "plan": dataclasses.asdict(self.plan),
-            "ledger": self.ledger.to_json(),
-            "charged_rounds": self.charged_rounds,
-            "epsilon_spent": self.epsilon_spent,
-        }
+    ledger_store: Store | None = None
+    policy: BankPolicy | None = None
+    job: bool = False
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> BankPrivacy:
-        return cls(
-            plan=PrivacyPlan(**data["plan"]),
-            ledger=PrivacyLedger.from_json(data["ledger"]),
-            charged_rounds=[int(r) for r in data.get("charged_rounds", [])],
-            epsilon_spent=data.get("epsilon_spent", 0.0),
-        )
+    def policy_for(self, config: Config, bank: str) -> BankPolicy:
+        return self.policy if self.policy is not None else BankPolicy.for_simulation(config, bank)
+
+    def ledger_store_for(self, run_store: Store, bank: str) -> Store:
+        return self.ledger_store if self.ledger_store is not None else PrefixedStore(run_store, f"bank-ledgers/{bank}")
 
 
-def load_bank_privacy(store: Store, bank: str) -> BankPrivacy | None:
-    """The bank's stored privacy state, or None before its first plan."""
-    key = _privacy_key(bank)
-    return BankPrivacy.from_json(get_json(store, key)) if store.exists(key) else None
+def plan_bank(config: Config, bank: str, num_examples: int, *, policy: BankPolicy, runtime: Runtime) -> PrivacyPlan:
+    """Calibrate ``bank``'s σ from its own row count for its target (ε, δ) over the whole schedule.
 
-
-def plan_bank(config: Config, bank: str, num_examples: int) -> PrivacyPlan:
-    """Calibrate ``bank``'s σ for its target (ε, δ) over the whole schedule (all rounds).
-
-    Banks with the same target, δ, size and schedule share one calibration (it is a
-    deterministic search; each costs seconds with the PRV accountant).
+    δ is the request's, else ``1/(10·n_declared)``, never above the policy's ``maxDelta``; the
+    evaluation releases are reserved up front when the policy releases metrics. Plans are
+    cached in the runtime (a deterministic search of seconds with the PRV accountant).
     """
     spec = next(b for b in config.federation.banks if b.name == bank)
+    delta = config.privacy.delta
+    if delta is None and policy.max_delta is not None:
+        delta = min(policy.max_delta, default_delta(declared_count(num_examples)))
     key = (
         spec.target_epsilon or config.privacy.target_epsilon,
-        config.privacy.delta,
+        delta,
         num_examples,
         config.training.model_dump_json(),
         config.federation.rounds,
         config.privacy.max_grad_norm,
         config.privacy.noise_multiplier,
-        config.privacy.accountant,
+        policy.accountant,
+        policy.evaluation_epsilon if policy.release_metrics else None,
     )
-    if key not in _PLANS:
-        _PLANS[key] = _calibrate(config, bank, num_examples, key[0])
-    return dataclasses.replace(_PLANS[key], bank=bank)
+    if key not in runtime.plans:
+        runtime.plans[key] = plan_privacy(
+            bank=bank,
+            num_examples=num_examples,
+            target_epsilon=key[0],
+            delta=delta,
+            batch_size=config.training.batch_size,
+            steps_per_round=steps_per_round(num_examples=num_examples, config=config.training),
+            rounds=config.federation.rounds,
+            max_grad_norm=config.privacy.max_grad_norm,
+            noise_multiplier=config.privacy.noise_multiplier,
+            accountant=policy.accountant,
+            evaluation_epsilon=key[-1],
+        )
+    return dataclasses.replace(runtime.plans[key], bank=bank)
 
 
-_PLANS: dict[tuple[object, ...], PrivacyPlan] = {}
+def load_bank_privacy(store: Store, bank: str) -> dict[str, Any] | None:
+    """The privacy report ``bank`` published in the exchange (a report: the bank's ledger is the truth)."""
+    key = _privacy_key(bank)
+    return dict(get_json(store, key)) if store.exists(key) else None
 
 
-def _calibrate(config: Config, bank: str, num_examples: int, target_epsilon: float) -> PrivacyPlan:
-    return plan_privacy(
-        bank=bank,
-        num_examples=num_examples,
-        target_epsilon=target_epsilon,
-        delta=config.privacy.delta,
-        batch_size=config.training.batch_size,
-        steps_per_round=steps_per_round(num_examples=num_examples, config=config.training),
-        rounds=config.federation.rounds,
-        max_grad_norm=config.privacy.max_grad_norm,
-        noise_multiplier=config.privacy.noise_multiplier,
-        accountant=config.privacy.accountant,
+def _publish_privacy_report(store: Store, plan: PrivacyPlan, ledger: BankLedger, run: str) -> float:
+    """Write the bank's privacy report for this run to the exchange; return the run's ε."""
+    charges = ledger.charges(run)
+    epsilon = ledger.epsilon(charges)
+    history = [[m.noise_multiplier, m.sample_rate, m.steps] for c in charges for m in c.mechanisms]
+    put_json(
+        store,
+        _privacy_key(plan.bank),
+        {
+            "plan": dataclasses.asdict(plan),
+            "ledger": {"delta": ledger.delta, "accountant": ledger.accountant, "history": history},
+            "charged_rounds": sorted({c.round for c in charges}),
+            "epsilon_spent": epsilon,
+            "training_steps": sum(m.steps for c in charges for m in c.mechanisms[:1]),
+            "note": "a report published by the bank; its ledger, in its own storage, is the source of truth",
+        },
     )
-
-
-def _finite_or_none(value: float | None) -> float | None:
-    return None if value is None or math.isinf(value) else float(value)
+    return epsilon
 
 
 # --- tracking ----------------------------------------------------------------------------
@@ -295,13 +321,14 @@ def initialize(config: Config, *, run: str, runtime: Runtime | None = None, resu
         raise FederationError(f"run {store.uri('')} was started with a different config; resume without changes")
     plans: dict[str, PrivacyPlan] = {}
     for spec in config.federation.banks:
-        if not runtime.can_read(spec.name):
-            log.info("bank %s: data not readable here; it calibrates its own σ in its first round", spec.name)
+        if config.kubeflow.mode == "namespaced" or not runtime.can_read(spec.name):
+            log.info("bank %s: plans its own σ from its own rows in its first round", spec.name)
             continue
         sets = runtime.bank(spec.name)
         if config.privacy.enabled:
-            with runtime.timer.phase("load"):  # σ calibration is part of setting up
-                plans[spec.name] = plan_bank(config, spec.name, len(sets.train))
+            with runtime.timer.phase("load"):  # validates δ < 1/n etc. before anything is written
+                policy = BankPolicy.for_simulation(config, spec.name)
+                plans[spec.name] = plan_bank(config, spec.name, len(sets.train), policy=policy, runtime=runtime)
     initial = adapter_state(runtime.model)
     with runtime.timer.phase("tracking"):
         tracker = open_tracker(config, store, run=run, create=True)
@@ -312,15 +339,11 @@ def initialize(config: Config, *, run: str, runtime: Runtime | None = None, resu
             store.put("config.yaml", config_to_yaml(config).encode("utf-8"))
         if not store.exists(f"{global_prefix(0)}/meta.json"):
             save_adapter(store, global_prefix(0), initial, {"round": 0, "kind": "global"})
-        for bank, plan in plans.items():
-            if not store.exists(_privacy_key(bank)):
-                ledger = PrivacyLedger(delta=plan.delta, accountant=plan.accountant)
-                put_json(store, _privacy_key(bank), BankPrivacy(plan, ledger, []).to_json())
     return {
         "run": run,
         "store_uri": store.uri(""),
         "banks": [b.name for b in config.federation.banks],
-        "privacy": {bank: dataclasses.asdict(plan) for bank, plan in plans.items()},
+        "privacy": {bank: dataclasses.asdict(plan) for bank, plan in plans.items()},  # shown, not stored
         "committed_rounds": committed_rounds(store),
     }
 
@@ -330,11 +353,41 @@ def _bank_seed(config: Config, bank: str, round_index: int) -> int:
     return int(np.random.SeedSequence([config.seed, offset, round_index]).generate_state(1)[0])
 
 
-def train_bank(config: Config, *, run: str, bank: str, round_index: int, runtime: Runtime | None = None) -> BankOutcome:
-    """One bank's round: evaluate the incoming global adapter, train with DP-SGD, publish the update.
+def _randomness(config: Config, bank: str, round_index: int) -> Randomness:
+    """The OS CSPRNG, unless the run asked for replayable research noise (refused in a bank's Job)."""
+    if not config.privacy.insecure_seeded_noise:
+        return make_randomness()
+    log.warning("bank %s: INSECURE seeded noise (privacy.insecure_seeded_noise): research only, no DP guarantee", bank)
+    return make_randomness(insecure_seed=_bank_seed(config, bank, round_index))
 
-    Order of writes: privacy ledger (charged), adapter update, ``outcome.json``. If the
-    outcome already exists (a retry, a resumed run) it is returned and nothing is retrained.
+
+def public_message(exc: BaseException) -> str:
+    """An error message that may leave the bank: the rule and the place, never a data value."""
+    public = getattr(exc, "public_message", None)
+    if isinstance(public, str):
+        return public
+    if isinstance(exc, (ConfigError, PrivacyConfigError, PolicyError, StoreError, FederationError)):
+        return str(exc)  # about settings and keys, not rows
+    return f"{type(exc).__name__} (details stay in the bank's own report)"
+
+
+def train_bank(
+    config: Config,
+    *,
+    run: str,
+    bank: str,
+    round_index: int,
+    runtime: Runtime | None = None,
+    side: BankSide | None = None,
+) -> BankOutcome:
+    """One bank's round: check the request, charge the ledger, release DP metrics, train, publish.
+
+    Order: the request is checked against the bank's policy; the plan is computed from the
+    bank's own rows; the round is *claimed* on the bank's own ledger (the charge is written
+    before anything is released); the noised evaluation histograms (if the policy releases
+    metrics) and the DP-SGD adapter are published; ``outcome.json`` is written last. A
+    published outcome is returned as is (a retried Job trains nothing twice), and a round
+    already claimed by another Job is refused.
 
     Raises:
         FederationError: the previous round is not committed or the bank is unknown.
@@ -343,6 +396,7 @@ def train_bank(config: Config, *, run: str, bank: str, round_index: int, runtime
     if bank not in {b.name for b in config.federation.banks}:
         raise FederationError(f"unknown bank {bank!r}; banks: {[b.name for b in config.federation.banks]}")
     runtime = runtime or Runtime(config)
+    side = side or BankSide()
     store = open_run_store(config, run)
     prefix = update_prefix(round_index, bank)
     if store.exists(f"{prefix}/{OUTCOME_FILE}"):
@@ -352,71 +406,171 @@ def train_bank(config: Config, *, run: str, bank: str, round_index: int, runtime
     previous = round_index - 1
     if previous > 0 and not store.exists(f"{round_prefix(previous)}/MANIFEST.json"):
         raise FederationError(f"round {previous} of run {run} is not committed; cannot start round {round_index}")
+    policy = side.policy_for(config, bank)
+    refusals = policy.refusals(config, bank, job=side.job) if (side.job or config.privacy.enabled) else []
+    if refusals:
+        outcome = BankOutcome(bank=bank, round=round_index, status="refused", message="; ".join(refusals))
+        put_json(store, f"{prefix}/{OUTCOME_FILE}", outcome.to_json())
+        return outcome
     with runtime.timer.phase("store"):
         incoming = load_adapter(store, global_prefix(previous)).tensors
     sets = runtime.bank(bank)
-    privacy: BankPrivacy | None = None
-    if config.privacy.enabled:
-        privacy = load_bank_privacy(store, bank)
-        if privacy is None:
-            plan = plan_bank(config, bank, len(sets.train))
-            privacy = BankPrivacy(plan, PrivacyLedger(delta=plan.delta, accountant=plan.accountant), [])
-    state = BankState(
-        name=bank,
-        train=sets.train,
-        val=sets.val,
-        test=sets.test,
-        plan=privacy.plan if privacy else None,
-        ledger=privacy.ledger if privacy else None,
-        randomness=make_randomness(secure=config.privacy.secure_rng, seed=_bank_seed(config, bank, round_index)),
+    ledger_store = side.ledger_store_for(store, bank)
+    fingerprint = dataset_fingerprint(runtime.bank_data(bank).frames.values())
+    if not config.privacy.enabled:  # a non-private simulation baseline (a bank's Job refused it above)
+        return _train_and_publish(config, runtime, store, sets, incoming, run=run, bank=bank, round_index=round_index)
+    plan = plan_bank(config, bank, len(sets.train), policy=policy, runtime=runtime)
+    if plan.noise_multiplier < policy.min_noise_multiplier:
+        outcome = BankOutcome(
+            bank=bank,
+            round=round_index,
+            status="refused",
+            message=f"the request's schedule calibrates to σ={plan.noise_multiplier:.3f}, below the bank's "
+            f"minNoiseMultiplier {policy.min_noise_multiplier:g}",
+        )
+        put_json(store, f"{prefix}/{OUTCOME_FILE}", outcome.to_json())
+        return outcome
+    ledger = BankLedger(ledger_store, fingerprint, delta=plan.delta, accountant=plan.accountant)
+    steps = plan.steps_per_round
+    try:
+        ledger.claim(
+            run=run,
+            round_index=round_index,
+            mechanisms=plan.round_mechanisms(steps=steps, evaluate=policy.release_metrics),
+            run_cap=plan.target_epsilon,
+            lifetime_cap=policy.lifetime_epsilon,
+        )
+    except ClaimRefused as exc:
+        status: BankStatus = "budget_exhausted" if isinstance(exc, BudgetSpent) else "refused"
+        spent = ledger.epsilon(ledger.charges(run))
+        outcome = BankOutcome(
+            bank=bank, round=round_index, status=status, epsilon=spent, delta=plan.delta, message=f"not training: {exc}"
+        )
+        put_json(store, f"{prefix}/{OUTCOME_FILE}", outcome.to_json())
+        return outcome
+    epsilon = _publish_privacy_report(store, plan, ledger, run)  # the charge is made; the report may go first
+    randomness = _randomness(config, bank, round_index)
+    release = (
+        _dp_evaluation(runtime, sets.test, incoming, plan=plan, randomness=randomness)
+        if policy.release_metrics
+        else None
+    )
+    dp = DPSettings(
+        noise_multiplier=plan.noise_multiplier,
+        max_grad_norm=plan.max_grad_norm,
+        sample_rate=plan.sample_rate,
+        expected_batch_size=plan.sample_rate * plan.declared_examples,
     )
     result = run_client_round(
         runtime.model,
-        state,
+        BankState(bank, sets.train, sets.val, sets.test),
         incoming,
         round_index=round_index,
         training=config.training,
-        steps=steps_per_round(num_examples=len(sets.train), config=config.training),
+        steps=steps,
+        dp=dp,
+        sample_rate=plan.sample_rate,
+        randomness=randomness,
         device=runtime.device,
     )
-    runtime.timer.add("evaluate", result.eval_seconds)
-    runtime.timer.add("train", result.train_seconds)
+    _account_time(runtime, result)
+    ledger.keep_report(run, round_index, _private_report(result))
     outcome = BankOutcome(
         bank=bank,
         round=round_index,
-        status=result.status,
-        num_examples=result.num_examples,
-        epsilon=_finite_or_none(result.epsilon),
-        delta=privacy.plan.delta if privacy else None,
-        loss=result.train.mean_loss if result.train else None,
-        steps=result.train.steps if result.train else 0,
-        examples_seen=result.train.examples_seen if result.train else 0,
-        incoming_val=result.incoming_val.as_dict(),
-        update_uri=store.uri(prefix) if result.adapter is not None else None,
-        message=result.message,
-        train_seconds=result.train_seconds,
+        status="ok",
+        num_examples=plan.declared_examples,
+        epsilon=epsilon,
+        delta=plan.delta,
+        steps=result.train.steps,
+        evaluation=release.to_json() if release is not None else None,
+        update_uri=store.uri(prefix),
     )
-    with runtime.timer.phase("store"):
-        if privacy is not None and result.status == "ok":
-            privacy.charged_rounds.append(round_index)
-            privacy.epsilon_spent = outcome.epsilon  # the accountant's ε for the ledger including this round
-            put_json(store, _privacy_key(bank), privacy.to_json())
-        if result.adapter is not None:
-            save_adapter(
-                store,
-                prefix,
-                result.adapter,
-                {
-                    "bank": bank,
-                    "round": round_index,
-                    "kind": "update",
-                    "num_examples": result.num_examples,
-                    "epsilon": outcome.epsilon,
-                    "delta": outcome.delta,
-                    "steps": outcome.steps,
-                },
-            )
-        put_json(store, f"{prefix}/{OUTCOME_FILE}", outcome.to_json())
+    _publish_update(store, prefix, result.adapter, outcome)
+    return outcome
+
+
+def _account_time(runtime: Runtime, result: ClientResult) -> None:
+    runtime.timer.add("evaluate", result.eval_seconds)
+    runtime.timer.add("train", result.train_seconds)
+
+
+def _private_report(result: ClientResult) -> dict[str, Any]:
+    """What the bank learns about its round and keeps: exact validation metrics, loss, batch sizes."""
+    return {
+        "incoming_val": result.incoming_val.as_dict(),
+        "train": dataclasses.asdict(result.train),
+        "num_examples": result.num_examples,
+        "train_seconds": result.train_seconds,
+    }
+
+
+def _dp_evaluation(
+    runtime: Runtime, test: EncodedSet, incoming: AdapterState, *, plan: PrivacyPlan, randomness: Randomness
+) -> ScoreHistograms:
+    """Score the bank's test rows with the incoming adapter and release the noised histograms (already charged)."""
+    assert plan.evaluation_noise_multiplier is not None
+    with runtime.timer.phase("evaluate"):
+        load_adapter_state(runtime.model, incoming)
+        scores = predict_default_probability(
+            runtime.model, test, batch_size=runtime.config.training.eval_batch_size, device=runtime.device
+        )
+    exact = score_histograms(test.labels.numpy(), scores)
+    return noised(exact, noise_multiplier=plan.evaluation_noise_multiplier, randomness=randomness)
+
+
+def _publish_update(store: Store, prefix: str, adapter: AdapterState, outcome: BankOutcome) -> None:
+    """Adapter first, ``outcome.json`` last: an outcome always points at a complete update."""
+    with_meta = {
+        "bank": outcome.bank,
+        "round": outcome.round,
+        "kind": "update",
+        "num_examples": outcome.num_examples,
+        "epsilon": outcome.epsilon,
+        "delta": outcome.delta,
+        "steps": outcome.steps,
+    }
+    save_adapter(store, prefix, adapter, with_meta)
+    put_json(store, f"{prefix}/{OUTCOME_FILE}", outcome.to_json())
+
+
+def _train_and_publish(
+    config: Config,
+    runtime: Runtime,
+    store: Store,
+    sets: BankSets,
+    incoming: AdapterState,
+    *,
+    run: str,
+    bank: str,
+    round_index: int,
+) -> BankOutcome:
+    """The non-private baseline round (simulation only): no clipping, no noise, no ledger."""
+    n = len(sets.train)
+    result = run_client_round(
+        runtime.model,
+        BankState(bank, sets.train, sets.val, sets.test),
+        incoming,
+        round_index=round_index,
+        training=config.training,
+        steps=steps_per_round(num_examples=n, config=config.training),
+        dp=None,
+        sample_rate=min(1.0, config.training.batch_size / n),
+        randomness=_randomness(config, bank, round_index),
+        device=runtime.device,
+    )
+    _account_time(runtime, result)
+    prefix = update_prefix(round_index, bank)
+    outcome = BankOutcome(
+        bank=bank,
+        round=round_index,
+        status="ok",
+        num_examples=declared_count(n),
+        steps=result.train.steps,
+        update_uri=store.uri(prefix),
+        message="not private (privacy.enabled=false)",
+    )
+    _publish_update(store, prefix, result.adapter, outcome)
     return outcome
 
 
@@ -427,17 +581,20 @@ def read_bank_outcome(config: Config, *, run: str, bank: str, round_index: int) 
 
 
 def _update_bound(config: Config, store: Store, outcome: BankOutcome, num_params: int) -> float | None:
-    privacy = load_bank_privacy(store, outcome.bank) if config.privacy.enabled else None
-    return max_update_norm(
+    report = load_bank_privacy(store, outcome.bank) if config.privacy.enabled else None
+    plan = report["plan"] if report else {}
+    bound = max_update_norm(
         optimizer=config.training.optimizer,
         learning_rate=config.training.learning_rate,
         steps=outcome.steps,
         num_params=num_params,
-        max_grad_norm=privacy.plan.max_grad_norm if privacy else None,
-        noise_multiplier=privacy.plan.noise_multiplier if privacy else None,
-        sample_rate=privacy.plan.sample_rate if privacy else None,
+        max_grad_norm=plan.get("max_grad_norm"),
+        noise_multiplier=plan.get("noise_multiplier"),
+        sample_rate=plan.get("sample_rate"),
         num_examples=outcome.num_examples,
     )
+    # The bank publishes n rounded to two significant figures: its true n is within 5%; 10% of slack.
+    return None if bound is None else bound * 1.1
 
 
 def _read_updates(
@@ -522,32 +679,32 @@ def aggregate_round(
                 ) from exc
         rejected.update(agg.rejected)
         new_global, accepted = agg.adapter, agg.accepted
-    weights = [o.examples_seen for o in trained if o.bank in accepted]
-    losses = [o.loss if o.loss is not None else math.nan for o in trained if o.bank in accepted]
-    loss = float(np.average(losses, weights=weights)) if weights and sum(weights) else math.nan
     record: dict[str, Any] = {
         "round": round_index,
-        "loss": loss,
+        "loss": None,  # training losses stay in the banks
         "epsilon": epsilon,
         "banks": accepted,
         "failed": failed,
         "rejected": rejected,
+        "refused": {o.bank: o.message for o in selected if o.status == "refused"},
         "budget_exhausted": exhausted,
         "steps": {o.bank: o.steps for o in trained},
-        "incoming_val_auc": {o.bank: (o.incoming_val or {}).get("auc") for o in selected if o.incoming_val},
         "stopped_early": stopped or None,
+        "dp_evaluation": _pooled_dp_evaluation(selected, round_index),
     }
-    if runtime.all_readable():
+    if config.kubeflow.mode != "namespaced" and runtime.all_readable():
         evaluation = runtime.evaluate(new_global)
         record |= {
+            "evaluation": "central: this process holds every bank's test rows (simulation / inline run)",
             "auc": evaluation.pooled.auc,
             "ks": evaluation.pooled.ks,
             "metrics": evaluation.pooled.as_dict(),
             "per_bank_test": {b: m.as_dict() for b, m in evaluation.per_bank.items()},
             "roc": evaluation.roc,
         }
-    else:  # the coordinator sees no bank's rows: the banks' own validation of the incoming adapter is what we have
-        record |= {"auc": None, "ks": None, "metrics": {}, "per_bank_test": {}, "roc": None}
+    else:  # the coordinator sees no bank's rows: only the banks' DP releases (dp_evaluation) say anything
+        record |= {"evaluation": "none at the coordinator (see dp_evaluation)", "auc": None, "ks": None}
+        record |= {"metrics": {}, "per_bank_test": {}, "roc": None}
     with runtime.timer.phase("store"):
         save_adapter(
             store,
@@ -571,18 +728,36 @@ def aggregate_round(
     return record
 
 
+def _pooled_dp_evaluation(selected: list[BankOutcome], round_index: int) -> dict[str, Any] | None:
+    """Pool the banks' noised histograms (post-processing of DP releases) into AUC, KS and Brier."""
+    releases = {o.bank: ScoreHistograms.from_json(o.evaluation) for o in selected if o.evaluation}
+    if not releases:
+        return None
+    pooled = pooled_metrics(list(releases.values()))
+    return {
+        "of_global_round": round_index - 1,
+        "banks": sorted(releases),
+        **pooled.as_dict(),
+        "roc": pooled.roc,
+        "method": "sum of the banks' Gaussian-noised per-label score histograms (each charged to its ledger)",
+    }
+
+
 def round_metrics(record: dict[str, Any]) -> dict[str, float]:
     """The numbers of a round record that MLflow and the KFP UI plot."""
     metrics = {f"test_{k}": v for k, v in record["metrics"].items() if k != "n"}
-    metrics["train_loss"] = record["loss"]
+    if record.get("loss") is not None:
+        metrics["train_loss"] = record["loss"]
     for bank, eps in record["epsilon"].items():
         if eps is not None:
             metrics[f"epsilon_{bank}"] = eps
     for bank, m in record["per_bank_test"].items():
         metrics[f"test_auc_{bank}"] = m["auc"]
-    for bank, auc in record["incoming_val_auc"].items():
-        if auc is not None:
-            metrics[f"incoming_val_auc_{bank}"] = auc
+    dp_eval = record.get("dp_evaluation") or {}
+    for key in ("auc", "ks", "brier"):
+        value = dp_eval.get(key)
+        if value is not None and math.isfinite(value):
+            metrics[f"dp_{key}_of_previous_global"] = value
     metrics["banks_accepted"] = float(len(record["banks"]))
     metrics["banks_failed"] = float(len(record["failed"]) + len(record["rejected"]))
     return metrics
@@ -662,20 +837,23 @@ def _privacy_summary(config: Config, store: Store) -> dict[str, Any]:
     if not config.privacy.enabled:
         return summary
     for spec in config.federation.banks:
-        state = load_bank_privacy(store, spec.name)
-        if state is None:
+        report = load_bank_privacy(store, spec.name)
+        if report is None:
             continue
+        plan = report["plan"]
         summary[spec.name] = {
-            "noise_multiplier": state.plan.noise_multiplier,
-            "sample_rate": state.plan.sample_rate,
-            "steps": state.ledger.steps,
-            "delta": state.plan.delta,
-            "max_grad_norm": state.plan.max_grad_norm,
-            "accountant": state.plan.accountant,
-            "target_epsilon": state.plan.target_epsilon,
-            "planned_steps": state.plan.planned_steps,
-            "epsilon": state.epsilon_spent if state.charged_rounds else 0.0,
-            "charged_rounds": state.charged_rounds,
+            "noise_multiplier": plan["noise_multiplier"],
+            "sample_rate": plan["sample_rate"],
+            "steps": report.get("training_steps", 0),
+            "delta": plan["delta"],
+            "max_grad_norm": plan["max_grad_norm"],
+            "accountant": plan["accountant"],
+            "target_epsilon": plan["target_epsilon"],
+            "planned_steps": plan["planned_steps"],
+            "evaluation_noise_multiplier": plan.get("evaluation_noise_multiplier"),
+            "epsilon": report["epsilon_spent"] if report["charged_rounds"] else 0.0,
+            "charged_rounds": report["charged_rounds"],
+            "source": "the bank's published report (its own ledger is authoritative)",
         }
     return summary
 
@@ -723,6 +901,7 @@ def _register(config: Config, store: Store, run: str, summary: dict[str, Any], w
 
 __all__ = [
     "BankOutcome",
+    "BankSide",
     "FederationError",
     "TrackingError",
     "aggregate_round",

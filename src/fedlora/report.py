@@ -53,9 +53,15 @@ def _plot_epsilon(summary: dict[str, Any], path: Path) -> None:
 
 
 def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
     if isinstance(value, float):
         return "∞" if math.isinf(value) else ("–" if math.isnan(value) else f"{value:.4f}")
     return html.escape(str(value))
+
+
+def _dp_auc(record: dict[str, Any]) -> Any:
+    return (record.get("dp_evaluation") or {}).get("auc")
 
 
 def write_report(summary: dict[str, Any], directory: Path) -> Path:
@@ -66,7 +72,7 @@ def write_report(summary: dict[str, Any], directory: Path) -> Path:
     banks = sorted({b for r in summary["rounds"] for b in r["epsilon"]})
     head = "".join(f"<th>ε {html.escape(b)}</th>" for b in banks)
     rows = "".join(
-        f"<tr><td>{r['round']}</td><td>{_fmt(r['loss'])}</td><td>{_fmt(r['auc'])}</td><td>{_fmt(r['ks'])}</td>"
+        f"<tr><td>{r['round']}</td><td>{_fmt(_dp_auc(r))}</td><td>{_fmt(r['auc'])}</td><td>{_fmt(r['ks'])}</td>"
         + "".join(f"<td>{_fmt(r['epsilon'].get(b, float('nan')))}</td>" for b in banks)
         + f"<td>{html.escape(', '.join(r['banks']))}</td></tr>"
         for r in summary["rounds"]
@@ -87,7 +93,7 @@ privacy: {html.escape(summary["privacy_mode"])}</p>
 accuracy {_fmt(final["metrics"]["accuracy"])}, Brier {_fmt(final["metrics"]["brier"])}</p>
 <img src="auc.png" alt="AUC by round"> <img src="epsilon.png" alt="epsilon by round">
 <h2>Rounds</h2><table>
-<tr><th>round</th><th>train loss</th><th>AUC</th><th>KS</th>{head}<th>banks</th></tr>{rows}</table>
+<tr><th>round</th><th>DP AUC of the previous global</th><th>AUC</th><th>KS</th>{head}<th>banks</th></tr>{rows}</table>
 <h2>Privacy per bank</h2><table><tr><th>bank</th>{privacy_head}</tr>{privacy_rows}</table>
 </body></html>"""
     out = directory / "index.html"

@@ -24,6 +24,7 @@ from fedlora.evaluation import Metrics, compute_metrics
 from fedlora.model.encoding import EncodedSet, encode
 from fedlora.model.loading import load_base_model
 from fedlora.model.lora import AdapterState, attach_lora, load_adapter_state
+from fedlora.privacy.accounting import PrivacyPlan
 from fedlora.training import predict_default_probability
 
 
@@ -93,6 +94,8 @@ class Runtime:
         self._tokenizer: object | None = None
         self._raw: dict[str, BankData] = {}
         self._sets: dict[str, BankSets] = {}
+        self.plans: dict[tuple[object, ...], PrivacyPlan] = {}
+        """Privacy plans computed in this process (σ calibration takes seconds; keyed by every input)."""
 
     def _config_with_files(self) -> Config:
         if not self.bank_files:

@@ -36,6 +36,8 @@ class DPSettings:
     noise_multiplier: float
     max_grad_norm: float
     sample_rate: float
+    expected_batch_size: float | None = None
+    """Divisor of the noised sum: ``q·n_declared`` (public); None = ``q·len(data)``."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ def dp_gradient(
             summed[p] += g.float()
         norms.append(clipped.norms.detach())
         loss_total += float(losses.detach().sum())
-    expected_batch = dp.sample_rate * len(data)
+    expected_batch = dp.expected_batch_size or dp.sample_rate * len(data)
     std = dp.noise_multiplier * dp.max_grad_norm
     noised = {
         p: (s + randomness.normal(s.shape, std, device=s.device, dtype=torch.float32)) / expected_batch

@@ -18,12 +18,16 @@ def _read_one(path: Path) -> pd.DataFrame:
         return pd.read_parquet(path)
     except UnicodeDecodeError as exc:
         raise DataValidationError(
-            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); save the file as UTF-8"
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); save the file as UTF-8",
+            f"{path}: not UTF-8 text (at offset {exc.start}); save the file as UTF-8",
         ) from exc
     except pd.errors.EmptyDataError as exc:
         raise DataValidationError(f"{path}: the file is empty") from exc
     except (pd.errors.ParserError, OSError, ValueError) as exc:
-        raise DataValidationError(f"{path}: cannot be read as {path.suffix[1:]}: {exc}") from exc
+        raise DataValidationError(
+            f"{path}: cannot be read as {path.suffix[1:]}: {exc}",
+            f"{path}: cannot be read as {path.suffix[1:]} ({type(exc).__name__}; the parser's text stays in the bank)",
+        ) from exc
 
 
 def read_bank_file(path: str | Path, schema: DatasetSchema) -> pd.DataFrame:

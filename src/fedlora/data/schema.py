@@ -1,7 +1,9 @@
 """Column schemas of the credit datasets and validation of a bank's own data against them.
 
 A bad file is refused before anything is trained or written; the error names the file, the
-column, the row and the offending value.
+column, the row and the offending value. Every error also carries a ``public_message`` that
+names the file, column, row and rule but never a value: that is the only text a bank's Job
+lets out of the bank (outcome, task log, Markdown card).
 """
 
 from __future__ import annotations
@@ -15,7 +17,21 @@ import pandas as pd
 
 
 class DataValidationError(ValueError):
-    """A data file does not match the expected schema; the message names file, column and value."""
+    """A data file does not match the expected schema; the message names file, column and value.
+
+    Attributes:
+        public_message: the same problems without any data value (safe to leave the bank).
+
+    """
+
+    def __init__(self, message: str, public_message: str | None = None) -> None:
+        super().__init__(message)
+        self.public_message = message if public_message is None else public_message
+
+
+def _raise(problems: list[tuple[str, str]]) -> None:
+    """Raise one error listing every ``(detailed, public)`` problem."""
+    raise DataValidationError("\n".join(d for d, _ in problems), "\n".join(p for _, p in problems))
 
 
 @dataclass(frozen=True)
@@ -93,28 +109,33 @@ def _is_missing(value: object) -> bool:
     return isinstance(value, str) and value.strip() == ""
 
 
-def _column_errors(column: Column, values: pd.Series, source: str) -> list[str]:
-    errors: list[str] = []
+def _column_errors(column: Column, values: pd.Series, source: str) -> list[tuple[str, str]]:
+    """``(with the value, without it)`` for each problem of one column (a few at most)."""
+    errors: list[tuple[str, str]] = []
+
+    def add(where: str, shown: str, rule: str) -> None:
+        errors.append((f"{where}: {shown} {rule}", f"{where}: value {rule}"))
+
     for row, value in enumerate(values.tolist()):
         where = f"{source}: column {column.name!r}, row {row + 1}"
         if _is_missing(value):
             if not column.nullable:
-                errors.append(f"{where}: missing value")
+                errors.append((f"{where}: missing value", f"{where}: missing value"))
         elif column.kind == "numeric":
             try:
                 number = float(value)
             except (TypeError, ValueError):
-                errors.append(f"{where}: {value!r} is not a number")
+                add(where, repr(value), "is not a number")
                 continue
             if not math.isfinite(number):
-                errors.append(f"{where}: {value!r} is not finite")
+                add(where, repr(value), "is not finite")
             elif column.minimum is not None and number < column.minimum:
-                errors.append(f"{where}: {value!r} is below the plausible minimum {column.minimum:g}")
+                add(where, repr(value), f"is below the plausible minimum {column.minimum:g}")
             elif column.maximum is not None and number > column.maximum:
-                errors.append(f"{where}: {value!r} is above the plausible maximum {column.maximum:g}")
+                add(where, repr(value), f"is above the plausible maximum {column.maximum:g}")
         elif column.categories is not None and str(value).strip() not in column.categories:
             allowed = ", ".join(repr(c) for c in column.categories)
-            errors.append(f"{where}: {value!r} is not one of {allowed}")
+            add(where, repr(value), f"is not one of {allowed}")
         if len(errors) >= _MAX_ERRORS_SHOWN:
             break
     return errors
@@ -135,13 +156,15 @@ def validate_frame(frame: pd.DataFrame, schema: DatasetSchema, *, source: str) -
     present = [str(c) for c in frame.columns]
     missing = [c for c in expected if c not in present]
     extra = [c for c in present if c not in expected]
-    problems: list[str] = []
+    problems: list[tuple[str, str]] = []
     if missing:
-        problems.append(f"{source}: missing column(s) {missing}")
+        text = f"{source}: missing column(s) {missing}"
+        problems.append((text, text))
     if extra:
-        problems.append(f"{source}: unexpected column(s) {extra} (expected exactly {expected})")
+        text = f"{source}: unexpected column(s) {extra} (expected exactly {expected})"
+        problems.append((text, text))
     if problems:
-        raise DataValidationError("\n".join(problems))
+        _raise(problems)
     for column in schema.columns:
         problems.extend(_column_errors(column, frame[column.name], source))
     allowed_labels = {schema.positive, schema.negative, "0", "1"}
@@ -152,14 +175,13 @@ def validate_frame(frame: pd.DataFrame, schema: DatasetSchema, *, source: str) -
             else str(value).strip()
         )
         if _is_missing(value) or text not in allowed_labels:
-            problems.append(
-                f"{source}: column {schema.label_column!r}, row {row + 1}: label {value!r} is not one of "
-                f"{sorted(allowed_labels)}"
-            )
-            if sum("label" in p for p in problems) >= _MAX_ERRORS_SHOWN:
+            where = f"{source}: column {schema.label_column!r}, row {row + 1}: label"
+            rule = f"is not one of {sorted(allowed_labels)}"
+            problems.append((f"{where} {value!r} {rule}", f"{where} {rule}"))
+            if sum("label" in p for p, _ in problems) >= _MAX_ERRORS_SHOWN:
                 break
     if problems:
-        raise DataValidationError("\n".join(problems))
+        _raise(problems)
     features = frame[schema.feature_names].copy()
     for column in schema.columns:
         if column.kind == "numeric":

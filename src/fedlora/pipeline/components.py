@@ -56,7 +56,8 @@ def initialize_run(
     privacy_max_grad_norm: Optional[float] = None,
     privacy_noise_multiplier: Optional[float] = None,
     privacy_accountant: Optional[str] = None,
-    privacy_secure_rng: Optional[bool] = None,
+    privacy_release_metrics: Optional[bool] = None,
+    privacy_evaluation_epsilon: Optional[float] = None,
     training_local_epochs: Optional[float] = None,
     training_local_steps: Optional[int] = None,
     training_batch_size: Optional[int] = None,
@@ -102,7 +103,8 @@ def initialize_run(
         privacy_max_grad_norm: Config field privacy.max_grad_norm.
         privacy_noise_multiplier: Config field privacy.noise_multiplier.
         privacy_accountant: Config field privacy.accountant.
-        privacy_secure_rng: Config field privacy.secure_rng.
+        privacy_release_metrics: Config field privacy.release_metrics.
+        privacy_evaluation_epsilon: Config field privacy.evaluation_epsilon.
         training_local_epochs: Config field training.local_epochs.
         training_local_steps: Config field training.local_steps.
         training_batch_size: Config field training.batch_size.
@@ -153,7 +155,8 @@ def initialize_run(
             "privacy_max_grad_norm": privacy_max_grad_norm,
             "privacy_noise_multiplier": privacy_noise_multiplier,
             "privacy_accountant": privacy_accountant,
-            "privacy_secure_rng": privacy_secure_rng,
+            "privacy_release_metrics": privacy_release_metrics,
+            "privacy_evaluation_epsilon": privacy_evaluation_epsilon,
             "training_local_epochs": training_local_epochs,
             "training_local_steps": training_local_steps,
             "training_batch_size": training_batch_size,
@@ -196,7 +199,7 @@ def train_bank(
         run: The run's name.
         bank: The bank's name.
         round_index: The round, from 1.
-        metrics: ok, failed, loss, epsilon, num_examples, steps, incoming_val_auc, train_seconds.
+        metrics: ok, failed, refused, epsilon, num_examples (declared, rounded), steps.
         summary: Markdown: the bank's outcome (status, message, loss, ε, validation AUC).
 
     Returns:

@@ -27,6 +27,7 @@ from fedlora.federation import (
     aggregate_round,
     finalize,
     initialize,
+    public_message,
     read_bank_outcome,
     round_metrics,
     select_banks,
@@ -271,15 +272,16 @@ def run_bank_job(config: Config, *, run: str, bank: str, round_index: int, api: 
 
 
 def _bank_markdown(outcome: BankOutcome) -> str:
-    icon = {"ok": "✅", "failed": "❌", "budget_exhausted": "⏹️", "not_selected": "⏸️"}.get(outcome.status, "")
+    icon = {"ok": "✅", "failed": "❌", "budget_exhausted": "⏹️", "not_selected": "⏸️", "refused": "🛑"}.get(
+        outcome.status, ""
+    )
     rows = [
         ("status", f"**{outcome.status}**"),
         ("message", outcome.message or "–"),
-        ("training examples", str(outcome.num_examples)),
-        ("mean training loss", _fmt(outcome.loss)),
+        ("training examples (declared, rounded)", str(outcome.num_examples)),
         ("ε spent so far", _fmt(outcome.epsilon) if outcome.epsilon is not None else "∞ / not private"),
         ("δ", _fmt(outcome.delta, 3)),
-        ("incoming global adapter, validation AUC", _fmt((outcome.incoming_val or {}).get("auc"))),
+        ("DP evaluation histograms released", "yes (charged)" if outcome.evaluation else "no"),
         ("DP-SGD steps", str(outcome.steps)),
         ("update", f"`{outcome.update_uri}`" if outcome.update_uri else "–"),
     ]
@@ -318,7 +320,7 @@ def train_bank_step(
             outcome = train_bank(config, run=run, bank=bank, round_index=round_index)
         except Exception as exc:  # a bank's outage is a failed bank, not a failed run
             log.exception("bank %s, round %d failed", bank, round_index)
-            outcome = BankOutcome.failed(bank, round_index, f"{type(exc).__name__}: {exc}")
+            outcome = BankOutcome.failed(bank, round_index, public_message(exc))
     if outcome.status == "failed":
         log.error("bank %s, round %d: FAILED: %s", bank, round_index, outcome.message)
     _log_metrics(
@@ -326,12 +328,10 @@ def train_bank_step(
         {
             "ok": float(outcome.status == "ok"),
             "failed": float(outcome.status == "failed"),
-            "loss": outcome.loss,
+            "refused": float(outcome.status == "refused"),
             "epsilon": outcome.epsilon,
             "num_examples": outcome.num_examples,
             "steps": outcome.steps,
-            "incoming_val_auc": (outcome.incoming_val or {}).get("auc"),
-            "train_seconds": outcome.train_seconds,
         },
     )
     _write(summary, _bank_markdown(outcome))
@@ -359,14 +359,26 @@ def _round_outcomes(config: Config, *, run: str, round_index: int) -> list[BankO
     return outcomes
 
 
+def _dp_evaluation_lines(dp_eval: dict[str, Any] | None) -> list[str]:
+    if not dp_eval:
+        return []
+    return [
+        f"DP evaluation of the global adapter of round {dp_eval['of_global_round']} on the banks' own test rows "
+        f"({', '.join(dp_eval['banks'])}): AUC **{_fmt(dp_eval['auc'])}**, KS {_fmt(dp_eval['ks'])}, "
+        f"Brier {_fmt(dp_eval['brier'])}, noisy n {_fmt(dp_eval['n'], 0)}",
+        "",
+    ]
+
+
 def _round_markdown(record: dict[str, Any]) -> str:
     lines = [
         f"## Round {record['round']}",
         "",
-        f"Test AUC **{_fmt(record.get('auc'))}** · KS {_fmt(record.get('ks'))} · "
-        f"mean training loss {_fmt(record.get('loss'))} · averaged banks: {', '.join(record['banks']) or 'none'}",
+        f"Test AUC **{_fmt(record.get('auc'))}** · KS {_fmt(record.get('ks'))} "
+        f"({record.get('evaluation', 'central')}) · averaged banks: {', '.join(record['banks']) or 'none'}",
         "",
-        "| bank | status | ε | incoming val AUC |",
+        *_dp_evaluation_lines(record.get("dp_evaluation")),
+        "| bank | status | ε | released DP histograms |",
         "|---|---|---|---|",
     ]
     failed, rejected = record.get("failed", {}), record.get("rejected", {})
@@ -382,8 +394,10 @@ def _round_markdown(record: dict[str, Any]) -> str:
             status = "✅ averaged"
         else:
             status = "⏸️ not selected"
-        auc = record.get("incoming_val_auc", {}).get(bank)
-        lines.append(f"| {bank} | {status.replace('|', '/')} | {_fmt(eps)} | {_fmt(auc)} |")
+        if bank in record.get("refused", {}):
+            status = f"🛑 refused: {record['refused'][bank]}"
+        released = bank in (record.get("dp_evaluation") or {}).get("banks", [])
+        lines.append(f"| {bank} | {status.replace('|', '/')} | {_fmt(eps)} | {'yes' if released else 'no'} |")
     if record.get("stopped_early"):
         lines += ["", f"**{record['stopped_early']}**"]
     return "\n".join(lines) + "\n"

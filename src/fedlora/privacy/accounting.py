@@ -83,6 +83,20 @@ def calibrate_noise_multiplier(
         ) from exc
 
 
+def declared_count(num_examples: int) -> int:
+    """The example count a bank publishes: ``n`` rounded to two significant figures (at least 10).
+
+    The exact ``n`` never leaves the bank. The sample rate ``q = B/n_declared`` and the FedAvg
+    weight are computed from this declared value, so neither reveals ``n`` beyond its first two
+    digits (a rounded count, as issue 10 allows; it is not itself a DP release).
+    """
+    if num_examples < 1:
+        return 0
+    digits = len(str(int(num_examples)))
+    step: int = 10 ** max(1, digits - 2)
+    return max(10, round(num_examples / step) * step)
+
+
 def default_delta(num_examples: int) -> float:
     """δ = 1/(10·n): below 1/n, the largest δ that is still meaningful for n records."""
     return 0.1 / num_examples
@@ -90,7 +104,14 @@ def default_delta(num_examples: int) -> float:
 
 @dataclass(frozen=True)
 class PrivacyPlan:
-    """One bank's privacy parameters for the whole run."""
+    """One bank's privacy parameters for the whole run, computed by the bank from its own rows.
+
+    Attributes:
+        declared_examples: the rounded ``n`` the bank publishes (weights, ``q``); see :func:`declared_count`.
+        evaluation_noise_multiplier: σ of the DP evaluation histograms (sensitivity 1), or None when
+            the bank releases no metrics.
+
+    """
 
     bank: str
     target_epsilon: float
@@ -101,6 +122,57 @@ class PrivacyPlan:
     steps_per_round: int
     planned_steps: int
     accountant: str
+    declared_examples: int = 0
+    evaluation_noise_multiplier: float | None = None
+
+    def round_mechanisms(self, *, steps: int | None = None, evaluate: bool = True) -> list[MechanismRun]:
+        """What one round charges: the DP-SGD steps, plus one evaluation release when metrics are released."""
+        runs = [MechanismRun(self.noise_multiplier, self.sample_rate, self.steps_per_round if steps is None else steps)]
+        if evaluate and self.evaluation_noise_multiplier is not None:
+            runs.append(MechanismRun(self.evaluation_noise_multiplier, 1.0, 1))
+        return runs
+
+
+def calibrate_with_fixed(
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    fixed: list[MechanismRun],
+    accountant: str = "prv",
+    epsilon_tolerance: float = 0.01,
+) -> float:
+    """Smallest σ (to ``epsilon_tolerance`` in ε) with ``steps`` DP-SGD steps and ``fixed`` within the target.
+
+    A bisection on σ, like Opacus' ``get_noise_multiplier``, but ε is that of the whole
+    composition ``[(σ, q, steps), *fixed]`` computed by the same maintained accountant.
+
+    Raises:
+        PrivacyConfigError: when the fixed mechanisms alone exceed the target or no σ ≤ 10⁴ reaches it.
+
+    """
+
+    def eps(sigma: float) -> float:
+        return compute_epsilon([MechanismRun(sigma, sample_rate, steps), *fixed], delta=delta, accountant=accountant)
+
+    hi = 1.0
+    while eps(hi) > target_epsilon:
+        hi *= 2
+        if hi > 1e4:
+            raise PrivacyConfigError(
+                f"cannot reach ε={target_epsilon} at δ={delta:g}: the evaluation releases and {steps} steps at "
+                f"sample rate {sample_rate:.4g} exceed it for every σ"
+            )
+    lo = 0.0
+    while True:
+        mid = (lo + hi) / 2
+        if eps(mid) > target_epsilon:
+            lo = mid
+        else:
+            hi = mid
+        if target_epsilon - eps(hi) < epsilon_tolerance or hi - lo < 1e-4:
+            return hi
 
 
 def plan_privacy(
@@ -115,8 +187,13 @@ def plan_privacy(
     max_grad_norm: float,
     noise_multiplier: float | None,
     accountant: str,
+    evaluation_epsilon: float | None = None,
 ) -> PrivacyPlan:
     """Validate a bank's privacy settings and calibrate σ for ``rounds × steps_per_round`` steps.
+
+    With ``evaluation_epsilon`` the plan reserves ``rounds`` evaluation releases up front:
+    their σ is calibrated so that they alone cost ``evaluation_epsilon``, and the DP-SGD σ so
+    that training *and* evaluation together stay within ``target_epsilon``.
 
     Raises:
         PrivacyConfigError: ε ≤ 0, δ ≥ 1/n, batch larger than the data, or an unreachable target.
@@ -126,7 +203,8 @@ def plan_privacy(
         raise PrivacyConfigError(f"bank {bank}: privacy.target_epsilon must be > 0, got {target_epsilon}")
     if num_examples < 1:
         raise PrivacyConfigError(f"bank {bank}: no training examples")
-    delta = default_delta(num_examples) if delta is None else delta
+    declared = declared_count(num_examples)
+    delta = default_delta(declared) if delta is None else delta  # 0.1/n_declared < 1/n: n < 10·n_declared
     if not 0 < delta < 1 / num_examples:
         raise PrivacyConfigError(
             f"bank {bank}: privacy.delta={delta:g} must be in (0, 1/n) = (0, {1 / num_examples:.3g}) for its "
@@ -136,15 +214,42 @@ def plan_privacy(
         raise PrivacyConfigError(
             f"bank {bank}: training.batch_size={batch_size} exceeds its {num_examples} training rows"
         )
-    sample_rate = batch_size / num_examples
+    sample_rate = min(1.0, batch_size / declared)
     planned = rounds * steps_per_round
+    evaluation_sigma: float | None = None
+    fixed: list[MechanismRun] = []
+    if evaluation_epsilon is not None:
+        if evaluation_epsilon >= target_epsilon:
+            raise PrivacyConfigError(
+                f"bank {bank}: evaluation_epsilon={evaluation_epsilon} leaves nothing of ε={target_epsilon} "
+                "for training"
+            )
+        evaluation_sigma = calibrate_noise_multiplier(
+            target_epsilon=evaluation_epsilon, delta=delta, sample_rate=1.0, steps=rounds, accountant=accountant
+        )
+        fixed = [MechanismRun(evaluation_sigma, 1.0, rounds)]
     if noise_multiplier is None:
-        noise_multiplier = calibrate_noise_multiplier(
-            target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate, steps=planned, accountant=accountant
+        noise_multiplier = (
+            calibrate_with_fixed(
+                target_epsilon=target_epsilon,
+                delta=delta,
+                sample_rate=sample_rate,
+                steps=planned,
+                fixed=fixed,
+                accountant=accountant,
+            )
+            if fixed
+            else calibrate_noise_multiplier(
+                target_epsilon=target_epsilon,
+                delta=delta,
+                sample_rate=sample_rate,
+                steps=planned,
+                accountant=accountant,
+            )
         )
     else:
         spent = compute_epsilon(
-            [MechanismRun(noise_multiplier, sample_rate, planned)], delta=delta, accountant=accountant
+            [MechanismRun(noise_multiplier, sample_rate, planned), *fixed], delta=delta, accountant=accountant
         )
         if spent > target_epsilon:
             raise PrivacyConfigError(
@@ -161,6 +266,8 @@ def plan_privacy(
         steps_per_round=steps_per_round,
         planned_steps=planned,
         accountant=accountant,
+        declared_examples=declared,
+        evaluation_noise_multiplier=evaluation_sigma,
     )
 
 

@@ -64,6 +64,15 @@ class SecureRandomness:
         return torch.from_numpy(z * std).reshape(shape).to(device=device, dtype=dtype)
 
 
-def make_randomness(*, secure: bool, seed: int) -> Randomness:
-    """The secure source when ``secure`` is true, else a seeded one."""
-    return SecureRandomness() if secure else SeededRandomness(seed)
+def make_randomness(*, insecure_seed: int | None = None) -> Randomness:
+    """The OS CSPRNG, unless a research run asks for a seeded (replayable, hence insecure) source.
+
+    Args:
+        insecure_seed: ``None`` (production, the default) draws from ``os.urandom``; an int
+            seeds a ``torch.Generator``. Anyone who knows the seed can regenerate the sampled
+            rows and the noise and subtract it from the released update, which voids the ε
+            claim: only ``privacy.insecure_seeded_noise`` (tests, research) passes one, and a
+            bank's Job refuses it.
+
+    """
+    return SecureRandomness() if insecure_seed is None else SeededRandomness(insecure_seed)

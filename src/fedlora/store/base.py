@@ -7,7 +7,8 @@ Run layout (shared by the local directory store and the S3 store)::
     rounds/NNNN/updates/<bank>/{adapter.safetensors, meta.json}
     rounds/NNNN/global/{adapter.safetensors, meta.json}
     rounds/NNNN/MANIFEST.json                               written last: the round is committed
-    privacy/<bank>.json                                     the bank's accountant ledger
+    privacy/<bank>.json                                     the bank's published privacy report
+                                                            (its ledger lives in the bank's own store)
     final/{adapter.safetensors, meta.json}, final/peft/     final adapter
     summary.json, report/
 """
@@ -44,6 +45,10 @@ class Store(Protocol):
         """Keys that start with ``prefix``, sorted."""
         ...
 
+    def delete(self, key: str) -> None:
+        """Remove ``key`` (no error when it does not exist)."""
+        ...
+
     def uri(self, key: str) -> str:
         """A human-readable location of ``key`` (path or URL)."""
         ...
@@ -62,3 +67,33 @@ def update_prefix(round_index: int, bank: str) -> str:
 def global_prefix(round_index: int) -> str:
     """Key prefix of the global adapter after a round (round 0 = initial)."""
     return f"{round_prefix(round_index)}/global"
+
+
+class PrefixedStore:
+    """A view of ``store`` whose keys all live under ``prefix/`` (e.g. one bank's ledger inside a run)."""
+
+    def __init__(self, store: Store, prefix: str) -> None:
+        self.store = store
+        self.prefix = prefix.strip("/")
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}"
+
+    def put(self, key: str, data: bytes) -> None:
+        self.store.put(self._key(key), data)
+
+    def get(self, key: str) -> bytes:
+        return self.store.get(self._key(key))
+
+    def exists(self, key: str) -> bool:
+        return self.store.exists(self._key(key))
+
+    def list(self, prefix: str) -> list[str]:
+        cut = len(self.prefix) + 1
+        return [k[cut:] for k in self.store.list(self._key(prefix))]
+
+    def delete(self, key: str) -> None:
+        self.store.delete(self._key(key))
+
+    def uri(self, key: str) -> str:
+        return self.store.uri(self._key(key))

@@ -51,5 +51,8 @@ class LocalStore:
         keys = (p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file() and not p.name.endswith(".tmp"))
         return sorted(k for k in keys if k.startswith(prefix))
 
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
     def uri(self, key: str) -> str:
         return str(self.root / key)

@@ -213,6 +213,10 @@ class S3Store:
             return False
         return True
 
+    def delete(self, key: str) -> None:
+        full = self._key(key)
+        self._call("delete", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=full))
+
     def _require_bucket(self) -> None:
         if self._bucket_checked:
             return
