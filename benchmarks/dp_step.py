@@ -95,7 +95,7 @@ def make_steps(
                 per_example[p].append(p.grad.detach().clone())  # type: ignore[union-attr]
         clipped = clip_and_sum({p: torch.stack(g) for p, g in per_example.items()}, max_grad_norm=CLIP)
         for p, s in clipped.summed.items():
-            p.grad = (s + rng.normal(s.shape, SIGMA * CLIP, device=s.device, dtype=s.dtype)) / len(labels)
+            p.grad = ((s + rng.normal(s.shape, SIGMA * CLIP, device=s.device, dtype=s.dtype)) / len(labels)).to(p.dtype)
         opt.step()
 
     steps = {k: v for k, v in {"plain": plain, "dp": ours, "naive": naive}.items() if k in include}
