@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import torch
 
-
 _MARGIN = 1e-6  # relative; see the module docstring
 
 
