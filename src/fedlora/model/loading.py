@@ -33,6 +33,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from fedlora.model.quantization import keep_trainable_layout
+
 log = logging.getLogger(__name__)
 
 
@@ -189,6 +191,8 @@ def load_base_model(
         raise ModelLoadError(f"cannot load model {name!r}: {exc}") from exc
     if quant is None:
         model = model.to(device)  # type: ignore[arg-type]
+    else:
+        keep_trainable_layout(model)
     if not targets:
         targets = _DECODER_TARGETS if model.config.model_type in ("llama", "mistral", "qwen2") else _ENCODER_TARGETS
     return LoadedModel(model, tokenizer, targets, device)
