@@ -7,6 +7,7 @@ rendered manifests together with the Jobs the pipeline's launcher would create f
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import re
@@ -20,13 +21,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from fedlora.kube import (
-    TEMPLATE_KEY,
-    TEMPLATE_LABELS,
-    TRAINER_CONTAINER,
-    job_template_from_configmap,
-    render_job,
-)
+from fedlora.kube import TEMPLATE_KEY, TEMPLATE_LABELS, TRAINER_CONTAINER
+from fedlora.kube.launcher import BankJobLauncher, job_name
+from kube_fake import FakeCluster, serve
 
 helm_python = pytest.importorskip("helm_python")
 
@@ -90,19 +87,23 @@ def render(values: dict[str, Any], namespace: str) -> list[dict[str, Any]]:
 
 
 def launcher_job(docs: list[dict[str, Any]], bank: str) -> dict[str, Any]:
-    """What the pipeline's launcher creates from this release's template."""
+    """What the pipeline's launcher creates from this release's template: its ConfigMap, served by a fake API
+    server, read and filled in by ``BankJobLauncher.render`` (the launcher's own labels included)."""
     (configmap,) = [d for d in docs if d["kind"] == "ConfigMap"]
-    template = job_template_from_configmap(configmap)
+    namespace, name = configmap["metadata"]["namespace"], configmap["metadata"]["name"]
+    state = FakeCluster()
+    state.configmaps[(namespace, name)] = configmap
     args = [a.replace("BANK", bank) for a in LAUNCH["args"]]  # type: ignore[attr-defined]
-    return render_job(
-        template,
-        name=f"fedlora-r1-round1-{bank}",
-        namespace=configmap["metadata"]["namespace"],
-        args=args,
-        env=LAUNCH["env"],  # type: ignore[arg-type]
-        labels=LAUNCH["labels"],  # type: ignore[arg-type]
-        active_deadline_seconds=LAUNCH["active_deadline_seconds"],  # type: ignore[arg-type]
-    )
+    with serve(state) as api:
+        return BankJobLauncher(api).render(
+            namespace=namespace,
+            template_configmap=name,
+            name=job_name(run="r1", bank=bank, round_index=1),
+            args=args,
+            env=LAUNCH["env"],  # type: ignore[arg-type]
+            labels={**LAUNCH["labels"], "fedlora.io/bank": bank},  # type: ignore[dict-item]
+            timeout_seconds=LAUNCH["active_deadline_seconds"],  # type: ignore[arg-type]
+        )
 
 
 @pytest.fixture(scope="module")
@@ -293,44 +294,117 @@ def _tampered(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
-def test_admission_policy_admits_the_launcher_and_nothing_else(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    """Evaluate the policy's CEL (cel-python, a CEL implementation; the API server uses cel-go)."""
+def admission(
+    docs: list[dict[str, Any]],
+    *,
+    obj: dict[str, Any] | None,
+    old: dict[str, Any] | None = None,
+    operation: str = "CREATE",
+    user: str | None = None,
+) -> list[str] | None:
+    """Evaluate the chart's admission policies as the API server would for one request.
+
+    Returns the denial messages ([] = admitted), or None when no policy matches the request. The CEL runs in
+    cel-python (a CEL implementation; the API server uses cel-go); an evaluation error denies, as with
+    ``failurePolicy: Fail``.
+    """
     celpy = pytest.importorskip("celpy", reason="cel-python evaluates the admission policy's CEL")
+    env = celpy.Environment()
+    namespace = (obj or old or {}).get("metadata", {}).get("namespace")
+    request = {"operation": operation, "userInfo": {"username": user or ""}, "namespace": namespace}
+    activation: dict[str, Any] = {
+        "object": celpy.json_to_cel(obj),
+        "oldObject": celpy.json_to_cel(old),
+        "request": celpy.json_to_cel(request),
+    }
+    matched, denials = False, []
+    for policy in by_kind(docs, "ValidatingAdmissionPolicy"):
+        spec = policy["spec"]
+        constraints = spec["matchConstraints"]
+        if constraints["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] != namespace:
+            continue
+        if not any(operation in rule["operations"] for rule in constraints["resourceRules"]):
+            continue
+        conditions = [env.program(env.compile(c["expression"])) for c in spec.get("matchConditions", [])]
+        if not all(bool(c.evaluate(activation)) for c in conditions):
+            continue
+        matched = True
+        variables = {}
+        for v in spec.get("variables", []):
+            activation["variables"] = celpy.celtypes.MapType(variables)
+            with contextlib.suppress(Exception):  # an unusable variable fails the validations that use it
+                program = env.program(env.compile(v["expression"]))
+                variables[celpy.celtypes.StringType(v["name"])] = program.evaluate(activation)
+        activation["variables"] = celpy.celtypes.MapType(variables)
+        for validation in spec["validations"]:
+            try:
+                result = env.program(env.compile(validation["expression"])).evaluate(activation)
+            except Exception:
+                result = False
+            if isinstance(result, Exception) or not bool(result):
+                denials.append(validation["message"])
+    return denials if matched else None
+
+
+def consortium_user(values: dict[str, Any]) -> str:
+    sa = values["consortium"]["serviceAccount"]
+    return f"system:serviceaccount:{sa['namespace']}:{sa['name']}"
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a Kubernetes label selector (matchLabels and matchExpressions) selects ``labels``."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        if not {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_the_launchers_job_is_selected_by_the_trainer_policies_and_admitted(
+    rendered: dict[str, list[dict[str, Any]]], scenario: str
+) -> None:
+    """Blocker: the launcher's labels must not break the bank's own NetworkPolicies or admission policy."""
+    values, _ = SCENARIOS[scenario]
+    docs = rendered[scenario]
+    job = launcher_job(docs, values["bank"]["name"])
+    pod_labels = job["spec"]["template"]["metadata"]["labels"]
+    policies = by_kind(docs, "NetworkPolicy")
+    if values.get("networkPolicy", {}).get("enabled", True):
+        egress = [p for p in policies if "Egress" in p["spec"]["policyTypes"] and p["spec"].get("egress")]
+        assert egress, "the chart has no egress policy for the trainer"
+        selecting = [p["metadata"]["name"] for p in egress if selects(p["spec"]["podSelector"], pod_labels)]
+        assert selecting, f"no egress NetworkPolicy selects the launched pod (labels {pod_labels})"
+    denials = admission(docs, obj=job, user=consortium_user(values))
+    if by_kind(docs, "ValidatingAdmissionPolicy"):
+        assert denials == [], denials
+
+
+def test_admission_policy_admits_the_launcher_and_nothing_else(rendered: dict[str, list[dict[str, Any]]]) -> None:
     docs = rendered["pvc"]
-    (policy,) = by_kind(docs, "ValidatingAdmissionPolicy")
-    (binding,) = by_kind(docs, "ValidatingAdmissionPolicyBinding")
+    (policy, *_) = by_kind(docs, "ValidatingAdmissionPolicy")
+    (binding, *_) = by_kind(docs, "ValidatingAdmissionPolicyBinding")
     assert binding["spec"]["policyName"] == policy["metadata"]["name"]
     assert "Deny" in binding["spec"]["validationActions"]
     spec = policy["spec"]
     assert spec["failurePolicy"] == "Fail"
     assert spec["matchConstraints"]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "bank-a"}}
-    assert (
-        "system:serviceaccount:consortium-kubeflow:fedlora-pipeline-runner" in spec["matchConditions"][0]["expression"]
-    )
-
-    env = celpy.Environment()
-    variables = [(v["name"], env.program(env.compile(v["expression"]))) for v in spec["variables"]]
-    validations = [(v["message"], env.program(env.compile(v["expression"]))) for v in spec["validations"]]
-
-    def denials(job: dict[str, Any]) -> list[str]:
-        activation: dict[str, Any] = {"object": celpy.json_to_cel(job)}
-        activation["variables"] = celpy.celtypes.MapType(
-            {celpy.celtypes.StringType(name): program.evaluate(activation) for name, program in variables}
-        )
-        out = []
-        for message, program in validations:
-            try:
-                result = program.evaluate(activation)
-            except Exception:  # an evaluation error denies, as with failurePolicy Fail
-                result = False
-            if isinstance(result, Exception) or not bool(result):
-                out.append(message)
-        return out
+    user = consortium_user(SCENARIOS["pvc"][0])
+    assert user == "system:serviceaccount:consortium-kubeflow:fedlora-pipeline-runner"
+    assert user in spec["matchConditions"][0]["expression"]
 
     job = launcher_job(docs, "bank-a")
-    assert denials(job) == []
+    assert admission(docs, obj=job, user=user) == []
+    assert admission(docs, obj=job, user="system:serviceaccount:bank-a:bank-operator") is None  # the bank's own
     for name, tampered in _tampered(job).items():
-        assert denials(tampered), f"the admission policy admits a tampered Job ({name})"
+        assert admission(docs, obj=tampered, user=user), f"the admission policy admits a tampered Job ({name})"
 
 
 # ---------------------------------------------------------------------- RBAC and NetworkPolicies

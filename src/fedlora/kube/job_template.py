@@ -294,6 +294,23 @@ def _check_labels(labels: Mapping[str, str]) -> None:
             raise ValueError(f"label {key}={value!r}: value is not a valid Kubernetes label value")
 
 
+def _add_labels(template: Mapping[str, str], labels: Mapping[str, str], where: str) -> dict[str, str]:
+    """The template's labels plus the launcher's for keys the template does not set (the bank's win)."""
+    merged = dict(template)
+    for key, value in labels.items():
+        if key in merged and merged[key] != value:
+            log.info(
+                "label %s=%s of the %s is set by the bank's template; the launcher's %r is not used",
+                key,
+                merged[key],
+                where,
+                value,
+            )
+            continue
+        merged[key] = value
+    return merged
+
+
 def _merge_env(template_env: list[dict[str, Any]], env: Mapping[str, str]) -> list[dict[str, Any]]:
     """Template entries first (minus any launcher-owned names), then the launcher's allowed entries."""
     kept = [e for e in template_env if not str(e.get("name", "")).startswith(LAUNCHER_ENV_PREFIX)]
@@ -323,8 +340,9 @@ def render_job(
 ) -> dict[str, Any]:
     """Fill one training request into the bank's template and return the full Job manifest.
 
-    The template is deep-copied; the result sets ``metadata.name``/``namespace``, merges ``labels`` into the
-    Job's and the pod template's labels (the launcher's win, so it can select its Jobs), sets the trainer
+    The template is deep-copied; the result sets ``metadata.name``/``namespace``, adds ``labels`` to the
+    Job's and the pod template's labels where the template does not set the key (the bank's labels win: its
+    NetworkPolicies and admission policy select the pods by them), sets the trainer
     container's ``args``, merges ``env`` as described in the module docstring (the bank's template wins,
     except for ``FEDLORA_REQUEST_*``) and sets ``spec.activeDeadlineSeconds``. If the template already has a
     deadline, the shorter one is kept: the bank may cap how long the consortium's Jobs run.
@@ -364,13 +382,13 @@ def render_job(
     job["metadata"] = metadata
     metadata["name"] = name
     metadata["namespace"] = namespace
-    metadata["labels"] = {**(metadata.get("labels") or {}), **labels}
+    metadata["labels"] = _add_labels(metadata.get("labels") or {}, labels, "Job")
 
     spec = job["spec"]
     pod_template = spec["template"]
     pod_metadata = pod_template.get("metadata") or {}
     pod_template["metadata"] = pod_metadata
-    pod_metadata["labels"] = {**(pod_metadata.get("labels") or {}), **labels}
+    pod_metadata["labels"] = _add_labels(pod_metadata.get("labels") or {}, labels, "pod")
 
     containers = pod_template["spec"]["containers"]
     trainer = next(c for c in containers if c.get("name") == TRAINER_CONTAINER)

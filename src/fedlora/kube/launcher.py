@@ -46,8 +46,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-JOB_LABELS = {"app.kubernetes.io/name": "fedlora-trainer", "app.kubernetes.io/managed-by": "fedlora-launcher"}
-"""Labels on every Job the launcher creates (plus ``fedlora.io/run``, ``/bank`` and ``/round``)."""
+JOB_LABELS = {"app.kubernetes.io/managed-by": "fedlora-launcher"}
+"""Labels on every Job the launcher creates (plus ``fedlora.io/run``, ``/bank`` and ``/round``).
+
+Only keys the bank's template does not set: the template's own labels (``app.kubernetes.io/name``,
+``/instance``, ``/component``) are what the bank's NetworkPolicies and admission policy select on, so
+they are never overwritten. The bank's admission policy lets the consortium delete only Jobs that
+carry ``app.kubernetes.io/managed-by=fedlora-launcher``."""
 
 _NOT_DNS = re.compile(r"[^a-z0-9-]+")
 _NOT_LABEL = re.compile(r"[^A-Za-z0-9_.-]+")
