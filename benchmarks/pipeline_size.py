@@ -49,7 +49,7 @@ def measure(rounds: int, banks: int, graph: str) -> dict[str, Any]:
         compile_pipeline(_config(rounds, banks, graph), path)
         seconds = time.perf_counter() - started
         text = path.read_text()
-    spec = yaml.safe_load(text)
+    spec = next(yaml.safe_load_all(text))  # a second document holds the Kubernetes platform settings
     if "pipelineSpec" in spec:
         spec = spec["pipelineSpec"]
     return {"rounds": rounds, "banks": banks, "bytes": len(text.encode()), "tasks": _tasks(spec), "seconds": seconds}
