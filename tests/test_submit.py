@@ -100,7 +100,7 @@ def consortium(tmp_path: Path) -> Path:
         },
         "store": {"uri": "s3://exchange/consortium"},
         "tracking": {"uri": "http://mlflow:5000", "experiment": "credit"},
-        "kubeflow": {"mode": "namespaced"},
+        "kubeflow": {"mode": "namespaced", "control_image": "registry.example/fedlora-control:0.1.0"},
     }
     path.write_text(yaml.safe_dump(tree), encoding="utf-8")
     return path
@@ -210,3 +210,13 @@ def test_cli_submit_help_lists_auth_options() -> None:
     assert result.exit_code == 0
     for option in ("--token", "--cookies", "--sa-token-path", "--client-id", "--namespace", "--service-account"):
         assert option in result.output
+
+
+def test_submit_refuses_the_unpublished_placeholder_image(kfp_api: tuple[KfpStub, str], consortium: Path) -> None:
+    stub, host = kfp_api
+    result = CliRunner().invoke(
+        main, ["submit", "--config", str(consortium), "--set", "kubeflow.control_image=", "--host", host]
+    )
+    assert result.exit_code == 2
+    assert "placeholder nothing publishes" in result.output and "--image" in result.output
+    assert not stub.of("POST", "/apis/v2beta1/runs")

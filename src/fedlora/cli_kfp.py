@@ -184,7 +184,10 @@ def submit_command(
             auth=auth,
             ui_host=ui_host,
         )
-    except Exception as exc:  # the kfp SDK raises many types (ApiException, urllib3, ValueError)
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except Exception as exc:  # the kfp SDK raises many types (ApiException, urllib3)
         click.echo(f"error: could not create the run on {host}: {exc}", err=True)
         sys.exit(1)
     click.echo(f"run {result.run_id} in experiment {result.experiment!r}", err=True)

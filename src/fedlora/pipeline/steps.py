@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 from typing import Any, Protocol
 
@@ -152,12 +153,13 @@ def _location_warnings(config: Config) -> list[str]:
     if config.store.uri is None or not config.store.uri.startswith("s3://"):
         warnings.append(
             f"store.uri is {config.store.uri or 'not set'}: a local path works for kfp.local, but on a cluster "
-            "every task (and every bank's Job) must reach the store: use s3://bucket/prefix."
+            "every task (and every bank's Job) must reach the store: set the run parameter store_uri (or "
+            "store.uri in the config) to s3://bucket/prefix."
         )
     if config.tracking.enabled and not config.tracking.uri:
         warnings.append(
-            "tracking.uri is not set: MLflow logs go to a sqlite file in this task's own filesystem; "
-            "on a cluster set tracking_uri to your MLflow server."
+            "tracking.uri is not set: MLflow logs would go to a sqlite file in this task's own filesystem; "
+            "on a cluster set the run parameter tracking_uri to your MLflow server (or tracking_enabled=false)."
         )
     return warnings
 
@@ -184,6 +186,9 @@ def initialize_step(
 
     _setup_logging()
     config = resolve_config(base_config, to_overrides(parameters))
+    impossible = _location_warnings(config)
+    if impossible and os.environ.get("KUBERNETES_SERVICE_HOST"):  # a pod: these settings cannot work here
+        raise ConfigError("this run cannot work on a cluster (nothing was written):\n  - " + "\n  - ".join(impossible))
     run = config.output.run_name or kfp_run_name
     config = config.model_copy(update={"output": config.output.model_copy(update={"run_name": run})})
     info = initialize(config, run=run, resume=True)

@@ -128,7 +128,18 @@ def submit(
 
     Returns:
         The run's id and URL.
+
+    Raises:
+        ValueError: the tasks' image is the unpublished placeholder default.
     """
+    from fedlora.pipeline.components import CONTROL_IMAGE
+    from fedlora.pipeline.pipeline import pipeline_image
+
+    if pipeline_image(config, image) == CONTROL_IMAGE:
+        raise ValueError(
+            f"the tasks' image would be {CONTROL_IMAGE}, a placeholder nothing publishes: build and push "
+            "images/control.Dockerfile, then pass --image REGISTRY/fedlora-control:TAG (or set kubeflow.control_image)"
+        )
     client = client or make_client(host, namespace=namespace, auth=auth, ui_host=ui_host)
     experiment = experiment or config.tracking.experiment
     if run_name is None:
