@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlparse
 import yaml
 from kubernetes import client
 
-from fedlora.kube.job_template import TEMPLATE_KEY, TEMPLATE_LABELS
+from fedlora.kube.job_template import STREAM_LOGS_KEY, TEMPLATE_KEY, TEMPLATE_LABELS
 from helpers import JsonHandler
 
 
@@ -44,12 +44,12 @@ class FakeCluster:
         self.log_lines = ["loading model", "round 1: step 1/2 loss 0.6931", "round 1: done, ε=1.02"]
         self.version = 100
 
-    def add_template(self, namespace: str, name: str, manifest: dict[str, Any]) -> None:
+    def add_template(self, namespace: str, name: str, manifest: dict[str, Any], *, stream_logs: bool = True) -> None:
         self.configmaps[(namespace, name)] = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {"name": name, "namespace": namespace, "labels": dict(TEMPLATE_LABELS)},
-            "data": {TEMPLATE_KEY: yaml.safe_dump(manifest)},
+            "data": {TEMPLATE_KEY: yaml.safe_dump(manifest), STREAM_LOGS_KEY: str(stream_logs).lower()},
         }
 
     def next_version(self) -> str:

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from fedlora.kube import TEMPLATE_KEY, TEMPLATE_LABELS, TRAINER_CONTAINER
+from fedlora.kube.job_template import STREAM_LOGS_KEY
 from fedlora.kube.launcher import BankJobLauncher, job_name
 from kube_fake import FakeCluster, serve
 
@@ -37,7 +38,8 @@ CLUSTER_SCOPED = {"Namespace", "ValidatingAdmissionPolicy", "ValidatingAdmission
 
 MINIMAL: dict[str, Any] = {
     "bank": {"name": "bank-m"},
-    "consortium": {"serviceAccount": {"name": "pipeline-runner", "namespace": "kubeflow"}},
+    "consortium": {"serviceAccount": {"name": "fedlora-pipeline", "namespace": "kubeflow"}},
+    "ledger": {"pvc": {"claimName": "bank-m-ledger"}},
     "store": {"uri": "s3://fedlora-exchange/consortium-m"},
     "data": {"pvc": {"claimName": "bank-m-data"}},
     "networkPolicy": {"egress": {"store": {"cidrs": ["10.20.0.0/16"], "ports": [443]}}},
@@ -168,7 +170,7 @@ def test_every_object_is_namespaced_in_the_bank_namespace(rendered: dict[str, li
             assert {"ResourceQuota", "LimitRange", "ServiceAccount"} <= set(kinds)
         assert not {"ClusterRole", "ClusterRoleBinding"} & set(kinds)
         assert ("Namespace" in kinds) == values.get("namespace", {}).get("create", False)
-        asks_policy = values.get("admissionPolicy", {}).get("enabled", False)
+        asks_policy = values.get("admissionPolicy", {}).get("enabled", True)  # on by default
         assert ("ValidatingAdmissionPolicy" in kinds) == asks_policy
         for doc in docs:
             if doc["kind"] in CLUSTER_SCOPED:
@@ -202,7 +204,8 @@ def test_job_template_is_accepted_by_the_launcher(rendered: dict[str, list[dict[
     (configmap,) = by_kind(docs, "ConfigMap")
     assert configmap["metadata"]["name"] == values.get("jobTemplate", {}).get("name", "fedlora-bank-job-template")
     assert TEMPLATE_LABELS.items() <= configmap["metadata"]["labels"].items()
-    assert list(configmap["data"]) == [TEMPLATE_KEY]
+    assert sorted(configmap["data"]) == sorted([TEMPLATE_KEY, STREAM_LOGS_KEY])
+    assert configmap["data"][STREAM_LOGS_KEY] == str(values.get("logs", {}).get("streamToConsortium", False)).lower()
 
     job = launcher_job(docs, values["bank"]["name"])
     container = trainer(job)
@@ -397,7 +400,7 @@ def test_admission_policy_admits_the_launcher_and_nothing_else(rendered: dict[st
     assert spec["failurePolicy"] == "Fail"
     assert spec["matchConstraints"]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "bank-a"}}
     user = consortium_user(SCENARIOS["pvc"][0])
-    assert user == "system:serviceaccount:consortium-kubeflow:fedlora-pipeline-runner"
+    assert user == "system:serviceaccount:consortium-kubeflow:fedlora-pipeline"
     assert user in spec["matchConditions"][0]["expression"]
 
     job = launcher_job(docs, "bank-a")
@@ -416,8 +419,10 @@ def test_consortium_may_only_run_jobs(rendered: dict[str, list[dict[str, Any]]])
     rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): r for r in role["rules"]}
     assert set(rules) == {(("batch",), ("jobs",)), (("",), ("pods",)), (("",), ("pods/log",)), (("",), ("configmaps",))}
     assert set(rules[("batch",), ("jobs",)]["verbs"]) == {"create", "get", "list", "watch", "delete"}
-    assert set(rules[("",), ("pods",)]["verbs"]) == {"get", "list", "watch"}
-    assert rules[("",), ("pods/log",)]["verbs"] == ["get"]
+    assert set(rules[("",), ("pods",)]["verbs"]) == {"get", "list"}  # the launcher never watches pods
+    assert rules[("",), ("pods/log",)]["verbs"] == ["get"]  # bank-b streams its log (logs.streamToConsortium)
+    (quiet,) = by_kind(rendered["pvc"], "Role")  # the default: the log stays in the bank, no pods/log
+    assert [r for r in quiet["rules"] if "pods/log" in r["resources"]] == []
     assert rules[("",), ("configmaps",)] == {
         "apiGroups": [""],
         "resources": ["configmaps"],
@@ -431,7 +436,7 @@ def test_consortium_may_only_run_jobs(rendered: dict[str, list[dict[str, Any]]])
         "name": role["metadata"]["name"],
     }
     assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow-user-consortium"}
+        {"kind": "ServiceAccount", "name": "fedlora-pipeline", "namespace": "kubeflow-user-consortium"}
     ]
 
 
@@ -475,7 +480,7 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("digest", {"image": {"digest": "md5:abc"}}, "/image/digest"),
     ("store-uri", {"store": {"uri": "https://bucket/x"}}, "/store/uri"),
     ("sse", {"store": {"sse": "rot13"}}, "/store/sse"),
-    ("kms-without-kms", {"store": {"sse_kms_key_id": "k"}}, "/store/sse"),
+    ("kms-without-kms", {"store": {"sseKmsKeyId": "k"}}, "/store/sse"),
     ("data-source", {"data": {"source": "ftp"}}, "/data/source"),
     ("bucket-without-uri", {"data": {"source": "bucket"}}, "/data/bucket/uri"),
     ("no-cpu-limit", {"trainer": {"resources": {"limits": {"cpu": None}}}}, "/trainer/resources/limits"),
@@ -625,3 +630,128 @@ def test_checkov_passes(rendered: dict[str, list[dict[str, Any]]], tmp_path_fact
     assert summary["passed"] > 0
     assert summary["skipped"] == len(skips)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+# ------------------------------------------- issue 10 / 12: policy, ledger, model, CA, logs, delete
+
+
+def test_bank_privacy_policy_and_ledger_reach_the_trainer(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    env = {e["name"]: e.get("value") for e in trainer(launcher_job(rendered["pvc"], "bank-a"))["env"]}
+    assert json.loads(env["FEDLORA_BANK_POLICY"]) == {
+        "maxEpsilonPerRun": 8,
+        "lifetimeEpsilon": 16,
+        "maxDelta": None,  # = 1/(10 n) in train-bank
+        "minNoiseMultiplier": 0.5,
+        "accountant": "prv",
+        "releaseMetrics": False,
+        "evaluationEpsilon": 0.5,
+    }
+    assert env["FEDLORA_BANK_LEDGER"] == "/var/lib/fedlora/ledger"
+    bucket = {e["name"]: e.get("value") for e in trainer(launcher_job(rendered["bucket"], "bank-b"))["env"]}
+    assert bucket["FEDLORA_BANK_LEDGER"] == "s3://bank-b-private/fedlora-ledger/"
+    assert json.loads(bucket["FEDLORA_BANK_POLICY"])["maxDelta"] == 1e-5
+
+
+def test_ledger_claim_is_created_kept_mounted_writable_and_admitted(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["pvc"]
+    (claim,) = by_kind(docs, "PersistentVolumeClaim")
+    assert claim["metadata"]["name"] == f"{RELEASE}-ledger"
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    job = launcher_job(docs, "bank-a")
+    pod = job["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["ledger"]["persistentVolumeClaim"] == {"claimName": f"{RELEASE}-ledger"}
+    mount = next(m for m in trainer(job)["volumeMounts"] if m["name"] == "ledger")
+    assert mount["mountPath"] == "/var/lib/fedlora/ledger" and not mount.get("readOnly")
+    user = consortium_user(SCENARIOS["pvc"][0])
+    assert admission(docs, obj=job, user=user) == []
+    swapped = copy.deepcopy(job)  # the consortium points the ledger at a fresh claim: refused
+    next(v for v in swapped["spec"]["template"]["spec"]["volumes"] if v["name"] == "ledger")["persistentVolumeClaim"][
+        "claimName"
+    ] = "empty-ledger"
+    assert admission(docs, obj=swapped, user=user)
+    (namespace,) = by_kind(rendered["managed-namespace"], "Namespace")
+    assert namespace["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ({"ledger": {"pvc": {"claimName": ""}}}, "the bank's privacy ledger needs a home"),
+        ({"ledger": {"uri": "s3://x-private/ledger/"}}, "either ledger.pvc or ledger.uri"),
+        ({"ledger": {"pvc": {"claimName": ""}, "uri": "s3://x-private/ledger/"}}, "data.source=bucket"),
+    ],
+)
+def test_chart_refuses_to_render_without_one_ledger(override: dict[str, Any], expected: str) -> None:
+    with pytest.raises(helm_python.HelmError, match=re.escape(expected)):
+        render(merged(MINIMAL, override), "bank-m")
+
+
+def test_model_weights_from_a_read_only_claim_and_ca_bundle_are_admitted(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    job = launcher_job(rendered["pvc"], "bank-a")
+    env = {e["name"]: e.get("value") for e in trainer(job)["env"]}
+    assert env["HF_HUB_CACHE"] == "/models/hub" and env["HF_HUB_OFFLINE"] == "1"
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["model"]["persistentVolumeClaim"] == {"claimName": "llama-3-1-8b-hub", "readOnly": True}
+    user = consortium_user(SCENARIOS["pvc"][0])
+    writable = copy.deepcopy(job)  # a writable model volume would let a Job tamper with the bank's weights
+    next(m for m in writable["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] if m["name"] == "model")[
+        "readOnly"
+    ] = False
+    assert admission(rendered["pvc"], obj=writable, user=user)
+
+    docs = rendered["bucket"]
+    job = launcher_job(docs, "bank-b")
+    env = {e["name"]: e.get("value") for e in trainer(job)["env"]}
+    for variable in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        assert env[variable] == "/etc/fedlora/ca/ca.crt"
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["ca-bundle"]["configMap"] == {"name": "bank-b-internal-ca"}
+    user = consortium_user(SCENARIOS["bucket"][0])
+    assert admission(docs, obj=job, user=user) == []
+    other = copy.deepcopy(job)
+    other["spec"]["template"]["spec"]["volumes"].append({"name": "x", "configMap": {"name": "bank-b-secrets-as-cm"}})
+    assert admission(docs, obj=other, user=user)
+
+
+def test_consortium_may_delete_only_the_jobs_its_launcher_created(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["pvc"]
+    user = consortium_user(SCENARIOS["pvc"][0])
+    job = launcher_job(docs, "bank-a")
+    assert job["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "fedlora-launcher"
+    assert admission(docs, obj=None, old=job, operation="DELETE", user=user) == []
+    banks_own = copy.deepcopy(job)
+    del banks_own["metadata"]["labels"]["app.kubernetes.io/managed-by"]
+    assert admission(docs, obj=None, old=banks_own, operation="DELETE", user=user)
+    assert admission(docs, obj=banks_own, user=user)  # and it cannot create a Job without the label either
+    assert admission(docs, obj=None, old=banks_own, operation="DELETE", user="system:serviceaccount:bank-a:ops") is None
+
+
+def test_admission_policy_is_on_by_default_and_the_binding_needs_it(capfd: pytest.CaptureFixture[str]) -> None:
+    docs = render(MINIMAL, "bank-m")
+    assert len(by_kind(docs, "ValidatingAdmissionPolicy")) == 2  # create/update and delete
+    off = merged(MINIMAL, {"admissionPolicy": {"enabled": False}})
+    with pytest.raises(helm_python.HelmError, match=re.escape("admissionPolicy.allowUnrestrictedConsortium=true")):
+        render(off, "bank-m")
+    opted_out = render(merged(off, {"admissionPolicy": {"allowUnrestrictedConsortium": True}}), "bank-m")
+    assert by_kind(opted_out, "RoleBinding") and not by_kind(opted_out, "ValidatingAdmissionPolicy")
+    # Helm's lint mode logs a template's `fail` instead of stopping (render has no kube version to set)
+    capfd.readouterr()
+    helm_python.lint(str(CHART), MINIMAL, strict=True, namespace="bank-m", kube_version="v1.29.0")
+    logged = capfd.readouterr().err
+    assert "needs Kubernetes >= 1.30" in logged and "this cluster is v1.29.0" in logged
+    assert "allowUnrestrictedConsortium=true" in logged
+    capfd.readouterr()
+    helm_python.lint(str(CHART), MINIMAL, strict=True, namespace="bank-m", kube_version="v1.30.0")
+    assert "needs Kubernetes >= 1.30" not in capfd.readouterr().err
+
+
+def test_dns_ports_are_a_value() -> None:
+    docs = render(merged(MINIMAL, {"networkPolicy": {"dns": {"ports": [5353]}}}), "bank-m")
+    policy = next(p for p in by_kind(docs, "NetworkPolicy") if p["spec"].get("egress"))
+    assert policy["spec"]["egress"][0]["ports"] == [
+        {"protocol": "UDP", "port": 5353},
+        {"protocol": "TCP", "port": 5353},
+    ]

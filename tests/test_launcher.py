@@ -143,6 +143,26 @@ def test_success_creates_watches_streams_logs_and_deletes(cluster: tuple[FakeClu
     assert any("watch=true" in path.lower() for _, path in state.requests)
 
 
+@pytest.mark.parametrize("key", ["false", None])
+def test_a_banks_log_stays_in_its_namespace_unless_it_allows_streaming(
+    cluster: tuple[FakeCluster, client.ApiClient], key: str | None
+) -> None:
+    """logs.streamToConsortium=false (the chart's default) or an older ConfigMap without the key: no log is read."""
+    state, api = cluster
+    state.add_template(NS, "quiet", bank_template(), stream_logs=False)
+    if key is None:
+        del state.configmaps[(NS, "quiet")]["data"]["streamLogs"]
+    state.scenario = "fail"
+    state.log_lines = ["column 'credit_amount', row 18: '12345678' is above the maximum"]
+    lines: list[str] = []
+    result = launch(api, lines, template="quiet")
+    assert not result.succeeded and "BackoffLimitExceeded" in result.reason  # the status still comes back
+    assert not [path for _, path in state.requests if path.split("?")[0].endswith("/log")]
+    assert result.logs_tail == ""
+    assert not any("12345678" in line for line in [*lines, result.reason])
+    assert any("keeps its Job's log in its namespace" in line for line in lines)
+
+
 def test_failed_job_is_a_failed_bank_and_is_deleted(cluster: tuple[FakeCluster, client.ApiClient]) -> None:
     state, api = cluster
     state.scenario = "fail"

@@ -44,6 +44,7 @@ import yaml
 
 __all__ = [
     "LAUNCHER_ENV_PREFIX",
+    "STREAM_LOGS_KEY",
     "TEMPLATE_KEY",
     "TEMPLATE_LABELS",
     "TRAINER_CONTAINER",
@@ -58,6 +59,10 @@ log = logging.getLogger(__name__)
 
 TEMPLATE_KEY = "job-template.yaml"
 """Data key of the Job template in the bank's ConfigMap."""
+
+STREAM_LOGS_KEY = "streamLogs"
+"""Data key of the bank's ConfigMap that says whether its Job's log may be streamed to the consortium
+(``"true"``; anything else, or no key, keeps the log in the bank's namespace)."""
 
 TEMPLATE_LABELS = {"app.kubernetes.io/component": "job-template", "fedlora.io/job-template": "true"}
 """Labels the bank's job-template ConfigMap carries (the launcher may select on them)."""
@@ -98,10 +103,13 @@ class JobTemplate:
     Attributes:
         manifest: A ``batch/v1`` Job without ``metadata.name``; treat it as read-only.
         source: Where it came from, for messages (e.g. ``"configmap bank-a/fedlora-bank-job-template"``).
+        stream_logs: The bank lets the launcher read its Job's log into the consortium's task log
+            (:data:`STREAM_LOGS_KEY`); False keeps it in the bank's namespace.
     """
 
     manifest: dict[str, Any]
     source: str
+    stream_logs: bool = False
 
 
 def _as_map(value: Any) -> dict[str, Any] | None:
@@ -268,7 +276,8 @@ def job_template_from_configmap(configmap: Mapping[str, Any]) -> JobTemplate:
             ``kubernetes.client.ApiClient().sanitize_for_serialization(v1_config_map)`` or a rendered manifest.
 
     Returns:
-        The checked template; its ``source`` is ``"configmap <namespace>/<name>"``.
+        The checked template; its ``source`` is ``"configmap <namespace>/<name>"``, ``stream_logs`` from
+        :data:`STREAM_LOGS_KEY`.
 
     Raises:
         JobTemplateError: if the object is not a ConfigMap, lacks :data:`TEMPLATE_KEY`, or the template is bad.
@@ -282,7 +291,9 @@ def job_template_from_configmap(configmap: Mapping[str, Any]) -> JobTemplate:
     text = data.get(TEMPLATE_KEY)
     if not isinstance(text, str):
         raise JobTemplateError(source, [f"data.{TEMPLATE_KEY} is missing"])
-    return parse_job_template(text, source=source)
+    template = parse_job_template(text, source=source)
+    stream = str(data.get(STREAM_LOGS_KEY, "false")).strip().lower() == "true"
+    return JobTemplate(manifest=template.manifest, source=template.source, stream_logs=stream)
 
 
 def _check_labels(labels: Mapping[str, str]) -> None:
