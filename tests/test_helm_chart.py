@@ -7,6 +7,7 @@ rendered manifests together with the Jobs the pipeline's launcher would create f
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import re
@@ -20,13 +21,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from fedlora.kube import (
-    TEMPLATE_KEY,
-    TEMPLATE_LABELS,
-    TRAINER_CONTAINER,
-    job_template_from_configmap,
-    render_job,
-)
+from fedlora.kube import TEMPLATE_KEY, TEMPLATE_LABELS, TRAINER_CONTAINER
+from fedlora.kube.job_template import STREAM_LOGS_KEY
+from fedlora.kube.launcher import BankJobLauncher, job_name
+from kube_fake import FakeCluster, serve
 
 helm_python = pytest.importorskip("helm_python")
 
@@ -40,7 +38,8 @@ CLUSTER_SCOPED = {"Namespace", "ValidatingAdmissionPolicy", "ValidatingAdmission
 
 MINIMAL: dict[str, Any] = {
     "bank": {"name": "bank-m"},
-    "consortium": {"serviceAccount": {"name": "pipeline-runner", "namespace": "kubeflow"}},
+    "consortium": {"serviceAccount": {"name": "fedlora-pipeline", "namespace": "kubeflow"}},
+    "ledger": {"pvc": {"claimName": "bank-m-ledger"}},
     "store": {"uri": "s3://fedlora-exchange/consortium-m"},
     "data": {"pvc": {"claimName": "bank-m-data"}},
     "networkPolicy": {"egress": {"store": {"cidrs": ["10.20.0.0/16"], "ports": [443]}}},
@@ -90,19 +89,23 @@ def render(values: dict[str, Any], namespace: str) -> list[dict[str, Any]]:
 
 
 def launcher_job(docs: list[dict[str, Any]], bank: str) -> dict[str, Any]:
-    """What the pipeline's launcher creates from this release's template."""
+    """What the pipeline's launcher creates from this release's template: its ConfigMap, served by a fake API
+    server, read and filled in by ``BankJobLauncher.render`` (the launcher's own labels included)."""
     (configmap,) = [d for d in docs if d["kind"] == "ConfigMap"]
-    template = job_template_from_configmap(configmap)
+    namespace, name = configmap["metadata"]["namespace"], configmap["metadata"]["name"]
+    state = FakeCluster()
+    state.configmaps[(namespace, name)] = configmap
     args = [a.replace("BANK", bank) for a in LAUNCH["args"]]  # type: ignore[attr-defined]
-    return render_job(
-        template,
-        name=f"fedlora-r1-round1-{bank}",
-        namespace=configmap["metadata"]["namespace"],
-        args=args,
-        env=LAUNCH["env"],  # type: ignore[arg-type]
-        labels=LAUNCH["labels"],  # type: ignore[arg-type]
-        active_deadline_seconds=LAUNCH["active_deadline_seconds"],  # type: ignore[arg-type]
-    )
+    with serve(state) as api:
+        return BankJobLauncher(api).render(
+            namespace=namespace,
+            template_configmap=name,
+            name=job_name(run="r1", bank=bank, round_index=1),
+            args=args,
+            env=LAUNCH["env"],  # type: ignore[arg-type]
+            labels={**LAUNCH["labels"], "fedlora.io/bank": bank},  # type: ignore[dict-item]
+            timeout_seconds=LAUNCH["active_deadline_seconds"],  # type: ignore[arg-type]
+        )
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +170,7 @@ def test_every_object_is_namespaced_in_the_bank_namespace(rendered: dict[str, li
             assert {"ResourceQuota", "LimitRange", "ServiceAccount"} <= set(kinds)
         assert not {"ClusterRole", "ClusterRoleBinding"} & set(kinds)
         assert ("Namespace" in kinds) == values.get("namespace", {}).get("create", False)
-        asks_policy = values.get("admissionPolicy", {}).get("enabled", False)
+        asks_policy = values.get("admissionPolicy", {}).get("enabled", True)  # on by default
         assert ("ValidatingAdmissionPolicy" in kinds) == asks_policy
         for doc in docs:
             if doc["kind"] in CLUSTER_SCOPED:
@@ -201,7 +204,8 @@ def test_job_template_is_accepted_by_the_launcher(rendered: dict[str, list[dict[
     (configmap,) = by_kind(docs, "ConfigMap")
     assert configmap["metadata"]["name"] == values.get("jobTemplate", {}).get("name", "fedlora-bank-job-template")
     assert TEMPLATE_LABELS.items() <= configmap["metadata"]["labels"].items()
-    assert list(configmap["data"]) == [TEMPLATE_KEY]
+    assert sorted(configmap["data"]) == sorted([TEMPLATE_KEY, STREAM_LOGS_KEY])
+    assert configmap["data"][STREAM_LOGS_KEY] == str(values.get("logs", {}).get("streamToConsortium", False)).lower()
 
     job = launcher_job(docs, values["bank"]["name"])
     container = trainer(job)
@@ -293,44 +297,117 @@ def _tampered(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
-def test_admission_policy_admits_the_launcher_and_nothing_else(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    """Evaluate the policy's CEL (cel-python, a CEL implementation; the API server uses cel-go)."""
+def admission(
+    docs: list[dict[str, Any]],
+    *,
+    obj: dict[str, Any] | None,
+    old: dict[str, Any] | None = None,
+    operation: str = "CREATE",
+    user: str | None = None,
+) -> list[str] | None:
+    """Evaluate the chart's admission policies as the API server would for one request.
+
+    Returns the denial messages ([] = admitted), or None when no policy matches the request. The CEL runs in
+    cel-python (a CEL implementation; the API server uses cel-go); an evaluation error denies, as with
+    ``failurePolicy: Fail``.
+    """
     celpy = pytest.importorskip("celpy", reason="cel-python evaluates the admission policy's CEL")
+    env = celpy.Environment()
+    namespace = (obj or old or {}).get("metadata", {}).get("namespace")
+    request = {"operation": operation, "userInfo": {"username": user or ""}, "namespace": namespace}
+    activation: dict[str, Any] = {
+        "object": celpy.json_to_cel(obj),
+        "oldObject": celpy.json_to_cel(old),
+        "request": celpy.json_to_cel(request),
+    }
+    matched, denials = False, []
+    for policy in by_kind(docs, "ValidatingAdmissionPolicy"):
+        spec = policy["spec"]
+        constraints = spec["matchConstraints"]
+        if constraints["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] != namespace:
+            continue
+        if not any(operation in rule["operations"] for rule in constraints["resourceRules"]):
+            continue
+        conditions = [env.program(env.compile(c["expression"])) for c in spec.get("matchConditions", [])]
+        if not all(bool(c.evaluate(activation)) for c in conditions):
+            continue
+        matched = True
+        variables = {}
+        for v in spec.get("variables", []):
+            activation["variables"] = celpy.celtypes.MapType(variables)
+            with contextlib.suppress(Exception):  # an unusable variable fails the validations that use it
+                program = env.program(env.compile(v["expression"]))
+                variables[celpy.celtypes.StringType(v["name"])] = program.evaluate(activation)
+        activation["variables"] = celpy.celtypes.MapType(variables)
+        for validation in spec["validations"]:
+            try:
+                result = env.program(env.compile(validation["expression"])).evaluate(activation)
+            except Exception:
+                result = False
+            if isinstance(result, Exception) or not bool(result):
+                denials.append(validation["message"])
+    return denials if matched else None
+
+
+def consortium_user(values: dict[str, Any]) -> str:
+    sa = values["consortium"]["serviceAccount"]
+    return f"system:serviceaccount:{sa['namespace']}:{sa['name']}"
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a Kubernetes label selector (matchLabels and matchExpressions) selects ``labels``."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        if not {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_the_launchers_job_is_selected_by_the_trainer_policies_and_admitted(
+    rendered: dict[str, list[dict[str, Any]]], scenario: str
+) -> None:
+    """Blocker: the launcher's labels must not break the bank's own NetworkPolicies or admission policy."""
+    values, _ = SCENARIOS[scenario]
+    docs = rendered[scenario]
+    job = launcher_job(docs, values["bank"]["name"])
+    pod_labels = job["spec"]["template"]["metadata"]["labels"]
+    policies = by_kind(docs, "NetworkPolicy")
+    if values.get("networkPolicy", {}).get("enabled", True):
+        egress = [p for p in policies if "Egress" in p["spec"]["policyTypes"] and p["spec"].get("egress")]
+        assert egress, "the chart has no egress policy for the trainer"
+        selecting = [p["metadata"]["name"] for p in egress if selects(p["spec"]["podSelector"], pod_labels)]
+        assert selecting, f"no egress NetworkPolicy selects the launched pod (labels {pod_labels})"
+    denials = admission(docs, obj=job, user=consortium_user(values))
+    if by_kind(docs, "ValidatingAdmissionPolicy"):
+        assert denials == [], denials
+
+
+def test_admission_policy_admits_the_launcher_and_nothing_else(rendered: dict[str, list[dict[str, Any]]]) -> None:
     docs = rendered["pvc"]
-    (policy,) = by_kind(docs, "ValidatingAdmissionPolicy")
-    (binding,) = by_kind(docs, "ValidatingAdmissionPolicyBinding")
+    (policy, *_) = by_kind(docs, "ValidatingAdmissionPolicy")
+    (binding, *_) = by_kind(docs, "ValidatingAdmissionPolicyBinding")
     assert binding["spec"]["policyName"] == policy["metadata"]["name"]
     assert "Deny" in binding["spec"]["validationActions"]
     spec = policy["spec"]
     assert spec["failurePolicy"] == "Fail"
     assert spec["matchConstraints"]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "bank-a"}}
-    assert (
-        "system:serviceaccount:consortium-kubeflow:fedlora-pipeline-runner" in spec["matchConditions"][0]["expression"]
-    )
-
-    env = celpy.Environment()
-    variables = [(v["name"], env.program(env.compile(v["expression"]))) for v in spec["variables"]]
-    validations = [(v["message"], env.program(env.compile(v["expression"]))) for v in spec["validations"]]
-
-    def denials(job: dict[str, Any]) -> list[str]:
-        activation: dict[str, Any] = {"object": celpy.json_to_cel(job)}
-        activation["variables"] = celpy.celtypes.MapType(
-            {celpy.celtypes.StringType(name): program.evaluate(activation) for name, program in variables}
-        )
-        out = []
-        for message, program in validations:
-            try:
-                result = program.evaluate(activation)
-            except Exception:  # an evaluation error denies, as with failurePolicy Fail
-                result = False
-            if isinstance(result, Exception) or not bool(result):
-                out.append(message)
-        return out
+    user = consortium_user(SCENARIOS["pvc"][0])
+    assert user == "system:serviceaccount:consortium-kubeflow:fedlora-pipeline"
+    assert user in spec["matchConditions"][0]["expression"]
 
     job = launcher_job(docs, "bank-a")
-    assert denials(job) == []
+    assert admission(docs, obj=job, user=user) == []
+    assert admission(docs, obj=job, user="system:serviceaccount:bank-a:bank-operator") is None  # the bank's own
     for name, tampered in _tampered(job).items():
-        assert denials(tampered), f"the admission policy admits a tampered Job ({name})"
+        assert admission(docs, obj=tampered, user=user), f"the admission policy admits a tampered Job ({name})"
 
 
 # ---------------------------------------------------------------------- RBAC and NetworkPolicies
@@ -342,8 +419,10 @@ def test_consortium_may_only_run_jobs(rendered: dict[str, list[dict[str, Any]]])
     rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): r for r in role["rules"]}
     assert set(rules) == {(("batch",), ("jobs",)), (("",), ("pods",)), (("",), ("pods/log",)), (("",), ("configmaps",))}
     assert set(rules[("batch",), ("jobs",)]["verbs"]) == {"create", "get", "list", "watch", "delete"}
-    assert set(rules[("",), ("pods",)]["verbs"]) == {"get", "list", "watch"}
-    assert rules[("",), ("pods/log",)]["verbs"] == ["get"]
+    assert set(rules[("",), ("pods",)]["verbs"]) == {"get", "list"}  # the launcher never watches pods
+    assert rules[("",), ("pods/log",)]["verbs"] == ["get"]  # bank-b streams its log (logs.streamToConsortium)
+    (quiet,) = by_kind(rendered["pvc"], "Role")  # the default: the log stays in the bank, no pods/log
+    assert [r for r in quiet["rules"] if "pods/log" in r["resources"]] == []
     assert rules[("",), ("configmaps",)] == {
         "apiGroups": [""],
         "resources": ["configmaps"],
@@ -357,7 +436,7 @@ def test_consortium_may_only_run_jobs(rendered: dict[str, list[dict[str, Any]]])
         "name": role["metadata"]["name"],
     }
     assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow-user-consortium"}
+        {"kind": "ServiceAccount", "name": "fedlora-pipeline", "namespace": "kubeflow-user-consortium"}
     ]
 
 
@@ -401,7 +480,7 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("digest", {"image": {"digest": "md5:abc"}}, "/image/digest"),
     ("store-uri", {"store": {"uri": "https://bucket/x"}}, "/store/uri"),
     ("sse", {"store": {"sse": "rot13"}}, "/store/sse"),
-    ("kms-without-kms", {"store": {"sse_kms_key_id": "k"}}, "/store/sse"),
+    ("kms-without-kms", {"store": {"sseKmsKeyId": "k"}}, "/store/sse"),
     ("data-source", {"data": {"source": "ftp"}}, "/data/source"),
     ("bucket-without-uri", {"data": {"source": "bucket"}}, "/data/bucket/uri"),
     ("no-cpu-limit", {"trainer": {"resources": {"limits": {"cpu": None}}}}, "/trainer/resources/limits"),
@@ -551,3 +630,128 @@ def test_checkov_passes(rendered: dict[str, list[dict[str, Any]]], tmp_path_fact
     assert summary["passed"] > 0
     assert summary["skipped"] == len(skips)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+# ------------------------------------------- issue 10 / 12: policy, ledger, model, CA, logs, delete
+
+
+def test_bank_privacy_policy_and_ledger_reach_the_trainer(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    env = {e["name"]: e.get("value") for e in trainer(launcher_job(rendered["pvc"], "bank-a"))["env"]}
+    assert json.loads(env["FEDLORA_BANK_POLICY"]) == {
+        "maxEpsilonPerRun": 8,
+        "lifetimeEpsilon": 16,
+        "maxDelta": None,  # = 1/(10 n) in train-bank
+        "minNoiseMultiplier": 0.5,
+        "accountant": "prv",
+        "releaseMetrics": False,
+        "evaluationEpsilon": 0.5,
+    }
+    assert env["FEDLORA_BANK_LEDGER"] == "/var/lib/fedlora/ledger"
+    bucket = {e["name"]: e.get("value") for e in trainer(launcher_job(rendered["bucket"], "bank-b"))["env"]}
+    assert bucket["FEDLORA_BANK_LEDGER"] == "s3://bank-b-private/fedlora-ledger/"
+    assert json.loads(bucket["FEDLORA_BANK_POLICY"])["maxDelta"] == 1e-5
+
+
+def test_ledger_claim_is_created_kept_mounted_writable_and_admitted(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["pvc"]
+    (claim,) = by_kind(docs, "PersistentVolumeClaim")
+    assert claim["metadata"]["name"] == f"{RELEASE}-ledger"
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    job = launcher_job(docs, "bank-a")
+    pod = job["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["ledger"]["persistentVolumeClaim"] == {"claimName": f"{RELEASE}-ledger"}
+    mount = next(m for m in trainer(job)["volumeMounts"] if m["name"] == "ledger")
+    assert mount["mountPath"] == "/var/lib/fedlora/ledger" and not mount.get("readOnly")
+    user = consortium_user(SCENARIOS["pvc"][0])
+    assert admission(docs, obj=job, user=user) == []
+    swapped = copy.deepcopy(job)  # the consortium points the ledger at a fresh claim: refused
+    next(v for v in swapped["spec"]["template"]["spec"]["volumes"] if v["name"] == "ledger")["persistentVolumeClaim"][
+        "claimName"
+    ] = "empty-ledger"
+    assert admission(docs, obj=swapped, user=user)
+    (namespace,) = by_kind(rendered["managed-namespace"], "Namespace")
+    assert namespace["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ({"ledger": {"pvc": {"claimName": ""}}}, "the bank's privacy ledger needs a home"),
+        ({"ledger": {"uri": "s3://x-private/ledger/"}}, "either ledger.pvc or ledger.uri"),
+        ({"ledger": {"pvc": {"claimName": ""}, "uri": "s3://x-private/ledger/"}}, "data.source=bucket"),
+    ],
+)
+def test_chart_refuses_to_render_without_one_ledger(override: dict[str, Any], expected: str) -> None:
+    with pytest.raises(helm_python.HelmError, match=re.escape(expected)):
+        render(merged(MINIMAL, override), "bank-m")
+
+
+def test_model_weights_from_a_read_only_claim_and_ca_bundle_are_admitted(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    job = launcher_job(rendered["pvc"], "bank-a")
+    env = {e["name"]: e.get("value") for e in trainer(job)["env"]}
+    assert env["HF_HUB_CACHE"] == "/models/hub" and env["HF_HUB_OFFLINE"] == "1"
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["model"]["persistentVolumeClaim"] == {"claimName": "llama-3-1-8b-hub", "readOnly": True}
+    user = consortium_user(SCENARIOS["pvc"][0])
+    writable = copy.deepcopy(job)  # a writable model volume would let a Job tamper with the bank's weights
+    next(m for m in writable["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] if m["name"] == "model")[
+        "readOnly"
+    ] = False
+    assert admission(rendered["pvc"], obj=writable, user=user)
+
+    docs = rendered["bucket"]
+    job = launcher_job(docs, "bank-b")
+    env = {e["name"]: e.get("value") for e in trainer(job)["env"]}
+    for variable in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        assert env[variable] == "/etc/fedlora/ca/ca.crt"
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["ca-bundle"]["configMap"] == {"name": "bank-b-internal-ca"}
+    user = consortium_user(SCENARIOS["bucket"][0])
+    assert admission(docs, obj=job, user=user) == []
+    other = copy.deepcopy(job)
+    other["spec"]["template"]["spec"]["volumes"].append({"name": "x", "configMap": {"name": "bank-b-secrets-as-cm"}})
+    assert admission(docs, obj=other, user=user)
+
+
+def test_consortium_may_delete_only_the_jobs_its_launcher_created(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["pvc"]
+    user = consortium_user(SCENARIOS["pvc"][0])
+    job = launcher_job(docs, "bank-a")
+    assert job["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "fedlora-launcher"
+    assert admission(docs, obj=None, old=job, operation="DELETE", user=user) == []
+    banks_own = copy.deepcopy(job)
+    del banks_own["metadata"]["labels"]["app.kubernetes.io/managed-by"]
+    assert admission(docs, obj=None, old=banks_own, operation="DELETE", user=user)
+    assert admission(docs, obj=banks_own, user=user)  # and it cannot create a Job without the label either
+    assert admission(docs, obj=None, old=banks_own, operation="DELETE", user="system:serviceaccount:bank-a:ops") is None
+
+
+def test_admission_policy_is_on_by_default_and_the_binding_needs_it(capfd: pytest.CaptureFixture[str]) -> None:
+    docs = render(MINIMAL, "bank-m")
+    assert len(by_kind(docs, "ValidatingAdmissionPolicy")) == 2  # create/update and delete
+    off = merged(MINIMAL, {"admissionPolicy": {"enabled": False}})
+    with pytest.raises(helm_python.HelmError, match=re.escape("admissionPolicy.allowUnrestrictedConsortium=true")):
+        render(off, "bank-m")
+    opted_out = render(merged(off, {"admissionPolicy": {"allowUnrestrictedConsortium": True}}), "bank-m")
+    assert by_kind(opted_out, "RoleBinding") and not by_kind(opted_out, "ValidatingAdmissionPolicy")
+    # Helm's lint mode logs a template's `fail` instead of stopping (render has no kube version to set)
+    capfd.readouterr()
+    helm_python.lint(str(CHART), MINIMAL, strict=True, namespace="bank-m", kube_version="v1.29.0")
+    logged = capfd.readouterr().err
+    assert "needs Kubernetes >= 1.30" in logged and "this cluster is v1.29.0" in logged
+    assert "allowUnrestrictedConsortium=true" in logged
+    capfd.readouterr()
+    helm_python.lint(str(CHART), MINIMAL, strict=True, namespace="bank-m", kube_version="v1.30.0")
+    assert "needs Kubernetes >= 1.30" not in capfd.readouterr().err
+
+
+def test_dns_ports_are_a_value() -> None:
+    docs = render(merged(MINIMAL, {"networkPolicy": {"dns": {"ports": [5353]}}}), "bank-m")
+    policy = next(p for p in by_kind(docs, "NetworkPolicy") if p["spec"].get("egress"))
+    assert policy["spec"]["egress"][0]["ports"] == [
+        {"protocol": "UDP", "port": 5353},
+        {"protocol": "TCP", "port": 5353},
+    ]

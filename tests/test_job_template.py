@@ -392,3 +392,17 @@ def test_template_without_metadata_renders() -> None:
 def test_render_job_rejects_bad_request(override: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         render_job(parse(good_manifest()), **(REQUEST | override))  # type: ignore[arg-type]
+
+
+def test_the_banks_labels_are_never_overwritten_by_the_launchers() -> None:
+    """The bank's NetworkPolicies select on its template's labels: a launcher label of the same key must not win."""
+    from fedlora.kube.launcher import JOB_LABELS
+
+    template = parse_job_template(yaml.safe_dump(good_manifest()), source="test")
+    clash = {**JOB_LABELS, "app.kubernetes.io/name": "fedlora-trainer", "fedlora.io/run": "run1"}
+    job = render_job(template, name="j", namespace="bank-a", args=[], env={}, labels=clash)
+    for labels in (job["metadata"]["labels"], job["spec"]["template"]["metadata"]["labels"]):
+        assert labels["app.kubernetes.io/name"] == "fedlora-bank"
+        assert labels["fedlora.io/run"] == "run1"
+        assert labels["app.kubernetes.io/managed-by"] == "fedlora-launcher"
+    assert "app.kubernetes.io/name" not in JOB_LABELS

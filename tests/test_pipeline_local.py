@@ -100,7 +100,7 @@ def test_kfp_local_run_two_banks_two_rounds(tmp_path: Path) -> None:
 
 
 def test_failed_bank_is_reported_not_raised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(config: Config, *, run: str, bank: str, round_index: int) -> BankOutcome:
+    def broken(config: Config, *, run: str, bank: str, round_index: int, runtime: Any = None) -> BankOutcome:
         raise OSError("bank data volume is not mounted")
 
     monkeypatch.setattr(steps, "train_bank", broken)
@@ -209,3 +209,19 @@ def test_plan_warns_about_local_only_locations(tmp_path: Path) -> None:
     assert len(warnings) == 2 and "s3://" in warnings[0] and "tracking_uri" in warnings[1]
     cluster = _tiny(tmp_path, "store.uri=s3://exchange/c", "tracking.enabled=true", "tracking.uri=http://mlflow:5000")
     assert steps._location_warnings(cluster) == []
+
+
+def test_settings_that_cannot_work_on_a_cluster_fail_in_initialize(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pod (KUBERNETES_SERVICE_HOST) with a local store or no MLflow server: a clear error, nothing written."""
+    from fedlora.config import ConfigError
+
+    config = _tiny(tmp_path, "tracking.enabled=true")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    plan = FakeMetrics(tmp_path / "plan.md")
+    with pytest.raises(ConfigError) as info:
+        steps.initialize_step(base_config=config_to_yaml(config), parameters={}, kfp_run_name="r", plan=plan)
+    assert "store_uri" in str(info.value) and "s3://bucket/prefix" in str(info.value)
+    assert "tracking_uri" in str(info.value)
+    assert not (tmp_path / "store").exists()

@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import yaml
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from fedlora.store.policy import bank_principal, consortium_bucket_policy
+from helpers import run_cli
 from services import CephS3
 
 PREFIX = "consortium"
@@ -205,3 +207,54 @@ def test_gateway_outage_is_a_connection_error_and_recovers(ceph_s3: CephS3, cons
     # Same endpoint, same data (the cluster kept running), same policy.
     assert c.bank_a.get_object(Bucket=c.bucket, Key=GLOBAL_KEY)["Body"].read() == b"global-round-1"
     assert error_code(lambda: c.bank_a.put_object(Bucket=c.bucket, Key=GLOBAL_KEY, Body=b"x")) == "AccessDenied"
+
+
+def _consortium_file(tmp_path: Any, uri: str, endpoint: str | None = None) -> str:
+    path = tmp_path / "consortium.yaml"
+    store: dict[str, Any] = {"uri": uri}
+    if endpoint:
+        store |= {"endpoint_url": endpoint, "path_style": True}
+    tree = {"federation": {"banks": [{"name": "bank-a"}, {"name": "bank-b"}]}, "store": store}
+    path.write_text(yaml.safe_dump(tree), encoding="utf-8")
+    return str(path)
+
+
+def test_cli_prints_the_policy_of_a_consortium_config(tmp_path: Any) -> None:
+    config = _consortium_file(tmp_path, "s3://fedlora-exchange/consortium-2026")
+    args = ["consortium", "bucket-policy", "--config", config, "--coordinator", "arn:aws:iam::1:role/pipeline"]
+    code, out = run_cli([*args, "--bank", "bank-a=arn:aws:iam::2:role/a", "--bank", "bank-b=bank-b-user"])
+    assert code == 0, out
+    assert json.loads(out) == consortium_bucket_policy(
+        bucket="fedlora-exchange",
+        prefix="consortium-2026",
+        coordinator="arn:aws:iam::1:role/pipeline",
+        banks={"bank-a": "arn:aws:iam::2:role/a", "bank-b": "bank-b-user"},
+    )
+    code, out = run_cli([*args, "--bank", "bank-a=arn:aws:iam::2:role/a"])
+    assert code == 2 and "--bank needed for ['bank-b']" in out
+
+
+def test_cli_applies_the_policy_and_the_server_enforces_it(ceph_s3: CephS3, tmp_path: Any, monkeypatch: Any) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    uid_a, uid_b = f"cli-a-{suffix}", f"cli-b-{suffix}"
+    keys_a = ceph_s3.create_user(uid_a)
+    ceph_s3.create_user(uid_b)
+    bucket = f"cli-consortium-{suffix}"
+    coordinator = ceph_s3.client()
+    coordinator.create_bucket(Bucket=bucket)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ceph_s3.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", ceph_s3.secret_key)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", ceph_s3.region)
+    config = _consortium_file(tmp_path, f"s3://{bucket}/{PREFIX}", ceph_s3.endpoint)
+    code, out = run_cli(
+        [
+            *["consortium", "bucket-policy", "--config", config, "--coordinator", ceph_s3.admin_uid],
+            *["--bank", f"bank-a={uid_a}", "--bank", f"bank-b={uid_b}", "--apply"],
+        ]
+    )
+    assert code == 0, out
+    assert "policy applied" in out
+    bank_a = ceph_s3.client(*keys_a)
+    bank_a.put_object(Bucket=bucket, Key=f"{PREFIX}/run-1/rounds/0001/updates/bank-a/adapter.safetensors", Body=b"a")
+    denied = f"{PREFIX}/run-1/rounds/0001/updates/bank-b/adapter.safetensors"
+    assert error_code(lambda: bank_a.put_object(Bucket=bucket, Key=denied, Body=b"x")) == "AccessDenied"

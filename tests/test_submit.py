@@ -100,7 +100,7 @@ def consortium(tmp_path: Path) -> Path:
         },
         "store": {"uri": "s3://exchange/consortium"},
         "tracking": {"uri": "http://mlflow:5000", "experiment": "credit"},
-        "kubeflow": {"mode": "namespaced"},
+        "kubeflow": {"mode": "namespaced", "control_image": "registry.example/fedlora-control:0.1.0"},
     }
     path.write_text(yaml.safe_dump(tree), encoding="utf-8")
     return path
@@ -130,7 +130,8 @@ def test_submit_sends_spec_parameters_experiment_and_namespace(kfp_api: tuple[Kf
     assert body["experiment_id"] == "exp-1"
     assert body["display_name"] == "fedlora nightly"
     assert body["service_account"] == "fedlora-launcher"
-    spec = body["pipeline_spec"]
+    spec = body["pipeline_spec"]["pipeline_spec"]  # with its Kubernetes platform_spec (pod labels)
+    assert body["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]
     assert spec["pipelineInfo"]["name"] == "fedlora"
     assert sorted(spec["root"]["dag"]["tasks"]) == ["finalize", "initialize", "round-1", "round-2"]
     assert sorted(spec["components"]["comp-round-1"]["dag"]["tasks"]) == [
@@ -180,13 +181,20 @@ def test_cli_submit_prints_the_run_url_and_passes_cookies(kfp_api: tuple[KfpStub
             "--experiment",
             "credit-risk",
             "--cookies",
-            "authservice_session=abc",
+            "oauth2_proxy_kubeflow=abc",
+            "--service-account",
+            "fedlora-pipeline",
+            "--ca-bundle",
+            "corp-ca",
         ],
     )
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().splitlines()[-1] == f"{host}/#/runs/details/run-1"
     (create_run,) = stub.of("POST", "/apis/v2beta1/runs")
-    assert create_run["headers"]["cookie"] == "authservice_session=abc"
+    assert create_run["headers"]["cookie"] == "oauth2_proxy_kubeflow=abc"
+    assert create_run["body"]["service_account"] == "fedlora-pipeline"  # not default-editor
+    spec = json.dumps(create_run["body"]["pipeline_spec"])
+    assert "corp-ca" in spec and "/etc/fedlora/ca" in spec
     assert create_run["body"]["runtime_config"]["parameters"]["privacy_target_epsilon"] == 1.5
     assert stub.experiments[0]["namespace"] == "consortium"
 
@@ -200,5 +208,15 @@ def test_cli_submit_reports_an_unreachable_api(consortium: Path) -> None:
 def test_cli_submit_help_lists_auth_options() -> None:
     result = CliRunner().invoke(main, ["submit", "--help"])
     assert result.exit_code == 0
-    for option in ("--token", "--cookies", "--sa-token-path", "--client-id", "--namespace", "--experiment"):
+    for option in ("--token", "--cookies", "--sa-token-path", "--client-id", "--namespace", "--service-account"):
         assert option in result.output
+
+
+def test_submit_refuses_the_unpublished_placeholder_image(kfp_api: tuple[KfpStub, str], consortium: Path) -> None:
+    stub, host = kfp_api
+    result = CliRunner().invoke(
+        main, ["submit", "--config", str(consortium), "--set", "kubeflow.control_image=", "--host", host]
+    )
+    assert result.exit_code == 2
+    assert "placeholder nothing publishes" in result.output and "--image" in result.output
+    assert not stub.of("POST", "/apis/v2beta1/runs")

@@ -238,10 +238,12 @@ def train_bank_command(run: str, bank: str, round_index: int, config_path: str |
     click.echo(json.dumps(outcome.to_json(), sort_keys=True))
 
 
+from fedlora.cli_consortium import consortium_group  # noqa: E402 (the consortium operator's setup)
 from fedlora.cli_kfp import compile_command, submit_command  # noqa: E402 (Kubeflow commands)
 
 main.add_command(compile_command)
 main.add_command(submit_command)
+main.add_command(consortium_group)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,15 @@ _image_option = click.option(
 _secret_option = click.option(
     "--secret",
     metavar="NAME",
-    help="Secret (in the run's namespace) whose AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY keys every task gets "
-    "as environment variables. Default: the pods' own identity (IRSA, workload identity, a PodDefault).",
+    help="Secret (in the run's namespace) whose keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, "
+    "MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD (each optional) every task gets as "
+    "environment variables. Default: the pods' own identity (IRSA, workload identity, a PodDefault).",
+)
+_ca_bundle_option = click.option(
+    "--ca-bundle",
+    metavar="CONFIGMAP",
+    help="ConfigMap (in the run's namespace) whose key ca.crt is the PEM bundle every task trusts (private CAs of "
+    "internal S3 or MLflow endpoints; include the public roots if you also reach public endpoints).",
 )
 
 
@@ -48,6 +55,7 @@ _secret_option = click.option(
 )
 @_image_option
 @_secret_option
+@_ca_bundle_option
 @click.option(
     "--components",
     "components_dir",
@@ -60,12 +68,14 @@ def compile_command(
     output: str,
     image: str | None,
     secret: str | None,
+    ca_bundle: str | None,
     components_dir: str | None,
 ) -> None:
     """Compile the FedLoRA pipeline to a YAML file for Kubeflow Pipelines.
 
-    The config's rounds and banks shape the graph (round-1 … round-N, one train-<bank> task per
-    bank); every other field the UI can change is a run parameter named after the config field
+    The config's rounds and banks shape the graph: small federations get round-1 … round-N with one
+    train-<bank> task per bank; large ones (kubeflow.graph, auto by size) initialize -> federate-rounds
+    -> finalize. Every other field the UI can change is a run parameter named after the config field
     (privacy.target_epsilon -> privacy_target_epsilon), defaulting to the config's value.
 
     With no --config, `fedlora compile -o pipelines/fedlora.yaml` reproduces the committed pipeline.
@@ -73,9 +83,12 @@ def compile_command(
     from fedlora.pipeline.compile import compile_components, compile_pipeline
 
     config = _config(config_path, overrides)
-    path = compile_pipeline(config, output, image=image, secret=secret)
+    from fedlora.pipeline.pipeline import graph_mode
+
+    path = compile_pipeline(config, output, image=image, secret=secret, ca_bundle=ca_bundle)
     banks = ", ".join(b.name for b in config.federation.banks)
-    click.echo(f"pipeline: {path} ({config.federation.rounds} rounds; banks {banks})")
+    graph = "one sub-DAG per round" if graph_mode(config) == "rounds" else "one federate-rounds task"
+    click.echo(f"pipeline: {path} ({config.federation.rounds} rounds, {graph}; banks {banks})")
     if components_dir:
         for component in compile_components(components_dir, **({"image": image} if image else {})):
             click.echo(f"component: {component}")
@@ -95,7 +108,13 @@ def compile_command(
 @click.option("--run-name", help="Display name of the run (default: fedlora <output.run_name or time>).")
 @_image_option
 @_secret_option
-@click.option("--service-account", help="Kubernetes service account of the run's pods.")
+@_ca_bundle_option
+@click.option(
+    "--service-account",
+    help="Kubernetes service account of the run's pods in the profile namespace (multi-user Kubeflow runs them as "
+    "default-editor otherwise). Use a dedicated one, e.g. fedlora-pipeline, and name it in each bank's Helm values "
+    "consortium.serviceAccount.",
+)
 @click.option("--token", "existing_token", envvar="KF_PIPELINES_TOKEN", help="Bearer token (env KF_PIPELINES_TOKEN).")
 @click.option("--cookies", help="Cookie header of a logged-in Kubeflow session, e.g. 'authservice_session=...'.")
 @click.option(
@@ -119,6 +138,7 @@ def submit_command(
     run_name: str | None,
     image: str | None,
     secret: str | None,
+    ca_bundle: str | None,
     service_account: str | None,
     existing_token: str | None,
     cookies: str | None,
@@ -159,11 +179,15 @@ def submit_command(
             run_name=run_name,
             image=image,
             secret=secret,
+            ca_bundle=ca_bundle,
             service_account=service_account,
             auth=auth,
             ui_host=ui_host,
         )
-    except Exception as exc:  # the kfp SDK raises many types (ApiException, urllib3, ValueError)
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except Exception as exc:  # the kfp SDK raises many types (ApiException, urllib3)
         click.echo(f"error: could not create the run on {host}: {exc}", err=True)
         sys.exit(1)
     click.echo(f"run {result.run_id} in experiment {result.experiment!r}", err=True)

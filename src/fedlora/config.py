@@ -209,6 +209,32 @@ class KubeflowConfig(_Section):
         "ghcr.io/fedlora/fedlora-control:0.1.0",
         description="Image of the pipeline's own tasks (images/control.Dockerfile; inline mode trains in it).",
     )
+    graph: Literal["auto", "rounds", "coordinator"] = Field(
+        "auto",
+        description="Pipeline graph: rounds = one sub-DAG per round with a task per bank; coordinator = one "
+        "federate-rounds task loops the rounds (size independent of rounds x banks); auto = rounds while "
+        "rounds x (banks + 1) + 2 <= max_graph_tasks, else coordinator.",
+    )
+    max_graph_tasks: int = Field(
+        80, ge=4, description="Largest unrolled graph (tasks) that graph=auto compiles; about 4.3 KB of YAML per task."
+    )
+    task_cpu: str = Field("1", pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU request of every pipeline task.")
+    task_memory: str = Field(
+        "4Gi", pattern=r"^[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$", description="Memory request of every pipeline task."
+    )
+    task_memory_limit: str | None = Field(
+        "16Gi",
+        pattern=r"^[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$",
+        description="Memory limit of every pipeline task (None = none; a profile quota may require one).",
+    )
+    retries: int = Field(
+        2, ge=0, le=10, description="Retries of a failed pipeline task (every step is idempotent: it resumes)."
+    )
+    accelerator_type: str | None = Field(
+        None,
+        description="inline mode: accelerator of the tasks that train (e.g. nvidia.com/gpu); None = CPU only.",
+    )
+    accelerator_count: int = Field(1, ge=1, description="inline mode: accelerators per training task.")
 
 
 class OutputConfig(_Section):

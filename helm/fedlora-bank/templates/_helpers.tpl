@@ -108,3 +108,48 @@ fedlora.io/bank: {{ .Values.bank.name | quote }}
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/* The ledger's claim name (ledger.pvc), or "" when the ledger is in a bucket. */}}
+{{- define "fedlora-bank.ledgerClaim" -}}
+{{- if .Values.ledger.pvc.create }}
+{{- default (printf "%s-ledger" (include "fedlora-bank.fullname" .)) .Values.ledger.pvc.claimName }}
+{{- else }}
+{{- .Values.ledger.pvc.claimName }}
+{{- end }}
+{{- end }}
+
+{{/* FEDLORA_BANK_LEDGER: the mounted ledger directory, or the s3:// URI. */}}
+{{- define "fedlora-bank.ledger" -}}
+{{- if include "fedlora-bank.ledgerClaim" . }}
+{{- "/var/lib/fedlora/ledger" }}
+{{- else }}
+{{- .Values.ledger.uri }}
+{{- end }}
+{{- end }}
+
+{{/* Where the trainer finds the base model's Hugging Face hub cache ("" = the image's default). */}}
+{{- define "fedlora-bank.modelCache" -}}
+{{- if eq .Values.model.source "pvc" }}
+{{- if .Values.model.pvc.path }}
+{{- printf "/models/%s" (trimPrefix "/" .Values.model.pvc.path) }}
+{{- else }}
+{{- "/models" }}
+{{- end }}
+{{- else }}
+{{- .Values.model.image.cacheDir }}
+{{- end }}
+{{- end }}
+
+{{/* The ledger must live somewhere the bank owns, in exactly one place. */}}
+{{- define "fedlora-bank.validateLedger" -}}
+{{- $pvc := include "fedlora-bank.ledgerClaim" . }}
+{{- if and (not $pvc) (not .Values.ledger.uri) }}
+{{- fail "ledger: the bank's privacy ledger needs a home out of the consortium's reach: set ledger.pvc.claimName (an existing writable claim), ledger.pvc.create=true, or ledger.uri (s3:// in the bank's private bucket)" }}
+{{- end }}
+{{- if and $pvc .Values.ledger.uri }}
+{{- fail "ledger: set either ledger.pvc or ledger.uri, not both (one ledger composes every run on the same data)" }}
+{{- end }}
+{{- if and .Values.ledger.uri (ne .Values.data.source "bucket") }}
+{{- fail "ledger.uri is read and written with the private data bucket's credentials and endpoint (data.bucket.*): use data.source=bucket, or ledger.pvc" }}
+{{- end }}
+{{- end }}

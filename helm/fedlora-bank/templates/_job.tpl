@@ -85,7 +85,7 @@ spec:
             - name: FEDLORA_BANK_DATA
               value: {{ include "fedlora-bank.dataPath" . | quote }}
             {{- if eq .Values.data.source "bucket" }}
-            {{- with .Values.data.bucket.endpoint_url }}
+            {{- with .Values.data.bucket.endpointUrl }}
             - name: FEDLORA_BANK_DATA_ENDPOINT_URL
               value: {{ . | quote }}
             {{- end }}
@@ -108,7 +108,7 @@ spec:
             {{- end }}
             - name: FEDLORA_STORE_URI
               value: {{ .Values.store.uri | quote }}
-            {{- with .Values.store.endpoint_url }}
+            {{- with .Values.store.endpointUrl }}
             - name: FEDLORA_STORE_ENDPOINT_URL
               value: {{ . | quote }}
             {{- end }}
@@ -117,10 +117,10 @@ spec:
               value: {{ . | quote }}
             {{- end }}
             - name: FEDLORA_STORE_PATH_STYLE
-              value: {{ .Values.store.path_style | quote }}
+              value: {{ .Values.store.pathStyle | quote }}
             - name: FEDLORA_STORE_SSE
               value: {{ .Values.store.sse | quote }}
-            {{- with .Values.store.sse_kms_key_id }}
+            {{- with .Values.store.sseKmsKeyId }}
             - name: FEDLORA_STORE_SSE_KMS_KEY_ID
               value: {{ . | quote }}
             {{- end }}
@@ -155,6 +155,25 @@ spec:
               value: /tmp/matplotlib
             - name: HF_HUB_OFFLINE
               value: "1"
+            {{- with include "fedlora-bank.modelCache" . }}
+            - name: HF_HUB_CACHE
+              value: {{ . | quote }}
+            {{- end }}
+            {{- $policy := deepCopy .Values.privacyPolicy }}
+            {{- if not (hasKey $policy "maxDelta") }}{{- $_ := set $policy "maxDelta" nil }}{{- end }}
+            - name: FEDLORA_BANK_POLICY
+              value: {{ $policy | toJson | quote }}
+            - name: FEDLORA_BANK_LEDGER
+              value: {{ include "fedlora-bank.ledger" . | quote }}
+            {{- if .Values.caBundle.configMap }}
+            {{- $bundle := printf "/etc/fedlora/ca/%s" .Values.caBundle.key }}
+            - name: AWS_CA_BUNDLE
+              value: {{ $bundle | quote }}
+            - name: REQUESTS_CA_BUNDLE
+              value: {{ $bundle | quote }}
+            - name: SSL_CERT_FILE
+              value: {{ $bundle | quote }}
+            {{- end }}
             {{- range .Values.trainer.extraEnv }}
             - name: {{ .name }}
               value: {{ .value | quote }}
@@ -180,6 +199,20 @@ spec:
               mountPath: /data/bank
               readOnly: true
             {{- end }}
+            {{- if eq .Values.model.source "pvc" }}
+            - name: model
+              mountPath: /models
+              readOnly: true
+            {{- end }}
+            {{- if include "fedlora-bank.ledgerClaim" . }}
+            - name: ledger
+              mountPath: /var/lib/fedlora/ledger
+            {{- end }}
+            {{- if .Values.caBundle.configMap }}
+            - name: ca-bundle
+              mountPath: /etc/fedlora/ca
+              readOnly: true
+            {{- end }}
       volumes:
         - name: tmp
           emptyDir:
@@ -198,5 +231,21 @@ spec:
           persistentVolumeClaim:
             claimName: {{ .Values.data.pvc.claimName }}
             readOnly: true
+        {{- end }}
+        {{- if eq .Values.model.source "pvc" }}
+        - name: model
+          persistentVolumeClaim:
+            claimName: {{ .Values.model.pvc.claimName }}
+            readOnly: true
+        {{- end }}
+        {{- with include "fedlora-bank.ledgerClaim" . }}
+        - name: ledger
+          persistentVolumeClaim:
+            claimName: {{ . }}
+        {{- end }}
+        {{- with .Values.caBundle.configMap }}
+        - name: ca-bundle
+          configMap:
+            name: {{ . }}
         {{- end }}
 {{- end }}

@@ -44,6 +44,7 @@ import yaml
 
 __all__ = [
     "LAUNCHER_ENV_PREFIX",
+    "STREAM_LOGS_KEY",
     "TEMPLATE_KEY",
     "TEMPLATE_LABELS",
     "TRAINER_CONTAINER",
@@ -58,6 +59,10 @@ log = logging.getLogger(__name__)
 
 TEMPLATE_KEY = "job-template.yaml"
 """Data key of the Job template in the bank's ConfigMap."""
+
+STREAM_LOGS_KEY = "streamLogs"
+"""Data key of the bank's ConfigMap that says whether its Job's log may be streamed to the consortium
+(``"true"``; anything else, or no key, keeps the log in the bank's namespace)."""
 
 TEMPLATE_LABELS = {"app.kubernetes.io/component": "job-template", "fedlora.io/job-template": "true"}
 """Labels the bank's job-template ConfigMap carries (the launcher may select on them)."""
@@ -98,10 +103,13 @@ class JobTemplate:
     Attributes:
         manifest: A ``batch/v1`` Job without ``metadata.name``; treat it as read-only.
         source: Where it came from, for messages (e.g. ``"configmap bank-a/fedlora-bank-job-template"``).
+        stream_logs: The bank lets the launcher read its Job's log into the consortium's task log
+            (:data:`STREAM_LOGS_KEY`); False keeps it in the bank's namespace.
     """
 
     manifest: dict[str, Any]
     source: str
+    stream_logs: bool = False
 
 
 def _as_map(value: Any) -> dict[str, Any] | None:
@@ -268,7 +276,8 @@ def job_template_from_configmap(configmap: Mapping[str, Any]) -> JobTemplate:
             ``kubernetes.client.ApiClient().sanitize_for_serialization(v1_config_map)`` or a rendered manifest.
 
     Returns:
-        The checked template; its ``source`` is ``"configmap <namespace>/<name>"``.
+        The checked template; its ``source`` is ``"configmap <namespace>/<name>"``, ``stream_logs`` from
+        :data:`STREAM_LOGS_KEY`.
 
     Raises:
         JobTemplateError: if the object is not a ConfigMap, lacks :data:`TEMPLATE_KEY`, or the template is bad.
@@ -282,7 +291,9 @@ def job_template_from_configmap(configmap: Mapping[str, Any]) -> JobTemplate:
     text = data.get(TEMPLATE_KEY)
     if not isinstance(text, str):
         raise JobTemplateError(source, [f"data.{TEMPLATE_KEY} is missing"])
-    return parse_job_template(text, source=source)
+    template = parse_job_template(text, source=source)
+    stream = str(data.get(STREAM_LOGS_KEY, "false")).strip().lower() == "true"
+    return JobTemplate(manifest=template.manifest, source=template.source, stream_logs=stream)
 
 
 def _check_labels(labels: Mapping[str, str]) -> None:
@@ -292,6 +303,23 @@ def _check_labels(labels: Mapping[str, str]) -> None:
             raise ValueError(f"label key {key!r} is not a valid Kubernetes label key")
         if not isinstance(value, str) or not _LABEL_VALUE.match(value):
             raise ValueError(f"label {key}={value!r}: value is not a valid Kubernetes label value")
+
+
+def _add_labels(template: Mapping[str, str], labels: Mapping[str, str], where: str) -> dict[str, str]:
+    """The template's labels plus the launcher's for keys the template does not set (the bank's win)."""
+    merged = dict(template)
+    for key, value in labels.items():
+        if key in merged and merged[key] != value:
+            log.info(
+                "label %s=%s of the %s is set by the bank's template; the launcher's %r is not used",
+                key,
+                merged[key],
+                where,
+                value,
+            )
+            continue
+        merged[key] = value
+    return merged
 
 
 def _merge_env(template_env: list[dict[str, Any]], env: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -323,8 +351,9 @@ def render_job(
 ) -> dict[str, Any]:
     """Fill one training request into the bank's template and return the full Job manifest.
 
-    The template is deep-copied; the result sets ``metadata.name``/``namespace``, merges ``labels`` into the
-    Job's and the pod template's labels (the launcher's win, so it can select its Jobs), sets the trainer
+    The template is deep-copied; the result sets ``metadata.name``/``namespace``, adds ``labels`` to the
+    Job's and the pod template's labels where the template does not set the key (the bank's labels win: its
+    NetworkPolicies and admission policy select the pods by them), sets the trainer
     container's ``args``, merges ``env`` as described in the module docstring (the bank's template wins,
     except for ``FEDLORA_REQUEST_*``) and sets ``spec.activeDeadlineSeconds``. If the template already has a
     deadline, the shorter one is kept: the bank may cap how long the consortium's Jobs run.
@@ -364,13 +393,13 @@ def render_job(
     job["metadata"] = metadata
     metadata["name"] = name
     metadata["namespace"] = namespace
-    metadata["labels"] = {**(metadata.get("labels") or {}), **labels}
+    metadata["labels"] = _add_labels(metadata.get("labels") or {}, labels, "Job")
 
     spec = job["spec"]
     pod_template = spec["template"]
     pod_metadata = pod_template.get("metadata") or {}
     pod_template["metadata"] = pod_metadata
-    pod_metadata["labels"] = {**(pod_metadata.get("labels") or {}), **labels}
+    pod_metadata["labels"] = _add_labels(pod_metadata.get("labels") or {}, labels, "pod")
 
     containers = pod_template["spec"]["containers"]
     trainer = next(c for c in containers if c.get("name") == TRAINER_CONTAINER)

@@ -9,7 +9,9 @@ Kubernetes API for a Job in the bank's namespace instead:
 2. fill in the training request (:func:`fedlora.kube.job_template.render_job`: ``args`` of
    the ``fedlora`` entrypoint and ``FEDLORA_REQUEST_*`` variables, nothing else) and create it;
 3. watch it until its ``Complete`` or ``Failed`` condition, or until the timeout;
-4. stream its pod's log into our log while it runs;
+4. stream its pod's log into our log while it runs, only if the bank allows it (its ConfigMap's
+   ``streamLogs``, the chart's ``logs.streamToConsortium``, off by default: the log may hold what
+   only the bank should see);
 5. delete it (propagation ``Background``, so its pods go too) whatever happened.
 
 The result is a small :class:`JobResult`; the caller turns a failed or timed-out Job into a
@@ -33,7 +35,13 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from fedlora.kube.job_template import TRAINER_CONTAINER, JobTemplateError, job_template_from_configmap, render_job
+from fedlora.kube.job_template import (
+    TRAINER_CONTAINER,
+    JobTemplate,
+    JobTemplateError,
+    job_template_from_configmap,
+    render_job,
+)
 
 __all__ = [
     "JOB_LABELS",
@@ -46,8 +54,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-JOB_LABELS = {"app.kubernetes.io/name": "fedlora-trainer", "app.kubernetes.io/managed-by": "fedlora-launcher"}
-"""Labels on every Job the launcher creates (plus ``fedlora.io/run``, ``/bank`` and ``/round``)."""
+JOB_LABELS = {"app.kubernetes.io/managed-by": "fedlora-launcher"}
+"""Labels on every Job the launcher creates (plus ``fedlora.io/run``, ``/bank`` and ``/round``).
+
+Only keys the bank's template does not set: the template's own labels (``app.kubernetes.io/name``,
+``/instance``, ``/component``) are what the bank's NetworkPolicies and admission policy select on, so
+they are never overwritten. The bank's admission policy lets the consortium delete only Jobs that
+carry ``app.kubernetes.io/managed-by=fedlora-launcher``."""
 
 _NOT_DNS = re.compile(r"[^a-z0-9-]+")
 _NOT_LABEL = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -139,7 +152,16 @@ def _job_state(job: dict[str, Any] | None) -> tuple[bool, str] | None:
 class _LogFollower:
     """Follows the trainer logs of a Job's pods (retries included) on a daemon thread."""
 
-    def __init__(self, core: client.CoreV1Api, namespace: str, job: str, sink: Callable[[str], None], poll: float):
+    def __init__(
+        self,
+        core: client.CoreV1Api,
+        namespace: str,
+        job: str,
+        sink: Callable[[str], None],
+        poll: float,
+        enabled: bool = True,
+    ):
+        self.enabled = enabled  # False: the bank keeps its log; nothing is read
         self.core = core
         self.namespace = namespace
         self.job = job
@@ -151,12 +173,14 @@ class _LogFollower:
         self.thread = threading.Thread(target=self._run, name=f"logs-{job}", daemon=True)
 
     def start(self) -> None:
-        self.thread.start()
+        if self.enabled:
+            self.thread.start()
 
     def finish(self, timeout: float) -> str:
         """Stop after a last pass over the pods; return the tail of what was seen."""
         self.stop.set()
-        self.thread.join(timeout)
+        if self.enabled:
+            self.thread.join(timeout)
         return "\n".join(self.tail)
 
     def _emit(self, pod: str, line: str) -> None:
@@ -227,18 +251,8 @@ class BankJobLauncher:
         self.log_sink = log_sink or (lambda line: log.info("%s", line))
         self.clock = clock
 
-    def render(
-        self,
-        *,
-        namespace: str,
-        template_configmap: str,
-        name: str,
-        args: list[str],
-        env: dict[str, str],
-        labels: dict[str, str],
-        timeout_seconds: int,
-    ) -> dict[str, Any]:
-        """Read the bank's template ConfigMap and return the Job manifest the launcher would create.
+    def template(self, *, namespace: str, template_configmap: str) -> JobTemplate:
+        """Read and check the bank's template ConfigMap.
 
         Raises:
             JobTemplateError: the ConfigMap is missing or holds a bad template.
@@ -253,7 +267,27 @@ class BankJobLauncher:
                     ["not found: is the bank's Helm release installed in this namespace?"],
                 ) from exc
             raise
-        template = job_template_from_configmap(self.core.api_client.sanitize_for_serialization(configmap))
+        return job_template_from_configmap(self.core.api_client.sanitize_for_serialization(configmap))
+
+    def render(
+        self,
+        *,
+        namespace: str,
+        template_configmap: str,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        labels: dict[str, str],
+        timeout_seconds: int,
+        template: JobTemplate | None = None,
+    ) -> dict[str, Any]:
+        """Read the bank's template ConfigMap (unless ``template`` is given) and return the Job manifest.
+
+        Raises:
+            JobTemplateError: the ConfigMap is missing or holds a bad template.
+            ApiException: the API refused to read it (other than 404).
+        """
+        template = template or self.template(namespace=namespace, template_configmap=template_configmap)
         return render_job(
             template,
             name=name,
@@ -282,6 +316,7 @@ class BankJobLauncher:
         """
         started = self.clock()
         try:
+            template = self.template(namespace=namespace, template_configmap=template_configmap)
             manifest = self.render(
                 namespace=namespace,
                 template_configmap=template_configmap,
@@ -290,13 +325,19 @@ class BankJobLauncher:
                 env=env,
                 labels=labels,
                 timeout_seconds=timeout_seconds,
+                template=template,
             )
         except (JobTemplateError, ValueError) as exc:
             return JobResult(name, namespace, False, f"bad job template: {exc}")
         except ApiException as exc:
             return JobResult(name, namespace, False, f"cannot read the job template: {_api_error(exc)}")
 
-        follower = _LogFollower(self.core, namespace, name, self.log_sink, self.poll_seconds)
+        follower = _LogFollower(self.core, namespace, name, self.log_sink, self.poll_seconds, template.stream_logs)
+        if not template.stream_logs:
+            self.log_sink(
+                f"[{namespace}/{name}] the bank keeps its Job's log in its namespace (its chart's "
+                "logs.streamToConsortium is false): only the Job's status and the outcome it publishes come back"
+            )
         try:
             self._create(namespace, name, manifest)
         except ApiException as exc:

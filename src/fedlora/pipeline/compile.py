@@ -16,6 +16,7 @@ COMPONENT_FILES = {
     "initialize_run": "initialize_run.yaml",
     "train_bank": "train_bank.yaml",
     "aggregate_round": "aggregate_round.yaml",
+    "federate_rounds": "federate_rounds.yaml",
     "finalize_run": "finalize_run.yaml",
 }
 """File name of each component under ``components/``."""
@@ -26,14 +27,22 @@ def default_config() -> Config:
     return load_config(None)
 
 
-def compile_pipeline(config: Config, path: str | Path, *, image: str | None = None, secret: str | None = None) -> Path:
+def compile_pipeline(
+    config: Config,
+    path: str | Path,
+    *,
+    image: str | None = None,
+    secret: str | None = None,
+    ca_bundle: str | None = None,
+) -> Path:
     """Compile the pipeline for ``config`` to ``path`` (KFP IR YAML, uploadable in the Kubeflow UI).
 
-    ``image`` and ``secret`` are as in :func:`fedlora.pipeline.pipeline.build_pipeline`.
+    ``image``, ``secret`` and ``ca_bundle`` are as in :func:`fedlora.pipeline.pipeline.build_pipeline`.
     """
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(config, image=image, secret=secret), str(out))
+    pipeline = build_pipeline(config, image=image, secret=secret, ca_bundle=ca_bundle)
+    compiler.Compiler().compile(pipeline, str(out))
     return out
 
 

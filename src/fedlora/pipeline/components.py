@@ -21,6 +21,7 @@ __all__ = [
     "CONTROL_IMAGE",
     "TRAINER_IMAGE",
     "aggregate_round",
+    "federate_rounds",
     "finalize_run",
     "initialize_run",
     "make_components",
@@ -242,6 +243,34 @@ def aggregate_round(
     )
 
 
+def federate_rounds(
+    config: str,
+    run: str,
+    metrics: Output[Metrics],
+    roc: Output[ClassificationMetrics],
+    summary: Output[Markdown],
+) -> str:
+    """Every round in one task: the banks of a round train (namespaced: their Jobs, concurrently), then aggregate.
+
+    The graph of large federations (kubeflow.graph): its size does not grow with rounds × banks.
+    Resumable: a retry continues after the last round committed in the store. Per-round metrics go
+    to MLflow (step = round), to this task's metrics (rNNN_test_auc, ...) and its Markdown table.
+
+    Args:
+        config: The run's resolved config (YAML).
+        run: The run's name.
+        metrics: The last round's metrics, and rNNN_test_auc / _train_loss / _banks_accepted / _banks_failed.
+        roc: ROC curve of the last global adapter on the pooled test rows.
+        summary: Markdown: one line per round, then the last round's banks.
+
+    Returns:
+        The last round's record (JSON).
+    """
+    from fedlora.pipeline.steps import federate_step
+
+    return federate_step(config_yaml=config, run=run, metrics=metrics, roc=roc, summary=summary)
+
+
 def finalize_run(config: str, run: str, metrics: Output[Metrics], summary: Output[Markdown]) -> str:
     """Write the final adapter and report, and register the adapter in MLflow with each bank's (ε, δ).
 
@@ -259,15 +288,16 @@ def finalize_run(config: str, run: str, metrics: Output[Metrics], summary: Outpu
     return finalize_step(config_yaml=config, run=run, metrics=metrics, summary=summary)
 
 
-COMPONENT_FUNCTIONS = (initialize_run, train_bank, aggregate_round, finalize_run)
+COMPONENT_FUNCTIONS = (initialize_run, train_bank, aggregate_round, federate_rounds, finalize_run)
 
 
 class Components(NamedTuple):
-    """The four components, built for one image."""
+    """The five components, built for one image."""
 
     initialize_run: BaseComponent
     train_bank: BaseComponent
     aggregate_round: BaseComponent
+    federate_rounds: BaseComponent
     finalize_run: BaseComponent
 
 

@@ -1,6 +1,6 @@
-"""The FedLoRA pipeline, built from a config: rounds and banks are unrolled so the graph names them.
+"""The FedLoRA pipeline, built from a config, in one of two shapes (``kubeflow.graph``).
 
-Graph (3 banks, 2 rounds)::
+Small federations, ``rounds`` (3 banks, 2 rounds)::
 
     initialize ─► round-1 ──────────────────────► round-2 ─► … ─► finalize
                   ├─ train-bank-a ─┐              (same shape)
@@ -8,13 +8,27 @@ Graph (3 banks, 2 rounds)::
                   └─ train-bank-c ─┘
 
 Each ``round-N`` is a sub-pipeline (a group node in the Kubeflow UI). The banks' tasks of a
-round run in parallel; ``aggregate-round-N`` waits for all of them (a bank that failed is
-reported by its own task and counted as failed by the aggregation). Tasks are not cached:
-they read and write the run's store.
+round run in parallel; ``aggregate-round-N`` waits for all of them and runs even when one of
+them crashed (``ignore_upstream_failure``: a bank without an outcome counts as failed, and
+``federation.min_banks`` decides). This graph grows with rounds × banks (about 4 KB of YAML per
+task), so it is used only while it stays small.
+
+Large federations, ``coordinator`` (e.g. 200 rounds × 10 banks)::
+
+    initialize ─► federate-rounds ─► finalize
+
+``federate-rounds`` loops the rounds in one pod with the same steps (:mod:`fedlora.pipeline.coordinator`):
+each round, every selected bank trains (namespaced: its Job in its namespace, the round's Jobs
+concurrently), then the aggregation commits the round. Its size does not depend on rounds or banks.
+
+``auto`` (the default) picks ``rounds`` while rounds × (banks + 1) + 2 ≤ ``kubeflow.max_graph_tasks``.
+Tasks are not cached (they read and write the run's store), are retried ``kubeflow.retries`` times
+(every step resumes from the store), request ``kubeflow.task_cpu``/``task_memory`` and carry the pod
+label ``fedlora.io/pipeline=fedlora`` (for PodDefaults).
 
 Run parameters (see :mod:`fedlora.pipeline.parameters`) carry the config's field names with
-``_`` for ``.``; their defaults are the compiled-in config's values. The number of rounds and
-the banks' names, namespaces and templates are fixed when compiling.
+``_`` for ``.``; their defaults are the compiled-in config's values. The number of rounds, the
+banks' names, namespaces and templates and the graph's shape are fixed when compiling.
 """
 
 # No "from __future__ import annotations": KFP reads the sub-pipelines' annotations as real types.
@@ -29,14 +43,36 @@ from fedlora.config import Config, config_to_yaml
 from fedlora.pipeline.components import CONTROL_IMAGE, Components, make_components
 from fedlora.pipeline.parameters import PARAMETERS, parameter_values
 
-__all__ = ["PIPELINE_NAME", "S3_SECRET_KEYS", "build_pipeline", "pipeline_image"]
+__all__ = [
+    "CA_BUNDLE_KEY",
+    "CA_BUNDLE_PATH",
+    "CREDENTIAL_KEYS",
+    "PIPELINE_NAME",
+    "POD_LABEL",
+    "S3_SECRET_KEYS",
+    "TaskOptions",
+    "build_pipeline",
+    "graph_mode",
+    "pipeline_image",
+]
 
 PIPELINE_NAME = "fedlora"
+
+POD_LABEL = ("fedlora.io/pipeline", "fedlora")
+"""Label on every task's pod: a PodDefault (or a NetworkPolicy) can select the pipeline's pods by it."""
 
 
 def pipeline_image(config: Config, image: str | None = None) -> str:
     """The tasks' image: ``image`` (``--image``), else ``kubeflow.control_image``."""
     return image or config.kubeflow.control_image or CONTROL_IMAGE
+
+
+def graph_mode(config: Config) -> str:
+    """``rounds`` or ``coordinator``: ``kubeflow.graph``, or for ``auto`` the unrolled graph while it is small."""
+    if config.kubeflow.graph != "auto":
+        return config.kubeflow.graph
+    tasks = config.federation.rounds * (len(config.federation.banks) + 1) + 2
+    return "rounds" if tasks <= config.kubeflow.max_graph_tasks else "coordinator"
 
 
 def _named(component: Any, name: str) -> Any:
@@ -47,20 +83,68 @@ def _named(component: Any, name: str) -> Any:
 
 
 S3_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
-"""Keys of the ``--secret`` Secret and the environment variables they become in every task."""
+"""The exchange bucket's static keys in the ``--secret`` Secret (each key becomes the variable of its name)."""
+
+CREDENTIAL_KEYS = (
+    *S3_SECRET_KEYS,
+    "AWS_SESSION_TOKEN",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+)
+"""Keys of the ``--secret`` Secret every task gets as environment variables of the same name; each is
+optional (a key the Secret lacks is simply not set), so one Secret carries whatever the cluster needs."""
+
+CA_BUNDLE_PATH = "/etc/fedlora/ca"
+"""Where ``--ca-bundle``'s ConfigMap is mounted in every task."""
+
+CA_BUNDLE_KEY = "ca.crt"
+"""Key of the PEM bundle in that ConfigMap (the convention of kube-root-ca.crt and trust-manager)."""
 
 
-def _with_secret(task: Any, secret: str | None) -> Any:
-    """Give ``task`` the exchange bucket's credentials from Secret ``secret`` (kfp-kubernetes), if any."""
-    if secret:
+class TaskOptions:
+    """How every task is set up: credentials, CA bundle, resources, retries, pod label.
+
+    Args:
+        config: The compiled-in config (``kubeflow.task_cpu``, ``task_memory``, ``retries``, ``accelerator_*``).
+        secret: A Secret in the run's namespace with any of :data:`CREDENTIAL_KEYS`; None: the pods' identity.
+        ca_bundle: A ConfigMap in the run's namespace whose ``ca.crt`` is the PEM bundle to trust (private CAs of
+            internal S3 / MLflow endpoints; include the public roots if public endpoints are used too).
+    """
+
+    def __init__(self, config: Config, secret: str | None = None, ca_bundle: str | None = None) -> None:
+        self.config = config
+        self.secret = secret
+        self.ca_bundle = ca_bundle
+
+    def apply(self, task: Any, name: str, *, trains: bool = False) -> Any:
+        """Set ``task`` up; ``trains``: it trains a bank in inline mode (accelerators)."""
         from kfp import kubernetes
 
-        kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=dict(S3_SECRET_KEYS))
-    return task
+        k = self.config.kubeflow
+        task.set_display_name(name).set_caching_options(False)
+        task.set_cpu_request(k.task_cpu).set_memory_request(k.task_memory)
+        if k.task_memory_limit:
+            task.set_memory_limit(k.task_memory_limit)
+        if k.retries:
+            task.set_retry(num_retries=k.retries, backoff_duration="30s", backoff_factor=2.0)
+        if trains and k.mode == "inline" and k.accelerator_type:
+            task.set_accelerator_type(k.accelerator_type).set_accelerator_limit(k.accelerator_count)
+        kubernetes.add_pod_label(task, *POD_LABEL)
+        if self.secret:
+            kubernetes.use_secret_as_env(
+                task, secret_name=self.secret, secret_key_to_env={key: key for key in CREDENTIAL_KEYS}, optional=True
+            )
+        if self.ca_bundle:
+            kubernetes.use_config_map_as_volume(task, config_map_name=self.ca_bundle, mount_path=CA_BUNDLE_PATH)
+            bundle = f"{CA_BUNDLE_PATH}/{CA_BUNDLE_KEY}"
+            for variable in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+                task.set_env_variable(variable, bundle)
+        return task
 
 
-def _round(components: Components, round_index: int, banks: list[str], secret: str | None = None) -> Any:
-    """The sub-pipeline of one round: every bank trains, then the aggregation."""
+def _round(components: Components, round_index: int, banks: list[str], options: TaskOptions) -> Any:
+    """The sub-pipeline of one round: every bank trains, then the aggregation (even if a train pod crashed)."""
     train = {bank: _named(components.train_bank, f"train-{bank}") for bank in banks}
     aggregate_round = _named(components.aggregate_round, f"aggregate-round-{round_index}")
 
@@ -68,11 +152,9 @@ def _round(components: Components, round_index: int, banks: list[str], secret: s
         trained = []
         for bank in banks:
             task = train[bank](config=config, run=run, bank=bank, round_index=round_index)
-            task.set_display_name(f"train-{bank}").set_caching_options(False)
-            trained.append(_with_secret(task, secret))
+            trained.append(options.apply(task, f"train-{bank}", trains=True))
         aggregate = aggregate_round(config=config, run=run, round_index=round_index)
-        aggregate.set_display_name(f"aggregate-round-{round_index}").set_caching_options(False).after(*trained)
-        _with_secret(aggregate, secret)
+        options.apply(aggregate, f"aggregate-round-{round_index}").after(*trained).ignore_upstream_failure()
         return aggregate.outputs["Output"]  # type: ignore[no-any-return]
 
     round_dag.__name__ = f"round_{round_index}"
@@ -115,41 +197,67 @@ def _docstring(config: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_pipeline(config: Config, *, image: str | None = None, secret: str | None = None) -> Any:
+def _description(config: Config) -> str:
+    """The pipeline's description in the UI: what it runs, its graph and every parameter.
+
+    The UI lists the parameters alphabetically, so their meaning is spelled out here.
+    """
+    graph = (
+        "graph: initialize -> round-N (train-<bank> ... -> aggregate-round-N) -> finalize"
+        if graph_mode(config) == "rounds"
+        else f"graph: initialize -> federate-rounds (rounds 1-{config.federation.rounds}, each bank's training "
+        "then the aggregation, in one task) -> finalize"
+    )
+    doc = _docstring(config)
+    first, _, rest = doc.partition("\n")
+    return f"{first}\n{graph}.\n{rest.replace('Args:', 'Parameters (config field with _ for .; 0 or empty = None):')}"
+
+
+def build_pipeline(
+    config: Config, *, image: str | None = None, secret: str | None = None, ca_bundle: str | None = None
+) -> Any:
     """The FedLoRA pipeline for ``config`` (a KFP graph component: compile it or run it with ``kfp.local``).
 
     Args:
         config: The consortium's config: its rounds and banks shape the graph, its values are
             the parameters' defaults, and it is compiled in as the base of every run.
         image: The tasks' image (default: :data:`~fedlora.pipeline.components.CONTROL_IMAGE`).
-        secret: A Secret in the run's namespace whose keys ``AWS_ACCESS_KEY_ID`` and
-            ``AWS_SECRET_ACCESS_KEY`` every task gets as environment variables (the exchange
-            bucket's credentials). None: the pods' own identity (IRSA, workload identity, a PodDefault).
+        secret: A Secret in the run's namespace; each of its keys named in :data:`CREDENTIAL_KEYS`
+            (AWS keys and session token, MLflow token or user/password) becomes that environment
+            variable in every task. None: the pods' own identity (IRSA, workload identity, a PodDefault).
+        ca_bundle: A ConfigMap in the run's namespace with the PEM bundle ``ca.crt`` every task trusts
+            (``AWS_CA_BUNDLE``, ``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE``).
     """
     components = make_components(pipeline_image(config, image))
+    options = TaskOptions(config, secret, ca_bundle)
     banks = [b.name for b in config.federation.banks]
-    rounds = [_round(components, r, banks, secret) for r in range(1, config.federation.rounds + 1)]
+    mode = graph_mode(config)
+    count = config.federation.rounds if mode == "rounds" else 0
+    rounds = [_round(components, r, banks, options) for r in range(1, count + 1)]
     base_config = config_to_yaml(config)
     names = [p.name for p in PARAMETERS]
 
     initialize = _named(components.initialize_run, "initialize")
+    federate = _named(components.federate_rounds, "federate-rounds")
     finalize = _named(components.finalize_run, "finalize")
 
     def body(**parameters: Any) -> None:
         init = initialize(base_config=base_config, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **parameters)
-        _with_secret(init.set_display_name("initialize").set_caching_options(False), secret)
+        options.apply(init, "initialize")
         config_out, run_out = init.outputs["config"], init.outputs["run"]
         previous: Any = init
+        if mode == "coordinator":
+            previous = options.apply(federate(config=config_out, run=run_out), "federate-rounds", trains=True)
         for round_index, round_dag in enumerate(rounds, start=1):
             task = round_dag(config=config_out, run=run_out)
             task.set_display_name(f"round-{round_index}").set_caching_options(False).after(previous)
             previous = task
         final = finalize(config=config_out, run=run_out)
-        _with_secret(final.set_display_name("finalize").set_caching_options(False).after(previous), secret)
+        options.apply(final, "finalize").after(previous)
 
     def fedlora(*args: Any) -> None:
         body(**dict(zip(names, args, strict=True)))
 
     fedlora.__signature__ = _signature(config)  # type: ignore[attr-defined]
     fedlora.__doc__ = _docstring(config)
-    return dsl.pipeline(name=PIPELINE_NAME, description=fedlora.__doc__.splitlines()[0])(fedlora)
+    return dsl.pipeline(name=PIPELINE_NAME, description=_description(config))(fedlora)

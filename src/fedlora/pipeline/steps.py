@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 from typing import Any, Protocol
 
@@ -33,10 +34,13 @@ from fedlora.federation import (
     select_banks,
     train_bank,
 )
+from fedlora.runtime import Runtime
 
 __all__ = [
     "BANKS_PARAMETER",
     "aggregate_step",
+    "bank_round",
+    "federate_step",
     "finalize_step",
     "initialize_step",
     "resolve_config",
@@ -150,12 +154,13 @@ def _location_warnings(config: Config) -> list[str]:
     if config.store.uri is None or not config.store.uri.startswith("s3://"):
         warnings.append(
             f"store.uri is {config.store.uri or 'not set'}: a local path works for kfp.local, but on a cluster "
-            "every task (and every bank's Job) must reach the store: use s3://bucket/prefix."
+            "every task (and every bank's Job) must reach the store: set the run parameter store_uri (or "
+            "store.uri in the config) to s3://bucket/prefix."
         )
     if config.tracking.enabled and not config.tracking.uri:
         warnings.append(
-            "tracking.uri is not set: MLflow logs go to a sqlite file in this task's own filesystem; "
-            "on a cluster set tracking_uri to your MLflow server."
+            "tracking.uri is not set: MLflow logs would go to a sqlite file in this task's own filesystem; "
+            "on a cluster set the run parameter tracking_uri to your MLflow server (or tracking_enabled=false)."
         )
     return warnings
 
@@ -182,6 +187,9 @@ def initialize_step(
 
     _setup_logging()
     config = resolve_config(base_config, to_overrides(parameters))
+    impossible = _location_warnings(config)
+    if impossible and os.environ.get("KUBERNETES_SERVICE_HOST"):  # a pod: these settings cannot work here
+        raise ConfigError("this run cannot work on a cluster (nothing was written):\n  - " + "\n  - ".join(impossible))
     run = config.output.run_name or kfp_run_name
     config = config.model_copy(update={"output": config.output.model_copy(update={"run_name": run})})
     info = initialize(config, run=run, resume=True)
@@ -289,6 +297,30 @@ def _bank_markdown(outcome: BankOutcome) -> str:
     return f"### {icon} {outcome.bank}, round {outcome.round}: {outcome.status}\n\n| | |\n|---|---|\n{table}\n"
 
 
+def bank_round(config: Config, *, run: str, bank: str, round_index: int, runtime: Runtime | None = None) -> BankOutcome:
+    """One bank's round, never raising for the bank's own failure: the one dispatch both graphs use.
+
+    A bank left out of the run or not sampled is ``not_selected`` (no Job, no GPU); in
+    ``namespaced`` mode the bank trains as a Job in its namespace (:func:`run_bank_job`); in
+    ``inline`` mode here, with ``runtime`` (the loaded model) when given.
+    """
+    if bank not in {b.name for b in config.federation.banks}:
+        outcome = BankOutcome(bank=bank, round=round_index, status="not_selected", message="left out of this run")
+    elif bank not in select_banks(config, round_index):  # no Job (and no GPU) for a bank that sits out
+        outcome = BankOutcome(bank=bank, round=round_index, status="not_selected", message="not sampled this round")
+    elif config.kubeflow.mode == "namespaced":
+        outcome = run_bank_job(config, run=run, bank=bank, round_index=round_index)
+    else:
+        try:
+            outcome = train_bank(config, run=run, bank=bank, round_index=round_index, runtime=runtime)
+        except Exception as exc:  # a bank's outage is a failed bank, not a failed run
+            log.exception("bank %s, round %d failed", bank, round_index)
+            outcome = BankOutcome.failed(bank, round_index, public_message(exc))
+    if outcome.status == "failed":
+        log.error("bank %s, round %d: FAILED: %s", bank, round_index, outcome.message)
+    return outcome
+
+
 def train_bank_step(
     *,
     config_yaml: str,
@@ -309,20 +341,7 @@ def train_bank_step(
     """
     _setup_logging()
     config = load_config_text(config_yaml, source="pipeline config")
-    if bank not in {b.name for b in config.federation.banks}:
-        outcome = BankOutcome(bank=bank, round=round_index, status="not_selected", message="left out of this run")
-    elif bank not in select_banks(config, round_index):  # no Job (and no GPU) for a bank that sits out
-        outcome = BankOutcome(bank=bank, round=round_index, status="not_selected", message="not sampled this round")
-    elif config.kubeflow.mode == "namespaced":
-        outcome = run_bank_job(config, run=run, bank=bank, round_index=round_index)
-    else:
-        try:
-            outcome = train_bank(config, run=run, bank=bank, round_index=round_index)
-        except Exception as exc:  # a bank's outage is a failed bank, not a failed run
-            log.exception("bank %s, round %d failed", bank, round_index)
-            outcome = BankOutcome.failed(bank, round_index, public_message(exc))
-    if outcome.status == "failed":
-        log.error("bank %s, round %d: FAILED: %s", bank, round_index, outcome.message)
+    outcome = bank_round(config, run=run, bank=bank, round_index=round_index)
     _log_metrics(
         metrics,
         {
@@ -430,6 +449,69 @@ def aggregate_step(
         roc.log_roc_curve(list(curve["fpr"]), list(curve["tpr"]), list(curve["thresholds"]))
     _write(summary, _round_markdown(record))
     return json.dumps({k: v for k, v in record.items() if k != "roc"}, sort_keys=True, default=str)
+
+
+# --- the coordinator graph: every round in one task ------------------------------------------
+
+
+def _rounds_markdown(records: list[dict[str, Any]]) -> str:
+    """One line per committed round, then the last round's full card."""
+    lines = [
+        f"## FedLoRA: {len(records)} rounds committed",
+        "",
+        "| round | test AUC | KS | training loss | averaged | failed | rejected | max ε |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for record in records:
+        eps = [e for e in record["epsilon"].values() if e is not None]
+        failed = ", ".join(sorted(record.get("failed", {}))) or "–"
+        rejected = ", ".join(sorted(record.get("rejected", {}))) or "–"
+        lines.append(
+            f"| {record['round']} | {_fmt(record.get('auc'))} | {_fmt(record.get('ks'))} | {_fmt(record.get('loss'))} "
+            f"| {len(record['banks'])} | {failed} | {rejected} | {_fmt(max(eps)) if eps else '–'} |"
+        )
+    if records:
+        lines += ["", _round_markdown(records[-1])]
+    return "\n".join(lines) + "\n"
+
+
+def federate_step(*, config_yaml: str, run: str, metrics: MetricsOutput, roc: RocOutput, summary: FileOutput) -> str:
+    """Every remaining round in this one task (:func:`fedlora.pipeline.coordinator.run_rounds`).
+
+    Per round: the round's MLflow metrics (step = round, as in the unrolled graph), a line of the
+    Markdown table (rewritten after each round) and KFP metrics ``rNNN_test_auc``, ``rNNN_train_loss``,
+    ``rNNN_banks_accepted``, ``rNNN_banks_failed``; the last round's full metrics and ROC curve.
+
+    Raises:
+        FederationError: a round had fewer than ``federation.min_banks`` valid updates (the run stops).
+
+    Returns:
+        The last round's record as JSON (without the ROC points).
+    """
+    from fedlora.pipeline.coordinator import run_rounds
+
+    _setup_logging()
+    config = load_config_text(config_yaml, source="pipeline config")
+    seen: list[dict[str, Any]] = []
+
+    def on_round(record: dict[str, Any], outcomes: list[BankOutcome]) -> None:
+        seen.append(record)
+        _write(summary, _rounds_markdown(seen))
+
+    records = run_rounds(config, run=run, on_round=on_round)
+    for record in records:
+        values = round_metrics(record)
+        prefix = f"r{record['round']:03d}_"
+        keep = ("test_auc", "train_loss", "banks_accepted", "banks_failed")
+        _log_metrics(metrics, {prefix + k: values[k] for k in keep if k in values})
+    last = records[-1] if records else {}
+    if last:
+        _log_metrics(metrics, round_metrics(last))
+        curve = last.get("roc") or {}
+        if curve.get("fpr"):
+            roc.log_roc_curve(list(curve["fpr"]), list(curve["tpr"]), list(curve["thresholds"]))
+    _write(summary, _rounds_markdown(records))
+    return json.dumps({k: v for k, v in last.items() if k != "roc"}, sort_keys=True, default=str)
 
 
 # --- finalize --------------------------------------------------------------------------------

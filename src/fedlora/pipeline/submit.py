@@ -102,6 +102,7 @@ def submit(
     run_name: str | None = None,
     image: str | None = None,
     secret: str | None = None,
+    ca_bundle: str | None = None,
     service_account: str | None = None,
     auth: Auth | None = None,
     ui_host: str | None = None,
@@ -117,21 +118,34 @@ def submit(
         experiment: Experiment name (default: ``tracking.experiment``); created if missing.
         run_name: The run's display name (default: ``fedlora <output.run_name>``, else with the UTC time).
         image: The tasks' image (default: the control image).
-        secret: Secret with the exchange bucket's credentials for every task (see ``build_pipeline``).
-        service_account: Kubernetes service account of the run's pods.
+        secret: Secret with credentials for every task (see ``build_pipeline``).
+        ca_bundle: ConfigMap with the CA bundle every task trusts (see ``build_pipeline``).
+        service_account: Kubernetes service account of the run's pods (multi-user Kubeflow runs them as
+            ``default-editor`` otherwise; the banks' charts must bind the account named here).
         auth: Authentication passed to ``kfp.Client``.
         ui_host: Base URL of the UI for the printed link (default: ``host``).
         client: A ready ``kfp.Client`` (tests); otherwise one is made from host and auth.
 
     Returns:
         The run's id and URL.
+
+    Raises:
+        ValueError: the tasks' image is the unpublished placeholder default.
     """
+    from fedlora.pipeline.components import CONTROL_IMAGE
+    from fedlora.pipeline.pipeline import pipeline_image
+
+    if pipeline_image(config, image) == CONTROL_IMAGE:
+        raise ValueError(
+            f"the tasks' image would be {CONTROL_IMAGE}, a placeholder nothing publishes: build and push "
+            "images/control.Dockerfile, then pass --image REGISTRY/fedlora-control:TAG (or set kubeflow.control_image)"
+        )
     client = client or make_client(host, namespace=namespace, auth=auth, ui_host=ui_host)
     experiment = experiment or config.tracking.experiment
     if run_name is None:
         run_name = f"fedlora {config.output.run_name or datetime.now(UTC).strftime('%Y-%m-%d %H:%M:%S')}"
     with tempfile.TemporaryDirectory(prefix="fedlora-submit-") as tmp:
-        package = compile_pipeline(config, Path(tmp) / "fedlora.yaml", image=image, secret=secret)
+        package = compile_pipeline(config, Path(tmp) / "fedlora.yaml", image=image, secret=secret, ca_bundle=ca_bundle)
         result = client.create_run_from_pipeline_package(
             str(package),
             arguments=run_arguments(config),

@@ -1,0 +1,115 @@
+"""The coordinator graph's one long task: loop the rounds in one pod, with the same steps as the unrolled graph.
+
+A Kubeflow graph with one task per bank and round grows with rounds × banks (about 4 KB of
+pipeline YAML per task: 7.4 MB at 200 rounds × 10 banks, past Argo's 1 MiB and etcd's 1.5 MiB
+object limits). For large federations the pipeline is ``initialize ─► federate-rounds ─►
+finalize`` instead, and ``federate-rounds`` runs :func:`run_rounds`:
+
+for each round r not yet committed in the store:
+  1. every bank selected for r trains (:func:`fedlora.pipeline.steps.bank_round`, the dispatch of
+     the unrolled graph's ``train-<bank>`` task): in ``namespaced`` mode as a Job in the bank's
+     namespace through the launcher, all banks of the round **concurrently**; in ``inline`` mode
+     one after the other with the model loaded once;
+  2. :func:`fedlora.federation.aggregate_round` averages, evaluates, commits the round (manifest
+     written last) and logs the round's metrics to MLflow (step = round).
+
+The loop is resumable: a retried or restarted task starts after the last committed round, and in
+the first open round a bank whose outcome is already in the store is not launched again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from fedlora.config import Config
+from fedlora.federation import (
+    BankOutcome,
+    aggregate_round,
+    committed_rounds,
+    open_run_store,
+    read_bank_outcome,
+    select_banks,
+)
+from fedlora.runtime import Runtime
+from fedlora.store.adapters import get_json
+from fedlora.store.base import round_prefix
+
+__all__ = ["RoundCallback", "committed_records", "run_rounds"]
+
+log = logging.getLogger(__name__)
+
+RoundCallback = Callable[[dict[str, Any], list[BankOutcome]], None]
+"""Called after each committed round with its record and the banks' outcomes."""
+
+
+def committed_records(config: Config, *, run: str) -> list[dict[str, Any]]:
+    """The records (``MANIFEST.json``) of the run's committed rounds, in order (round 0 left out)."""
+    store = open_run_store(config, run)
+    return [dict(get_json(store, f"{round_prefix(r)}/MANIFEST.json")) for r in committed_rounds(store) if r > 0]
+
+
+def _published(config: Config, *, run: str, bank: str, round_index: int) -> BankOutcome | None:
+    """The outcome a bank already published for this round (a restarted coordinator), else None."""
+    try:
+        return read_bank_outcome(config, run=run, bank=bank, round_index=round_index)
+    except Exception:  # nothing published yet: the usual case
+        return None
+
+
+def _train_round(config: Config, *, run: str, round_index: int, runtime: Runtime) -> list[BankOutcome]:
+    """Every selected bank's outcome for ``round_index`` (one per selected bank, in config order)."""
+    from fedlora.pipeline.steps import bank_round
+
+    banks = select_banks(config, round_index)
+    done = {b: o for b in banks if (o := _published(config, run=run, bank=b, round_index=round_index))}
+    for bank in done:
+        log.info("round %d: bank %s had already published its outcome; not launched again", round_index, bank)
+    todo = [b for b in banks if b not in done]
+    if config.kubeflow.mode == "namespaced" and len(todo) > 1:
+        with ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix=f"round{round_index}") as pool:
+            futures = {b: pool.submit(bank_round, config, run=run, bank=b, round_index=round_index) for b in todo}
+            done |= {b: f.result() for b, f in futures.items()}
+    else:
+        for bank in todo:
+            done[bank] = bank_round(config, run=run, bank=bank, round_index=round_index, runtime=runtime)
+    return [done[b] for b in banks]
+
+
+def run_rounds(config: Config, *, run: str, on_round: RoundCallback | None = None) -> list[dict[str, Any]]:
+    """Run every round not yet committed; return the records of all committed rounds (old and new).
+
+    Args:
+        config: The run's resolved config (from ``initialize``).
+        run: The run's name.
+        on_round: Called after each newly committed round (KFP outputs, progress).
+
+    Raises:
+        FederationError: a round had fewer than ``federation.min_banks`` valid updates.
+    """
+    runtime = Runtime(config)  # loads the model on first use only (namespaced: for nothing but the aggregation)
+    records = committed_records(config, run=run)
+    if records and records[-1].get("stopped_early"):
+        return records
+    start = records[-1]["round"] + 1 if records else 1
+    if records:
+        log.info("run %s: rounds 1-%d are committed; continuing with round %d", run, start - 1, start)
+    for round_index in range(start, config.federation.rounds + 1):
+        outcomes = _train_round(config, run=run, round_index=round_index, runtime=runtime)
+        record = aggregate_round(config, run=run, round_index=round_index, outcomes=outcomes, runtime=runtime)
+        records.append(record)
+        log.info(
+            "round %d committed: averaged %s, failed %s, rejected %s",
+            round_index,
+            record["banks"],
+            sorted(record["failed"]),
+            sorted(record["rejected"]),
+        )
+        if on_round is not None:
+            on_round(record, outcomes)
+        if record["stopped_early"]:
+            log.warning("%s", record["stopped_early"])
+            break
+    return records

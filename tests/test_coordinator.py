@@ -1,0 +1,122 @@
+"""The coordinator graph's loop (``federate-rounds``): the same steps as the unrolled graph, resumable, concurrent."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedlora.config import Config, config_to_yaml, load_config
+from fedlora.federation import BankOutcome, initialize, train_bank
+from fedlora.pipeline import coordinator, steps
+
+
+class FakeOutput:
+    """Stands in for KFP's Output[Metrics] / Output[ClassificationMetrics] / Output[Markdown]."""
+
+    def __init__(self, path: Path) -> None:
+        self.metadata: dict[str, float] = {}
+        self.roc: Any = None
+        self.path = str(path)
+
+    def log_metric(self, metric: str, value: float) -> None:
+        self.metadata[metric] = value
+
+    def log_roc_curve(self, fpr: list[float], tpr: list[float], threshold: list[float]) -> None:
+        self.roc = (fpr, tpr, threshold)
+
+
+def _tiny(tmp_path: Path, *extra: str) -> Config:
+    return load_config(
+        None,
+        [
+            "model.name=tiny-bert",
+            "federation.rounds=2",
+            "federation.banks=[{name: bank-a}, {name: bank-b}, {name: bank-c}]",
+            "data.max_rows=300",
+            "training.local_steps=2",
+            "training.batch_size=16",
+            "tracking.enabled=false",
+            f"output.dir={tmp_path / 'runs'}",
+            f"store.uri={tmp_path / 'store'}",
+            "kubeflow.graph=coordinator",
+            *extra,
+        ],
+    )
+
+
+def _federate(config: Config, tmp_path: Path, name: str = "a") -> tuple[str, FakeOutput, FakeOutput, FakeOutput]:
+    outs = [FakeOutput(tmp_path / f"{name}-{kind}.md") for kind in ("metrics", "roc", "summary")]
+    result = steps.federate_step(
+        config_yaml=config_to_yaml(config), run="r", metrics=outs[0], roc=outs[1], summary=outs[2]
+    )
+    return result, outs[0], outs[1], outs[2]
+
+
+def test_rounds_loop_in_one_task_with_per_round_metrics_and_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _tiny(tmp_path)
+    initialize(config, run="r")
+    calls: list[tuple[str, int]] = []
+    real = steps.bank_round
+
+    def counted(config: Config, *, run: str, bank: str, round_index: int, runtime: Any = None) -> BankOutcome:
+        calls.append((bank, round_index))
+        if round_index == 2:
+            raise KeyboardInterrupt("the coordinator pod is evicted in round 2")
+        return real(config, run=run, bank=bank, round_index=round_index, runtime=runtime)
+
+    monkeypatch.setattr(steps, "bank_round", counted)
+    with pytest.raises(KeyboardInterrupt):
+        _federate(config, tmp_path)
+    assert calls == [("bank-a", 1), ("bank-b", 1), ("bank-c", 1), ("bank-a", 2)]
+    assert [r["round"] for r in coordinator.committed_records(config, run="r")] == [1]
+
+    calls.clear()
+    monkeypatch.setattr(
+        steps, "bank_round", lambda *a, **k: calls.append((k["bank"], k["round_index"])) or real(*a, **k)
+    )
+    result, metrics, roc, summary = _federate(config, tmp_path, "b")  # the retried task
+    assert calls == [("bank-a", 2), ("bank-b", 2), ("bank-c", 2)]  # round 1 is not trained again
+    run = tmp_path / "store" / "r"
+    for r in (1, 2):
+        assert (run / f"rounds/{r:04d}/MANIFEST.json").is_file()
+    assert '"round": 2' in result
+    for r in (1, 2):  # per-round metrics in the task's metrics
+        assert 0.0 <= metrics.metadata[f"r{r:03d}_test_auc"] <= 1.0
+        assert metrics.metadata[f"r{r:03d}_banks_accepted"] == 3.0
+    assert metrics.metadata["test_auc"] == metrics.metadata["r002_test_auc"]
+    assert roc.roc is not None and len(roc.roc[0]) > 1
+    text = Path(summary.path).read_text(encoding="utf-8")
+    assert "## FedLoRA: 2 rounds committed" in text and "| 1 |" in text and "| 2 |" in text
+
+    calls.clear()
+    _federate(config, tmp_path, "c")  # everything is committed: nothing runs
+    assert calls == []
+
+
+def test_namespaced_banks_of_a_round_run_concurrently_and_published_ones_are_not_relaunched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each bank's Job is a thread of the coordinator: all three must be in flight at once (a barrier)."""
+    config = _tiny(tmp_path, "federation.rounds=1", "kubeflow.mode=namespaced")
+    inline = config.model_copy(update={"kubeflow": config.kubeflow.model_copy(update={"mode": "inline"})})
+    initialize(inline, run="r")
+    barrier = threading.Barrier(2, timeout=30)
+    lock = threading.Lock()
+    launched: list[str] = []
+
+    def job(config: Config, *, run: str, bank: str, round_index: int, api: Any = None) -> BankOutcome:
+        launched.append(bank)
+        barrier.wait()  # times out (BrokenBarrierError) if the launches were sequential
+        with lock:  # the "bank's Job": the same training, in its own runtime
+            return train_bank(inline, run=run, bank=bank, round_index=round_index)
+
+    train_bank(inline, run="r", bank="bank-b", round_index=1)  # bank-b published before a coordinator restart
+    monkeypatch.setattr(steps, "run_bank_job", job)
+    records = coordinator.run_rounds(config, run="r")
+    assert sorted(launched) == ["bank-a", "bank-c"]
+    assert records[-1]["banks"] == ["bank-a", "bank-b", "bank-c"]
