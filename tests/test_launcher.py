@@ -284,7 +284,7 @@ def test_namespaced_step_returns_the_outcome_the_banks_job_published(
     from fedlora.pipeline import steps
 
     state, api = cluster
-    published = BankOutcome(bank="bank-a", round=3, status="ok", num_examples=250, epsilon=0.9, loss=0.61)
+    published = BankOutcome(bank="bank-a", round=3, status="ok", num_examples=250, epsilon=0.9, steps=12)
     reads: list[tuple[str, str, int]] = []
 
     def read(config: Any, *, run: str, bank: str, round_index: int) -> BankOutcome:

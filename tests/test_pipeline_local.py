@@ -181,11 +181,12 @@ def test_round_summary_shows_failed_banks() -> None:
         "rejected": {},
         "budget_exhausted": [],
         "epsilon": {"bank-a": 1.2, "bank-b": 0.8, "bank-c": 1.1},
-        "incoming_val_auc": {"bank-a": 0.7},
+        "dp_evaluation": {"of_global_round": 2, "banks": ["bank-a"], "auc": 0.7, "ks": 0.3, "brier": 0.2, "n": 99.5},
     }
     text = steps._round_markdown(record)
     assert "| bank-b | ❌ failed: job fedlora-bank-b/x: timed out after 7200 s | 0.8 |" in text
-    assert "| bank-a | ✅ averaged | 1.2 | 0.7 |" in text
+    assert "| bank-a | ✅ averaged | 1.2 | yes |" in text  # released DP evaluation histograms
+    assert "DP evaluation of the global adapter of round 2" in text and "AUC **0.7**" in text
 
 
 def test_bank_not_sampled_this_round_starts_no_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,7 +28,6 @@ from fedlora.federation import (
     aggregate_round,
     finalize,
     initialize,
-    public_message,
     read_bank_outcome,
     round_metrics,
     select_banks,
@@ -315,7 +314,8 @@ def bank_round(config: Config, *, run: str, bank: str, round_index: int, runtime
             outcome = train_bank(config, run=run, bank=bank, round_index=round_index, runtime=runtime)
         except Exception as exc:  # a bank's outage is a failed bank, not a failed run
             log.exception("bank %s, round %d failed", bank, round_index)
-            outcome = BankOutcome.failed(bank, round_index, public_message(exc))
+            # inline: this task holds the data itself (no bank boundary), so the full message is kept
+            outcome = BankOutcome.failed(bank, round_index, f"{type(exc).__name__}: {exc}")
     if outcome.status == "failed":
         log.error("bank %s, round %d: FAILED: %s", bank, round_index, outcome.message)
     return outcome
