@@ -350,3 +350,18 @@ def test_namespaced_aggregation_reports_no_test_auc_on_the_coordinators_copy(
     assert record["dp_evaluation"]["banks"] == sorted(b.name for b in config.federation.banks)
     assert 0.0 <= record["dp_evaluation"]["auc"] <= 1.0
     assert open_run_store(config, "r1").exists("rounds/0001/MANIFEST.json")
+
+
+@pytest.mark.parametrize(
+    ("request_override", "rule"),
+    [("training.batch_size=1000", "exceeds this bank's training rows"), ("privacy.delta=0.009", "not below 1/n")],
+)
+def test_a_schedule_that_breaks_on_the_banks_own_rows_is_refused_without_revealing_n(
+    tiny_overrides: list[str], tmp_path: Path, request_override: str, rule: str
+) -> None:
+    config = _consortium(tmp_path, tiny_overrides)
+    request = load_config(None, [*tiny_overrides, request_override, f"store.uri={tmp_path / 'exchange'}"])
+    request = request.model_copy(update={"federation": config.federation})
+    outcome = _job(request, tmp_path)  # a 200-row file: about 140 training rows
+    assert outcome["status"] == "refused" and rule in outcome["message"]
+    assert not any(str(n) in outcome["message"] for n in range(120, 161))  # the exact n stays in the bank

@@ -214,7 +214,8 @@ def plan_bank(config: Config, bank: str, num_examples: int, *, policy: BankPolic
             target_epsilon=key[0],
             delta=delta,
             batch_size=config.training.batch_size,
-            steps_per_round=steps_per_round(num_examples=num_examples, config=config.training),
+            # the schedule follows the declared n: the published step count must not reveal the exact n
+            steps_per_round=steps_per_round(num_examples=declared_count(num_examples), config=config.training),
             rounds=config.federation.rounds,
             max_grad_norm=config.privacy.max_grad_norm,
             noise_multiplier=config.privacy.noise_multiplier,
@@ -419,7 +420,14 @@ def train_bank(
     fingerprint = dataset_fingerprint(runtime.bank_data(bank).frames.values())
     if not config.privacy.enabled:  # a non-private simulation baseline (a bank's Job refused it above)
         return _train_and_publish(config, runtime, store, sets, incoming, run=run, bank=bank, round_index=round_index)
-    plan = plan_bank(config, bank, len(sets.train), policy=policy, runtime=runtime)
+    try:
+        plan = plan_bank(config, bank, len(sets.train), policy=policy, runtime=runtime)
+    except PrivacyConfigError as exc:  # the request's schedule cannot be honoured on this bank's rows
+        if not side.job:
+            raise
+        outcome = BankOutcome(bank=bank, round=round_index, status="refused", message=exc.public_message)
+        put_json(store, f"{prefix}/{OUTCOME_FILE}", outcome.to_json())
+        return outcome
     if plan.noise_multiplier < policy.min_noise_multiplier:
         outcome = BankOutcome(
             bank=bank,

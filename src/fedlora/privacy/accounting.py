@@ -25,7 +25,16 @@ from opacus.accountants.utils import get_noise_multiplier
 
 
 class PrivacyConfigError(ValueError):
-    """A privacy setting cannot be honoured (ε ≤ 0, δ ≥ 1/n, budget too small, ...)."""
+    """A privacy setting cannot be honoured (ε ≤ 0, δ ≥ 1/n, budget too small, ...).
+
+    Attributes:
+        public_message: the reason without the bank's exact row count (safe to leave the bank).
+
+    """
+
+    def __init__(self, message: str, public_message: str | None = None) -> None:
+        super().__init__(message)
+        self.public_message = message if public_message is None else public_message
 
 
 @dataclass(frozen=True)
@@ -208,11 +217,14 @@ def plan_privacy(
     if not 0 < delta < 1 / num_examples:
         raise PrivacyConfigError(
             f"bank {bank}: privacy.delta={delta:g} must be in (0, 1/n) = (0, {1 / num_examples:.3g}) for its "
-            f"n={num_examples} training rows; a δ ≥ 1/n allows releasing a whole record"
+            f"n={num_examples} training rows; a δ ≥ 1/n allows releasing a whole record",
+            f"bank {bank}: privacy.delta={delta:g} is not below 1/n for this bank's training rows; a δ ≥ 1/n "
+            "allows releasing a whole record",
         )
     if batch_size > num_examples:
         raise PrivacyConfigError(
-            f"bank {bank}: training.batch_size={batch_size} exceeds its {num_examples} training rows"
+            f"bank {bank}: training.batch_size={batch_size} exceeds its {num_examples} training rows",
+            f"bank {bank}: training.batch_size={batch_size} exceeds this bank's training rows",
         )
     sample_rate = min(1.0, batch_size / declared)
     planned = rounds * steps_per_round
