@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fedlora.config import ConfigError, describe_fields, load_config
+from fedlora.errors import FedLoRAError
 
 if TYPE_CHECKING:
     from fedlora.federation import BankOutcome
@@ -164,7 +165,7 @@ def simulate(
     progress = RichProgress(console)
     try:
         summary = run_simulation(config, progress=progress, resume=resume)
-    except (ValueError, RuntimeError, OSError) as exc:
+    except (FedLoRAError, OSError) as exc:
         progress.stop()
         console.print(f"[red]error:[/] {exc}")
         sys.exit(1)

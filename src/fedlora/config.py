@@ -13,8 +13,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fedlora.errors import FedLoRAError
 
-class ConfigError(ValueError):
+
+class ConfigError(FedLoRAError, ValueError):
     """A configuration file or override is invalid; the message names the key and value."""
 
 

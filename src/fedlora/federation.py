@@ -29,6 +29,7 @@ import numpy as np
 
 from fedlora.client import BankState, ClientResult, run_client_round
 from fedlora.config import Config, ConfigError, config_to_yaml, load_config_text
+from fedlora.errors import FedLoRAError
 from fedlora.model.encoding import EncodedSet
 from fedlora.model.lora import AdapterState, adapter_state, load_adapter_state, trainable_names
 from fedlora.privacy.accounting import (
@@ -59,7 +60,7 @@ OUTCOME_FILE = "outcome.json"
 LOCATION_SECTIONS = ("store", "tracking", "output", "kubeflow")
 
 
-class FederationError(RuntimeError):
+class FederationError(FedLoRAError, RuntimeError):
     """A step cannot go on (too few banks, an uncommitted previous round, a conflicting run)."""
 
 
@@ -312,9 +313,7 @@ def initialize(config: Config, *, run: str, runtime: Runtime | None = None, resu
     """
     runtime = runtime or Runtime(config)
     store = open_run_store(config, run)
-    check = getattr(store, "check", None)
-    if check is not None:
-        check()
+    store.check()
     exists = store.exists("config.yaml")
     if exists and not resume:
         raise FederationError(f"run {store.uri('')} already exists; resume it (--resume {run}) or pick another name")
@@ -773,7 +772,7 @@ def round_metrics(record: dict[str, Any]) -> dict[str, float]:
 
 def _publish_dir(store: Store, local: Path, key_prefix: str) -> None:
     """Copy the files under ``local`` into the store (no-op when the store *is* that directory)."""
-    if isinstance(store, LocalStore) and store.root.resolve() in [local.resolve(), *local.resolve().parents]:
+    if store.local_path(key_prefix) == local.resolve():
         return
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
         store.put(f"{key_prefix}/{path.relative_to(local).as_posix()}", path.read_bytes())

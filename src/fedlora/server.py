@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from fedlora.errors import FedLoRAError
 from fedlora.model.lora import AdapterState
 
 log = logging.getLogger(__name__)
 
 
-class AggregationError(RuntimeError):
+class AggregationError(FedLoRAError, RuntimeError):
     """Too few valid updates to form a round."""
 
 

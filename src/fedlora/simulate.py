@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fedlora.config import Config
+from fedlora.errors import FedLoRAError
 from fedlora.federation import (
     BankOutcome,
     FederationError,
@@ -32,12 +33,11 @@ from fedlora.federation import (
 from fedlora.runtime import Runtime
 from fedlora.store.adapters import put_json
 from fedlora.store.base import Store
-from fedlora.store.local import LocalStore
 
 log = logging.getLogger(__name__)
 
 
-class SimulationError(RuntimeError):
+class SimulationError(FedLoRAError, RuntimeError):
     """The federation could not complete (too few banks, nothing written half-way)."""
 
 
@@ -108,9 +108,9 @@ class Simulation:
             if not store.exists("config.yaml"):
                 raise SimulationError(f"no run {run!r} to resume at {store.uri('')}")
             config = stored_config(store, self.config)
-        elif isinstance(store, LocalStore) and store.root.exists() and any(store.root.iterdir()):
+        elif store.list(""):
             raise SimulationError(
-                f"run directory {store.root} already exists and is not empty; choose another output.run_name "
+                f"run {store.uri('')} already exists and is not empty; choose another output.run_name "
                 f"or resume it with --resume {run}"
             )
         runtime = Runtime(config)
@@ -144,7 +144,7 @@ class Simulation:
         summary["resumed_after_round"] = done[-1] if done else None
         put_json(store, "summary.json", summary)
         local_dir = (Path(config.output.dir) / run).resolve()
-        if not isinstance(store, LocalStore) or store.root.resolve() != local_dir:  # keep a local copy
+        if store.local_path("summary.json") != local_dir / "summary.json":  # keep a local copy
             local = local_dir / "summary.json"
             local.parent.mkdir(parents=True, exist_ok=True)
             local.write_text(json.dumps(summary, indent=2, sort_keys=True, default=float) + "\n", encoding="utf-8")

@@ -7,10 +7,12 @@ import math
 from pathlib import Path
 from typing import Any, Protocol
 
+from fedlora.errors import FedLoRAError
+
 log = logging.getLogger(__name__)
 
 
-class TrackingError(RuntimeError):
+class TrackingError(FedLoRAError, RuntimeError):
     """The tracking backend cannot be used (not installed, unreachable)."""
 
 

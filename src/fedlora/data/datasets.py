@@ -16,6 +16,7 @@ from importlib import resources
 import pandas as pd
 
 from fedlora.data.schema import DatasetSchema, categorical, numeric, validate_frame
+from fedlora.errors import FedLoRAError
 
 GERMAN_CREDIT = DatasetSchema(
     name="german_credit",
@@ -181,7 +182,7 @@ LENDING_CLUB = DatasetSchema(
 SCHEMAS: dict[str, DatasetSchema] = {s.name: s for s in (GERMAN_CREDIT, CREDIT_DATA, LENDING_CLUB)}
 
 
-class UnknownDatasetError(ValueError):
+class UnknownDatasetError(FedLoRAError, ValueError):
     """The dataset name is not built in, or its extra is not installed."""
 
 

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from fedlora.errors import FedLoRAError
+
 MIN_ROWS_PER_BANK = 20
 _MAX_TRIES = 100
 
 
-class PartitionError(ValueError):
+class PartitionError(FedLoRAError, ValueError):
     """The data cannot be partitioned as asked (too few rows for the banks)."""
 
 

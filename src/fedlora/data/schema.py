@@ -15,8 +15,10 @@ from typing import Literal
 
 import pandas as pd
 
+from fedlora.errors import FedLoRAError
 
-class DataValidationError(ValueError):
+
+class DataValidationError(FedLoRAError, ValueError):
     """A data file does not match the expected schema; the message names file, column and value.
 
     Attributes:

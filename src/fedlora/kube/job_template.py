@@ -42,6 +42,8 @@ from typing import Any
 
 import yaml
 
+from fedlora.errors import FedLoRAError
+
 __all__ = [
     "LAUNCHER_ENV_PREFIX",
     "STREAM_LOGS_KEY",
@@ -81,7 +83,7 @@ _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 
 
-class JobTemplateError(ValueError):
+class JobTemplateError(FedLoRAError, ValueError):
     """The Job template is malformed or weakens the pod security; the message names the source and paths.
 
     Attributes:

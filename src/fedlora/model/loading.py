@@ -33,12 +33,13 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from fedlora.errors import FedLoRAError
 from fedlora.model.quantization import keep_trainable_layout
 
 log = logging.getLogger(__name__)
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(FedLoRAError, ValueError):
     """The model name cannot be resolved or loaded; the message says why and what to install."""
 
 

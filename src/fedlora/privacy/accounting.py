@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
+from fedlora.errors import FedLoRAError
 
-class PrivacyConfigError(ValueError):
+
+class PrivacyConfigError(FedLoRAError, ValueError):
     """A privacy setting cannot be honoured (ε ≤ 0, δ ≥ 1/n, budget too small, ...).
 
     Attributes:

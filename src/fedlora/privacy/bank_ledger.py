@@ -32,11 +32,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedlora.errors import FedLoRAError
 from fedlora.privacy.accounting import MechanismRun, compute_epsilon
 from fedlora.store.base import Store
 
 
-class ClaimRefused(RuntimeError):  # noqa: N818 (a refusal, not a bug)
+class ClaimRefused(FedLoRAError, RuntimeError):  # noqa: N818 (a refusal, not a bug)
     """The round cannot be charged: another Job holds it, or a cap would be exceeded."""
 
 

@@ -22,8 +22,10 @@ from types import TracebackType
 import torch
 from torch import nn
 
+from fedlora.errors import FedLoRAError
 
-class UnsupportedLayerError(TypeError):
+
+class UnsupportedLayerError(FedLoRAError, TypeError):
     """A trainable parameter lives in a layer for which per-example gradients are not implemented."""
 
 

@@ -21,9 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from fedlora.config import Config
+from fedlora.errors import FedLoRAError
 
 
-class PolicyError(ValueError):
+class PolicyError(FedLoRAError, ValueError):
     """The bank's policy itself is missing or invalid (a deployment error of the bank)."""
 
 

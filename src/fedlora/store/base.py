@@ -15,10 +15,13 @@ Run layout (shared by the local directory store and the S3 store)::
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
+from fedlora.errors import FedLoRAError
 
-class StoreError(RuntimeError):
+
+class StoreError(FedLoRAError, RuntimeError):
     """A store operation failed; the message names the key."""
 
 
@@ -47,6 +50,14 @@ class Store(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove ``key`` (no error when it does not exist)."""
+        ...
+
+    def check(self) -> None:
+        """Fail early (before anything is written) when the store is unreachable or access is denied."""
+        ...
+
+    def local_path(self, key: str) -> Path | None:
+        """Where ``key`` lives on this machine's file system, or None for a remote store."""
         ...
 
     def uri(self, key: str) -> str:
@@ -94,6 +105,12 @@ class PrefixedStore:
 
     def delete(self, key: str) -> None:
         self.store.delete(self._key(key))
+
+    def check(self) -> None:
+        self.store.check()
+
+    def local_path(self, key: str) -> Path | None:
+        return self.store.local_path(self._key(key))
 
     def uri(self, key: str) -> str:
         return self.store.uri(self._key(key))

@@ -54,5 +54,11 @@ class LocalStore:
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def check(self) -> None:
+        """A directory is always reachable; it is created on the first write."""
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key) if key else self.root.resolve()
+
     def uri(self, key: str) -> str:
         return str(self.root / key)

@@ -17,6 +17,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fedlora.store.base import IntegrityError, StoreError
@@ -212,6 +213,9 @@ class S3Store:
             self._require_bucket()  # a HEAD on a missing bucket is a bare 404 too
             return False
         return True
+
+    def local_path(self, key: str) -> Path | None:
+        return None
 
     def delete(self, key: str) -> None:
         full = self._key(key)
