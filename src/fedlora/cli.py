@@ -218,6 +218,40 @@ def train_bank_command(run: str, bank: str, round_index: int, config_path: str |
     click.echo(json.dumps(outcome.to_json(), sort_keys=True))
 
 
+@main.command("bank-agent")
+@click.option("--bank", required=True, help="This bank's name in the consortium's configs.")
+@click.option("--run", "runs", multiple=True, help="Serve only this run (repeatable; default: every run).")
+@click.option("--once", is_flag=True, help="Process what is pending, then exit (CronJob, tests).")
+@click.option(
+    "--poll-seconds",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Pause between two passes over the exchange (backs off up to 10x while the exchange is unreachable).",
+)
+def bank_agent_command(bank: str, runs: tuple[str, ...], once: bool, poll_seconds: float) -> None:
+    """Pull mode: take this bank's rounds from the exchange and train them here (the bank's own cluster).
+
+    Settings from the same environment as train-bank: FEDLORA_STORE_* (the exchange root),
+    FEDLORA_BANK_DATA, FEDLORA_BANK_POLICY, FEDLORA_BANK_LEDGER. For every kubeflow.mode=pull run
+    in the exchange that names this bank and whose next round needs it (previous round committed,
+    bank sampled, no outcome yet), runs exactly what train-bank runs with the run's stored
+    config.yaml as the request; the bank's policy decides. Prints one line per round (status, ε,
+    steps; never a data value). Exit (with --once) 0, 1 when a round failed or the exchange was
+    unreachable, 2 on a bad deployment.
+    """
+    from fedlora.bank_agent import run_agent
+    from fedlora.bank_job import environment
+    from fedlora.bank_request import BankRequestError
+
+    try:
+        code = run_agent(environment(), bank=bank, runs=runs, once=once, poll_seconds=poll_seconds, echo=click.echo)
+    except BankRequestError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+    sys.exit(code)
+
+
 from fedlora.cli_consortium import consortium_group  # noqa: E402 (the consortium operator's setup)
 from fedlora.cli_kfp import compile_command, submit_command  # noqa: E402 (Kubeflow commands)
 
