@@ -252,7 +252,11 @@ class _Saw(logging.Handler):
 
 
 def test_pull_mode_on_ceph_survives_an_exchange_outage(
-    ceph_s3: Any, tiny_overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ceph_s3: Any,
+    tiny_overrides: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The exchange on the real Ceph gateway; the gateway goes down while the coordinator waits and the agent polls."""
     for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
@@ -271,6 +275,7 @@ def test_pull_mode_on_ceph_survives_an_exchange_outage(
         "FEDLORA_STORE_ENDPOINT_URL": ceph_s3.endpoint,
         "FEDLORA_STORE_PATH_STYLE": "true",
     }
+    caplog.set_level(logging.INFO, logger="fedlora")
     waiting = _Saw("waiting up to")
     logging.getLogger("fedlora").addHandler(waiting)
     lines: list[str] = []
@@ -293,10 +298,13 @@ def test_pull_mode_on_ceph_survives_an_exchange_outage(
         assert coordinator.error is None, coordinator.error
     finally:
         stop.set()
-        agent.join(timeout=120)
+        if agent.ident is not None:
+            agent.join(timeout=120)
         logging.getLogger("fedlora").removeHandler(waiting)
     (record,) = coordinator.records
     assert record["banks"] == ["bank-a"] and record["failed"] == {}
     assert lines == [lines[0]] and lines[0].startswith("run r1 round 1 bank bank-a: ok (")
+    assert "cannot list the runs in the exchange" in caplog.text  # the agent met the outage and went on
+    assert "cannot read the store" in caplog.text  # so did the waiting coordinator
     assert len(_charges(tmp_path / "bank-a-ledger", "r1", 1)) == 1
     assert open_run_store(config, "r1").exists("rounds/0001/MANIFEST.json")
