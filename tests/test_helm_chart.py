@@ -57,6 +57,7 @@ SCENARIOS: dict[str, tuple[dict[str, Any], str]] = {
     "bucket": (_ci("bucket-values.yaml"), "bank-b"),
     "managed-namespace": (_ci("managed-namespace-values.yaml"), "fedlora-system"),
     "minimal": (MINIMAL, "bank-m"),
+    "agent": (_ci("agent-values.yaml"), "bank-d"),
 }
 
 LAUNCH = {
@@ -755,3 +756,71 @@ def test_dns_ports_are_a_value() -> None:
         {"protocol": "UDP", "port": 5353},
         {"protocol": "TCP", "port": 5353},
     ]
+
+
+# ------------------------------------------------------------------------- pull mode: the bank's agent
+
+
+def test_agent_is_off_by_default(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for scenario in ("pvc", "bucket", "managed-namespace", "minimal"):
+        assert by_kind(rendered[scenario], "CronJob") == []
+
+
+def test_agent_runs_bank_agent_in_the_trainers_own_pod(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """The CronJob's pod is the trainer Job template's pod: only the arguments (and an agent label) differ."""
+    docs = rendered["agent"]
+    (cronjob,) = by_kind(docs, "CronJob")
+    assert cronjob["metadata"]["name"] == f"{RELEASE}-agent" and cronjob["metadata"]["namespace"] == "bank-d"
+    spec = cronjob["spec"]
+    assert spec["schedule"] == "*/2 * * * *" and spec["concurrencyPolicy"] == "Forbid"
+    assert spec["jobTemplate"]["spec"]["backoffLimit"] == 0
+    assert spec["jobTemplate"]["spec"]["activeDeadlineSeconds"] == 21600
+    pod = copy.deepcopy(spec["jobTemplate"]["spec"]["template"])
+    container = trainer({"spec": {"template": pod}})
+    assert container["args"] == ["bank-agent", "--bank", "bank-d", "--once", "--run", "credit-risk-2026-q4"]
+    assert pod["metadata"]["labels"].pop("fedlora.io/agent") == "true"
+    (configmap,) = by_kind(docs, "ConfigMap")
+    template = yaml.safe_load(configmap["data"][TEMPLATE_KEY])["spec"]["template"]
+    del pod["spec"]["containers"][0]["args"]
+    assert pod == template  # same image, ServiceAccount, security, env, volumes, resources, labels
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["FEDLORA_STORE_URI"] == "s3://fedlora-exchange/consortium-2026"
+    assert env["FEDLORA_BANK_LEDGER"] == "/var/lib/fedlora/ledger" and env["FEDLORA_BANK_DATA"].startswith(
+        "/data/bank/"
+    )
+    assert json.loads(env["FEDLORA_BANK_POLICY"])["maxEpsilonPerRun"] == 4
+    assert not [name for name in env if name.startswith("FEDLORA_REQUEST_")]  # the request comes from the exchange
+
+
+def test_agent_pods_are_selected_by_the_trainer_network_policy(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["agent"]
+    (cronjob,) = by_kind(docs, "CronJob")
+    labels = cronjob["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    policies = {p["metadata"]["name"]: p["spec"] for p in by_kind(docs, "NetworkPolicy")}
+    trainer_policy = policies[f"{RELEASE}-trainer"]
+    assert selects(trainer_policy["podSelector"], labels)
+    assert trainer_policy["ingress"] == []
+    assert {"ipBlock": {"cidr": "52.218.0.0/17"}} in trainer_policy["egress"][1]["to"]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ({"agent": {"enabled": True, "schedule": "every minute"}}, "/agent/schedule"),
+        ({"agent": {"enabled": True, "runs": ["a/b"]}}, "/agent/runs/0"),
+        ({"agent": {"enabled": True, "activeDeadlineSeconds": 5}}, "/agent/activeDeadlineSeconds"),
+        ({"agent": {"enable": True}}, "additional properties 'enable' not allowed"),
+    ],
+)
+def test_bad_agent_values_rejected_by_the_schema(override: dict[str, Any], expected: str) -> None:
+    with pytest.raises(helm_python.HelmValuesError) as info:
+        render(merged(MINIMAL, override), "bank-m")
+    assert expected in str(info.value)
+
+
+def test_agent_with_a_macro_schedule_renders() -> None:
+    docs = render(merged(MINIMAL, {"agent": {"enabled": True, "schedule": "@hourly"}}), "bank-m")
+    (cronjob,) = by_kind(docs, "CronJob")
+    assert cronjob["spec"]["schedule"] == "@hourly"
+    args = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args == ["bank-agent", "--bank", "bank-m", "--once"]

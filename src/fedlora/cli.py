@@ -182,17 +182,6 @@ def simulate(
         Path(json_path).write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
 
 
-def _keep_private_error(side: Any, run: str, round_index: int, exc: BaseException) -> None:
-    """Keep the full error (it may quote data values) in the bank's own ledger store, never in the log."""
-    import traceback
-
-    try:
-        text = "".join(traceback.format_exception(exc))
-        side.ledger_store.put(f"errors/{run}/{round_index:04d}.txt", text.encode("utf-8"))
-    except Exception as store_exc:  # the bank's storage is down too: say so, without the details
-        console.print(f"[yellow]could not keep the error in the bank's ledger store: {type(store_exc).__name__}[/]")
-
-
 @main.command("train-bank")
 @click.option("--run", required=True, help="The run name (as the coordinator named it).")
 @click.option("--bank", required=True, help="This bank's name in the consortium config.")
@@ -215,28 +204,53 @@ def train_bank_command(run: str, bank: str, round_index: int, config_path: str |
     ledger store under errors/). Exit 0 when the bank trained, was not sampled, refused or
     has spent its budget; 1 on failure; 2 on a bad request or deployment.
     """
-    from fedlora.bank_job import bank_data_path, bank_ledger_store, bank_policy, environment, request_config
-    from fedlora.federation import BankSide, public_message, train_bank
-    from fedlora.privacy.policy import PolicyError
-    from fedlora.runtime import Runtime
+    from fedlora.bank_job import environment
+    from fedlora.bank_request import BankRequestError, BankTrainingError, train_request
 
-    env = environment()
     try:
         text = Path(config_path).read_text(encoding="utf-8") if config_path else None
-        config = request_config(env, config_text=text)
-        side = BankSide(ledger_store=bank_ledger_store(env), policy=bank_policy(env), job=True)
-    except (ConfigError, PolicyError, OSError, UnicodeDecodeError) as exc:
+        outcome = train_request(environment(), run=run, bank=bank, round_index=round_index, config_text=text)
+    except (BankRequestError, OSError, UnicodeDecodeError) as exc:
         console.print(f"[red]error:[/] {exc}")
         sys.exit(2)
-    try:
-        data = bank_data_path(env)
-        runtime = Runtime(config, bank_files={bank: data} if data else None)
-        outcome = train_bank(config, run=run, bank=bank, round_index=round_index, runtime=runtime, side=side)
-    except Exception as exc:  # everything printed here may be streamed to the consortium: no data values
-        _keep_private_error(side, run, round_index, exc)
-        console.print(f"[red]error:[/] bank {bank} round {round_index}: {public_message(exc)}")
+    except BankTrainingError as exc:  # everything printed here may be streamed to the consortium: no data values
+        console.print(f"[red]error:[/] {exc}")
         sys.exit(1)
     click.echo(json.dumps(outcome.to_json(), sort_keys=True))
+
+
+@main.command("bank-agent")
+@click.option("--bank", required=True, help="This bank's name in the consortium's configs.")
+@click.option("--run", "runs", multiple=True, help="Serve only this run (repeatable; default: every run).")
+@click.option("--once", is_flag=True, help="Process what is pending, then exit (CronJob, tests).")
+@click.option(
+    "--poll-seconds",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Pause between two passes over the exchange (backs off up to 10x while the exchange is unreachable).",
+)
+def bank_agent_command(bank: str, runs: tuple[str, ...], once: bool, poll_seconds: float) -> None:
+    """Pull mode: take this bank's rounds from the exchange and train them here (the bank's own cluster).
+
+    Settings from the same environment as train-bank: FEDLORA_STORE_* (the exchange root),
+    FEDLORA_BANK_DATA, FEDLORA_BANK_POLICY, FEDLORA_BANK_LEDGER. For every kubeflow.mode=pull run
+    in the exchange that names this bank and whose next round needs it (previous round committed,
+    bank sampled, no outcome yet), runs exactly what train-bank runs with the run's stored
+    config.yaml as the request; the bank's policy decides. Prints one line per round (status, ε,
+    steps; never a data value). Exit (with --once) 0, 1 when a round failed or the exchange was
+    unreachable, 2 on a bad deployment.
+    """
+    from fedlora.bank_agent import run_agent
+    from fedlora.bank_job import environment
+    from fedlora.bank_request import BankRequestError
+
+    try:
+        code = run_agent(environment(), bank=bank, runs=runs, once=once, poll_seconds=poll_seconds, echo=click.echo)
+    except BankRequestError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+    sys.exit(code)
 
 
 from fedlora.cli_consortium import consortium_group  # noqa: E402 (the consortium operator's setup)

@@ -200,12 +200,23 @@ class StoreConfig(_Section):
 class KubeflowConfig(_Section):
     """How the Kubeflow pipeline runs each bank's training."""
 
-    mode: Literal["inline", "namespaced"] = Field(
+    mode: Literal["inline", "namespaced", "pull"] = Field(
         "inline",
-        description="inline = train inside the pipeline task; namespaced = a Job in the bank's namespace.",
+        description="inline = train inside the pipeline task; namespaced = a Job in the bank's namespace; pull = "
+        "wait for the bank's own agent (fedlora bank-agent, in the bank's cluster) to publish its outcome.",
     )
     job_timeout_seconds: int = Field(
-        6 * 3600, ge=60, description="A bank's Job that runs longer is stopped and counted as failed."
+        6 * 3600,
+        ge=60,
+        description="A bank's Job that runs longer is stopped and counted as failed (pull: how long the "
+        "coordinator waits for the bank's outcome).",
+    )
+    poll_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="pull mode: longest pause between two looks for a bank's outcome in the store "
+        "(the pauses start at 1 s and double up to this).",
     )
     control_image: str = Field(
         "ghcr.io/fedlora/fedlora-control:0.1.0",

@@ -321,7 +321,7 @@ def initialize(config: Config, *, run: str, runtime: Runtime | None = None, resu
         raise FederationError(f"run {store.uri('')} was started with a different config; resume without changes")
     plans: dict[str, PrivacyPlan] = {}
     for spec in config.federation.banks:
-        if config.kubeflow.mode == "namespaced" or not runtime.can_read(spec.name):
+        if config.kubeflow.mode != "inline" or not runtime.can_read(spec.name):  # the bank plans in its cluster
             log.info("bank %s: plans its own σ from its own rows in its first round", spec.name)
             continue
         sets = runtime.bank(spec.name)
@@ -699,7 +699,7 @@ def aggregate_round(
         "stopped_early": stopped or None,
         "dp_evaluation": _pooled_dp_evaluation(selected, round_index),
     }
-    if config.kubeflow.mode != "namespaced" and runtime.all_readable():
+    if config.kubeflow.mode == "inline" and runtime.all_readable():
         evaluation = runtime.evaluate(new_global)
         record |= {
             "evaluation": "central: this process holds every bank's test rows (simulation / inline run)",

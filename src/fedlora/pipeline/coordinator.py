@@ -9,7 +9,8 @@ for each round r not yet committed in the store:
   1. every bank selected for r trains (:func:`fedlora.pipeline.steps.bank_round`, the dispatch of
      the unrolled graph's ``train-<bank>`` task): in ``namespaced`` mode as a Job in the bank's
      namespace through the launcher, all banks of the round **concurrently**; in ``inline`` mode
-     one after the other with the model loaded once;
+     one after the other with the model loaded once; in ``pull`` mode by the banks' own agents in
+     their clusters, waited for concurrently (:mod:`fedlora.pipeline.pull`);
   2. :func:`fedlora.federation.aggregate_round` averages, evaluates, commits the round (manifest
      written last) and logs the round's metrics to MLflow (step = round).
 
@@ -68,7 +69,7 @@ def _train_round(config: Config, *, run: str, round_index: int, runtime: Runtime
     for bank in done:
         log.info("round %d: bank %s had already published its outcome; not launched again", round_index, bank)
     todo = [b for b in banks if b not in done]
-    if config.kubeflow.mode == "namespaced" and len(todo) > 1:
+    if config.kubeflow.mode != "inline" and len(todo) > 1:  # Jobs or agents elsewhere: wait for all at once
         with ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix=f"round{round_index}") as pool:
             futures = {b: pool.submit(bank_round, config, run=run, bank=b, round_index=round_index) for b in todo}
             done |= {b: f.result() for b, f in futures.items()}

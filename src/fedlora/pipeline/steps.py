@@ -301,6 +301,8 @@ def bank_round(config: Config, *, run: str, bank: str, round_index: int, runtime
 
     A bank left out of the run or not sampled is ``not_selected`` (no Job, no GPU); in
     ``namespaced`` mode the bank trains as a Job in its namespace (:func:`run_bank_job`); in
+    ``pull`` mode the bank's own agent trains in its cluster and this waits for its outcome
+    (:func:`fedlora.pipeline.pull.await_bank_outcome`, a timeout is a failed outcome); in
     ``inline`` mode here, with ``runtime`` (the loaded model) when given.
     """
     if bank not in {b.name for b in config.federation.banks}:
@@ -309,6 +311,10 @@ def bank_round(config: Config, *, run: str, bank: str, round_index: int, runtime
         outcome = BankOutcome(bank=bank, round=round_index, status="not_selected", message="not sampled this round")
     elif config.kubeflow.mode == "namespaced":
         outcome = run_bank_job(config, run=run, bank=bank, round_index=round_index)
+    elif config.kubeflow.mode == "pull":  # the bank's own agent trains in its cluster; wait for its outcome
+        from fedlora.pipeline.pull import await_bank_outcome
+
+        outcome = await_bank_outcome(config, run=run, bank=bank, round_index=round_index)
     else:
         try:
             outcome = train_bank(config, run=run, bank=bank, round_index=round_index, runtime=runtime)

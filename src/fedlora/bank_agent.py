@@ -1,0 +1,280 @@
+"""Pull mode, the bank's side: ``fedlora bank-agent`` takes work from the exchange in the bank's own cluster.
+
+A bank whose cluster the consortium cannot reach runs this agent (a Deployment of its Helm
+release). It needs outbound access to the exchange bucket only. Each pass:
+
+1. lists the runs under the exchange root (``FEDLORA_STORE_URI``: every ``<run>/config.yaml``),
+   or looks only at the runs it was given;
+2. for each run whose stored config (the request, the same YAML the coordinator would send a
+   bank's Job) is a ``kubeflow.mode=pull`` run naming this bank, finds the run's next round
+   ``r`` = last committed round + 1 and keeps it when ``r`` is within ``federation.rounds``, the
+   run did not stop early, the global adapter of round ``r-1`` exists, this bank has published
+   no outcome for ``r`` yet, and the seeded sampling selects the bank for ``r``;
+3. takes a lease on ``(run, r)`` in the bank's own ledger store (so two replicas of the agent do
+   not both start the round: the second would be refused by the ledger and publish ``refused``),
+   and runs exactly what ``fedlora train-bank`` runs (:func:`fedlora.bank_request.train_request`):
+   the bank's policy decides, the round is claimed on the bank's own ledger, the noised adapter
+   and ``outcome.json`` are published. A failed round is published as a ``failed`` outcome with
+   the public message (the coordinator need not wait for its timeout); its full text stays in the
+   bank's ledger store.
+
+A round is never trained twice: :func:`~fedlora.federation.train_bank` returns a published outcome
+as is and the ledger refuses a second claim of the same round; the lease only keeps concurrent
+agents from turning that refusal into a published ``refused``. Store errors (an outage longer
+than ``store.retry_seconds``) end the pass for that run with a warning; the next pass retries.
+
+The lease protocol (claim, then check), as the ledger's: write ``agent-leases/<run>/<r>/<token>.json``,
+list the round's leases, go on only if this lease is the only live one, else delete it and back
+off (a random pause; a few attempts). With read-after-write consistent listing (local
+filesystems, S3 since 2020) at most one agent goes on. A lease older than
+``kubeflow.job_timeout_seconds`` (a killed agent) is stale and removed; a lease is deleted when
+its round ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedlora.bank_job import request_config
+from fedlora.bank_request import BankRequestError, BankTrainingError, bank_side, train_request
+from fedlora.config import Config, ConfigError
+from fedlora.federation import (
+    OUTCOME_FILE,
+    BankOutcome,
+    committed_rounds,
+    open_run_store,
+    public_message,
+    select_banks,
+)
+from fedlora.store.adapters import get_json, put_json
+from fedlora.store.base import Store, global_prefix, round_prefix, update_prefix
+from fedlora.store.local import LocalStore
+from fedlora.store.s3 import S3Store, parse_s3_uri
+
+__all__ = ["AgentPass", "exchange_store", "list_runs", "next_round", "outcome_line", "process_pending", "run_agent"]
+
+log = logging.getLogger(__name__)
+
+LEASES = "agent-leases"
+_RUN_CONFIG = re.compile(r"^([^/]+)/config\.yaml$")
+
+
+@dataclass
+class AgentPass:
+    """What one pass did: the outcomes of the rounds it took up, and how many errors it met."""
+
+    outcomes: list[tuple[str, BankOutcome]] = field(default_factory=list)
+    errors: int = 0
+
+
+def exchange_store(config: Config) -> Store:
+    """The exchange root (``store.uri``, the bank's ``FEDLORA_STORE_URI``): runs live under it.
+
+    Raises:
+        ConfigError: no exchange is configured.
+    """
+    uri = config.store.uri
+    if not uri:
+        raise ConfigError("FEDLORA_STORE_URI is not set: the agent finds its work in the exchange bucket")
+    if uri.startswith("s3://"):
+        bucket, prefix = parse_s3_uri(uri)
+        s3 = config.store
+        return S3Store(
+            bucket=bucket,
+            prefix=prefix,
+            endpoint_url=s3.endpoint_url,
+            region=s3.region,
+            path_style=s3.path_style,
+            sse=s3.sse,
+            sse_kms_key_id=s3.sse_kms_key_id,
+            retry_seconds=s3.retry_seconds,
+        )
+    return LocalStore(Path(uri))
+
+
+def list_runs(root: Store) -> list[str]:
+    """The runs under the exchange root: every ``<run>/config.yaml``, sorted."""
+    return sorted(m.group(1) for key in root.list("") if (m := _RUN_CONFIG.match(key)))
+
+
+def next_round(store: Store, config: Config, bank: str) -> tuple[int | None, str]:
+    """The round of this run that needs ``bank`` now, or ``(None, why not)``."""
+    if config.kubeflow.mode != "pull":
+        return None, f"a kubeflow.mode={config.kubeflow.mode} run (the coordinator trains or launches its Jobs)"
+    if bank not in {b.name for b in config.federation.banks}:
+        return None, "does not name this bank"
+    committed = [r for r in committed_rounds(store) if r > 0]
+    last = committed[-1] if committed else 0
+    if last and get_json(store, f"{round_prefix(last)}/MANIFEST.json").get("stopped_early"):
+        return None, f"stopped after round {last}"
+    if last >= config.federation.rounds:
+        return None, f"finished ({last} rounds)"
+    if not store.exists(f"{global_prefix(last)}/meta.json"):
+        return None, f"the global adapter of round {last} is not published yet"
+    round_index = last + 1
+    if store.exists(f"{update_prefix(round_index, bank)}/{OUTCOME_FILE}"):
+        return None, f"round {round_index}: this bank's outcome is published"
+    if bank not in select_banks(config, round_index):
+        return None, f"round {round_index}: not sampled"
+    return round_index, ""
+
+
+def _live_leases(store: Store, prefix: str, ttl: float) -> list[str]:
+    """The round's leases; stale ones (older than ``ttl`` seconds: a killed agent) are removed."""
+    live = []
+    for key in store.list(prefix):
+        try:
+            created = float(json.loads(store.get(key))["created"])
+        except Exception:  # half-written or deleted meanwhile: count it as live (the safe side)
+            created = time.time()
+        if time.time() - created > ttl:
+            log.warning("removing a stale agent lease %s (older than %.0fs)", key, ttl)
+            store.delete(key)
+        else:
+            live.append(key)
+    return live
+
+
+def acquire_lease(store: Store, run: str, round_index: int, *, ttl: float, attempts: int = 6) -> str | None:
+    """Take the lease on ``(run, round_index)`` in the bank's own store; its key, or None when another agent has it."""
+    prefix = f"{LEASES}/{run}/{round_index:04d}/"
+    for attempt in range(attempts):
+        if _live_leases(store, prefix, ttl):
+            return None
+        key = f"{prefix}{secrets.token_hex(8)}.json"
+        body = {"created": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
+        store.put(key, json.dumps(body).encode("utf-8"))
+        if [k for k in _live_leases(store, prefix, ttl) if k != key] == []:
+            return key
+        store.delete(key)  # two agents at once: both step back, then retry after a random pause
+        time.sleep(random.uniform(0.05, 0.5) * (attempt + 1))
+    return None
+
+
+def outcome_line(run: str, outcome: BankOutcome) -> str:
+    """One line per round, only public values (what the outcome already publishes)."""
+    head = f"run {run} round {outcome.round} bank {outcome.bank}: {outcome.status}"
+    if outcome.status == "ok":
+        eps = "not private" if outcome.epsilon is None else f"epsilon {outcome.epsilon:.3f}"
+        return f"{head} ({eps}, {outcome.steps} steps)"
+    return f"{head} ({outcome.message})" if outcome.message else head
+
+
+def _publish_failure(config: Config, run: str, outcome: BankOutcome) -> None:
+    """Publish a failed round's outcome (public message) so the coordinator stops waiting for it."""
+    store = open_run_store(config, run)
+    key = f"{update_prefix(outcome.round, outcome.bank)}/{OUTCOME_FILE}"
+    if not store.exists(key):
+        put_json(store, key, outcome.to_json())
+
+
+def _serve_run(env: Mapping[str, str], root: Store, ledger: Store, *, run: str, bank: str) -> BankOutcome | None:
+    """Train this run's next round if it needs ``bank``; the outcome, or None when there was nothing to do."""
+    text = root.get(f"{run}/config.yaml").decode("utf-8")
+    config = request_config(env, config_text=text)
+    store = open_run_store(config, run)
+    round_index, why = next_round(store, config, bank)
+    if round_index is None:
+        log.debug("run %s: nothing to do (%s)", run, why)
+        return None
+    lease = acquire_lease(ledger, run, round_index, ttl=config.kubeflow.job_timeout_seconds)
+    if lease is None:
+        log.info("run %s round %d: another agent of this bank has it", run, round_index)
+        return None
+    try:
+        log.info("run %s round %d: training bank %s", run, round_index, bank)
+        try:
+            return train_request(env, run=run, bank=bank, round_index=round_index, config_text=text)
+        except BankTrainingError as exc:
+            outcome = BankOutcome.failed(bank, round_index, str(exc))
+            _publish_failure(config, run, outcome)
+            return outcome
+    finally:
+        ledger.delete(lease)
+
+
+def process_pending(
+    env: Mapping[str, str],
+    *,
+    bank: str,
+    runs: Sequence[str] = (),
+    echo: Callable[[str], None] = print,
+) -> AgentPass:
+    """One pass over the exchange: train every round that waits for ``bank`` (see the module docstring).
+
+    Args:
+        env: The bank's environment (``FEDLORA_STORE_*``, ``FEDLORA_BANK_*``).
+        bank: This bank's name in the consortium's configs.
+        runs: Only these runs; empty = every run under the exchange root.
+        echo: Gets one line per round taken up (:func:`outcome_line`).
+
+    Raises:
+        BankRequestError: the bank's deployment is unusable (no exchange, ledger or a bad policy).
+    """
+    side = bank_side(env)
+    assert side.ledger_store is not None
+    try:
+        root = exchange_store(request_config(env, config_text="{}"))
+    except ConfigError as exc:
+        raise BankRequestError(str(exc)) from exc
+    done = AgentPass()
+    try:
+        names = list(runs) or list_runs(root)
+    except Exception as exc:  # the exchange is down: this pass ends, the next one retries
+        log.warning("cannot list the runs in the exchange: %s", public_message(exc))
+        done.errors += 1
+        return done
+    for run in names:  # at most one round per run and pass: the next needs the coordinator's aggregation first
+        try:
+            outcome = _serve_run(env, root, side.ledger_store, run=run, bank=bank)
+        except Exception as exc:  # a store outage, an unreadable request: the next pass retries
+            log.warning("run %s: %s", run, public_message(exc))
+            done.errors += 1
+            continue
+        if outcome is not None:
+            done.outcomes.append((run, outcome))
+            done.errors += outcome.status == "failed"
+            echo(outcome_line(run, outcome))
+    return done
+
+
+def run_agent(
+    env: Mapping[str, str],
+    *,
+    bank: str,
+    runs: Sequence[str] = (),
+    once: bool = False,
+    poll_seconds: float = 30.0,
+    echo: Callable[[str], None] = print,
+    stop: threading.Event | None = None,
+) -> int:
+    """Pass after pass (every ``poll_seconds``, backing off up to 10× after errors) until ``stop`` is set.
+
+    Returns:
+        With ``once``: 0 when the pass met no error, 1 otherwise (a CronJob shows it). Else 0 when stopped.
+
+    Raises:
+        BankRequestError: the bank's deployment is unusable (checked before the first pass).
+    """
+    bank_side(env)  # a missing ledger or a bad policy fails at start, not at the first round
+    stop = stop or threading.Event()
+    pause = poll_seconds
+    log.info("bank-agent for %s: watching %s", bank, ", ".join(runs) or "every run in the exchange")
+    while True:
+        result = process_pending(env, bank=bank, runs=runs, echo=echo)
+        if once:
+            return 1 if result.errors else 0
+        pause = min(pause * 2, 10 * poll_seconds) if result.errors else poll_seconds
+        if stop.wait(pause * random.uniform(0.9, 1.1)):
+            return 0
