@@ -137,6 +137,8 @@ def test_a_ledger_deleted_in_the_exchange_does_not_reset_the_banks_budget(
     (tmp_path / "exchange/r1/rounds/0001/updates/bank-a/outcome.json").unlink()
     again = _job(config, tmp_path)
     assert again["status"] == "refused" and "already charged" in again["message"]
+    # The refusal is printed to the bank's log but not published: the round's holder publishes its outcome.
+    assert not (tmp_path / "exchange/r1/rounds/0001/updates/bank-a/outcome.json").exists()
     charges = list((tmp_path / "bank-a-ledger").rglob("charges/r1/0001/*.json"))
     assert len(charges) == 1
 

@@ -453,7 +453,8 @@ def train_bank(
         outcome = BankOutcome(
             bank=bank, round=round_index, status=status, epsilon=spent, delta=plan.delta, message=f"not training: {exc}"
         )
-        put_json(store, f"{prefix}/{OUTCOME_FILE}", outcome.to_json())
+        if status == "budget_exhausted":  # a concurrent Job may hold the round: its outcome is the one to publish
+            put_json(store, f"{prefix}/{OUTCOME_FILE}", outcome.to_json())
         return outcome
     epsilon = _publish_privacy_report(store, plan, ledger, run)  # the charge is made; the report may go first
     randomness = _randomness(config, bank, round_index)
