@@ -16,7 +16,7 @@ from torch import nn
 
 from fedlora.config import TrainingConfig
 from fedlora.evaluation import Metrics, compute_metrics
-from fedlora.model.encoding import EncodedSet
+from fedlora.model.encoding import RowSet
 from fedlora.model.lora import AdapterState, adapter_state, load_adapter_state
 from fedlora.privacy.accounting import MechanismRun, PrivacyLedger, PrivacyPlan
 from fedlora.privacy.randomness import Randomness
@@ -30,9 +30,9 @@ class BankState:
     """What a bank holds across rounds: its data, its privacy plan and ledger, its randomness."""
 
     name: str
-    train: EncodedSet
-    val: EncodedSet
-    test: EncodedSet
+    train: RowSet
+    val: RowSet
+    test: RowSet
     plan: PrivacyPlan | None
     ledger: PrivacyLedger | None
     randomness: Randomness

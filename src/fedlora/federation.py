@@ -29,7 +29,7 @@ import numpy as np
 
 from fedlora.client import BankState, run_client_round
 from fedlora.config import Config, config_to_yaml, load_config_text
-from fedlora.model.lora import adapter_state, load_adapter_state, trainable_names
+from fedlora.model.lora import load_adapter_state, trainable_names
 from fedlora.privacy.accounting import PrivacyLedger, PrivacyPlan, plan_privacy
 from fedlora.privacy.randomness import make_randomness
 from fedlora.report import write_report
@@ -302,7 +302,7 @@ def initialize(config: Config, *, run: str, runtime: Runtime | None = None, resu
         if config.privacy.enabled:
             with runtime.timer.phase("load"):  # σ calibration is part of setting up
                 plans[spec.name] = plan_bank(config, spec.name, len(sets.train))
-    initial = adapter_state(runtime.model)
+    initial = runtime.initial_adapter
     with runtime.timer.phase("tracking"):
         tracker = open_tracker(config, store, run=run, create=True)
         if not exists:

@@ -84,7 +84,14 @@ def _run_name(config: Config) -> str:
 class Simulation:
     """One run of the local federation; :meth:`run` returns the summary dictionary."""
 
-    def __init__(self, config: Config, *, progress: ProgressSink | None = None, resume: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        progress: ProgressSink | None = None,
+        resume: str | None = None,
+        runtime: Runtime | None = None,
+    ) -> None:
         """Prepare a run.
 
         Args:
@@ -92,11 +99,16 @@ class Simulation:
                 own stored config decides what is computed).
             progress: receives progress events.
             resume: the name of an interrupted run to continue from its last committed round.
+            runtime: a loaded model and data to reuse (benchmarks run many configs on one
+                runtime); it must serve this config (same seed, data, model, LoRA, banks).
 
         """
+        if runtime is not None and not runtime.serves(config):
+            raise SimulationError("the given runtime was built for another seed, data, model, LoRA or bank set")
         self.config = config
         self.progress = progress or SilentProgress()
         self.resume = resume
+        self.runtime = runtime
 
     def run(self) -> dict[str, Any]:
         """Run every remaining round; write adapters, ledgers, summary and report; return the summary."""
@@ -113,7 +125,7 @@ class Simulation:
                 f"run directory {store.root} already exists and is not empty; choose another output.run_name "
                 f"or resume it with --resume {run}"
             )
-        runtime = Runtime(config)
+        runtime = self.runtime or Runtime(config)
         try:
             initialize(config, run=run, runtime=runtime, resume=self.resume is not None)
         except FederationError as exc:
@@ -170,6 +182,8 @@ class Simulation:
             log.debug("could not mark the MLflow run failed: %s", exc)
 
 
-def simulate(config: Config, *, progress: ProgressSink | None = None, resume: str | None = None) -> dict[str, Any]:
+def simulate(
+    config: Config, *, progress: ProgressSink | None = None, resume: str | None = None, runtime: Runtime | None = None
+) -> dict[str, Any]:
     """Run (or, with ``resume``, continue) the local federation described by ``config``; return its summary."""
-    return Simulation(config, progress=progress, resume=resume).run()
+    return Simulation(config, progress=progress, resume=resume, runtime=runtime).run()
