@@ -133,10 +133,12 @@ class TrainingConfig(_Section):
     """Local training of one bank in one round."""
 
     local_epochs: float = Field(1.0, gt=0, description="Expected passes over the bank's data per round.")
-    local_steps: int | None = Field(None, gt=0, description="Steps per round; overrides local_epochs.")
-    batch_size: int = Field(32, ge=1, description="Expected (Poisson) batch size; sample rate = batch_size/n.")
+    local_steps: int | None = Field(6, gt=0, description="Steps per round; overrides local_epochs (None = use it).")
+    batch_size: int = Field(64, ge=1, description="Expected (Poisson) batch size; sample rate = batch_size/n.")
     physical_batch_size: int = Field(64, ge=1, description="Largest micro-batch held in memory at once.")
-    learning_rate: float = Field(5e-3, gt=0, description="Learning rate of the local optimizer.")
+    learning_rate: float = Field(
+        1.5, gt=0, description="Learning rate of the local optimizer (1.5 suits DP-SGD with momentum on the recipe)."
+    )
     optimizer: Literal["adam", "sgd"] = Field(
         "sgd",
         description="Local optimizer (re-created every round): sgd (momentum 0.9) or adam (non-private runs only; "
