@@ -61,10 +61,15 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--grid", nargs="+", default=[], help="key=v1,v2,... (cartesian product)")
+    parser.add_argument(
+        "--points", nargs="+", default=[], help="Explicit points instead of a grid: 'k=v;k2=v2' each ('' = defaults)."
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     axes = [(g.split("=", 1)[0], g.split("=", 1)[1].split(",")) for g in args.grid]
     points = [dict(zip([k for k, _ in axes], vs, strict=True)) for vs in itertools.product(*[v for _, v in axes])]
+    if args.points:
+        points = [dict(kv.split("=", 1) for kv in p.split(";") if kv) for p in args.points]
     stamp = int(time.time())
     results: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(points))}
     for seed in args.seeds:

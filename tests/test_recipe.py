@@ -191,3 +191,84 @@ def test_bad_taiwan_bank_files_are_refused(taiwan_csv: Path, mutate, expected: s
     with pytest.raises(DataValidationError) as info:
         read_bank_file(taiwan_csv, TAIWAN_CREDIT)
     assert expected in str(info.value)
+
+
+def test_head_only_ablation_trains_no_adapter(tmp_path: Path) -> None:
+    runtime = _runtime(tmp_path, "lora.enabled=false")
+    trainable = [n for n, p in runtime.model.named_parameters() if p.requires_grad]
+    assert trainable and all("classifier" in n for n in trainable)
+
+
+def test_dp_logistic_regression_learns_and_is_calibrated_by_the_accountant() -> None:
+    import numpy as np
+
+    from fedlora.baselines import DPLogisticSettings, dp_logistic_regression, logistic_scores, mean_interval
+    from fedlora.evaluation import compute_metrics
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 5)) / 3
+    y = (x[:, 0] - x[:, 1] + rng.normal(scale=0.3, size=2000) > 0).astype(np.int64)
+    w = dp_logistic_regression(x, y, settings=DPLogisticSettings(target_epsilon=8), randomness=SeededRandomness(0))
+    assert compute_metrics(y, logistic_scores(w, x)).auc > 0.85
+    tiny = dp_logistic_regression(
+        x, y, settings=DPLogisticSettings(target_epsilon=0.01, steps=5), randomness=SeededRandomness(0)
+    )
+    assert float(np.abs(tiny).max()) > float(np.abs(w).max())  # ε=0.01 means huge noise
+    mean, half = mean_interval([0.7, 0.8, 0.75])
+    assert mean == pytest.approx(0.75) and half == pytest.approx(4.303 * 0.05 / 3**0.5, rel=1e-3)
+
+
+def test_simulate_with_baselines_reports_alone_vs_consortium(tmp_path: Path) -> None:
+    from fedlora.simulate import simulate
+
+    config = load_config(
+        None,
+        [
+            "model.name=tiny-bert",
+            "data.max_rows=300",
+            "federation.rounds=1",
+            "training.local_steps=1",
+            "training.batch_size=16",
+            "tracking.enabled=false",
+            f"output.dir={tmp_path}",
+            "output.run_name=b",
+        ],
+    )
+    summary = simulate(config, baselines=True)
+    per_bank = summary["baselines"]["per_bank"]
+    assert set(per_bank) == {"bank-a", "bank-b", "bank-c"}
+    for bank, row in per_bank.items():
+        assert 0 <= row["alone_lr_auc"] <= 1 and 0 <= row["alone_dp_lr_auc"] <= 1
+        assert row["epsilon"] == 8.0
+        assert row["consortium_auc"] == summary["final"]["per_bank_test"][bank]["auc"]
+    assert 0.5 < summary["baselines"]["pooled"]["lr_pooled_nonprivate"] <= 1
+    page = (tmp_path / "b" / "report" / "index.html").read_text(encoding="utf-8")
+    assert (
+        "Alone vs consortium" in page and (tmp_path / "b" / "report" / "alone_vs_consortium.png").stat().st_size > 1000
+    )
+
+
+def test_decoder_score_head_starts_from_the_lm_heads_good_and_bad_rows() -> None:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    from fedlora.model.heads import init_score_from_lm_head
+    from fedlora.model.loading import minilm_path
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    config = LlamaConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=32,
+        num_labels=2,
+        pad_token_id=0,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForSequenceClassification(config)
+    assert init_score_from_lm_head(model, tokenizer)
+    ids = [tokenizer.encode(w, add_special_tokens=False)[0] for w in (" good", " bad")]
+    assert torch.equal(model.score.weight, model.get_input_embeddings().weight[ids])
+    untied = LlamaForSequenceClassification(config.__class__(**{**config.to_dict(), "tie_word_embeddings": False}))
+    assert not init_score_from_lm_head(untied, tokenizer)

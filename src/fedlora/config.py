@@ -103,6 +103,9 @@ class LoraConfig(_Section):
     ffa: bool = Field(
         True, description="FFA-LoRA: A frozen at a shared seed, only B and the head trained (exact average)."
     )
+    enabled: bool = Field(
+        True, description="false = train the head only (a linear probe on the frozen model; for ablations)."
+    )
     top_layers: int | None = Field(
         1,
         ge=1,
@@ -137,7 +140,7 @@ class TrainingConfig(_Section):
     batch_size: int = Field(64, ge=1, description="Expected (Poisson) batch size; sample rate = batch_size/n.")
     physical_batch_size: int = Field(64, ge=1, description="Largest micro-batch held in memory at once.")
     learning_rate: float = Field(
-        1.5, gt=0, description="Learning rate of the local optimizer (1.5 suits DP-SGD with momentum on the recipe)."
+        3.0, gt=0, description="Learning rate of the local optimizer (3 suits DP-SGD with momentum on the recipe)."
     )
     optimizer: Literal["adam", "sgd"] = Field(
         "sgd",

@@ -67,7 +67,7 @@ def attach_lora(loaded: LoadedModel, lora: LoraConfig, *, seed: int) -> PeftMode
     torch.manual_seed(seed)
     model = get_peft_model(loaded.model, peft_config)
     for name, param in model.named_parameters():
-        if "lora_A" in name and lora.ffa:
+        if ("lora_A" in name and lora.ffa) or ("lora_" in name and not lora.enabled):
             param.requires_grad_(False)
         elif _is_adapter_param(name) and param.is_floating_point():
             param.requires_grad_("original_module" not in name)
