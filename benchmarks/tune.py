@@ -74,10 +74,14 @@ def main() -> None:
     results: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(points))}
     for seed in args.seeds:
         base = [*args.overrides, f"seed={seed}", "tracking.enabled=false", "output.dir=/tmp/fedlora-tune"]
-        runtime = Runtime(load_config(args.config, base))
+        runtimes = [Runtime(load_config(args.config, base))]
         for i, point in enumerate(points):
             sets = [f"{k}={v}" for k, v in point.items()]
             config = load_config(args.config, [*base, *sets, f"output.run_name=t{stamp}-s{seed}-p{i}"])
+            runtime = next((r for r in runtimes if r.serves(config)), None)
+            if runtime is None:  # the point changes the model or LoRA shape: it needs its own runtime
+                runtime = Runtime(config)
+                runtimes.append(runtime)
             res = run_point(config, runtime)
             results[i].append(res)
             print(
