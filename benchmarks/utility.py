@@ -1,136 +1,122 @@
-"""Utility table: centralized LoRA, each bank alone, FedLoRA (non-private and DP), logistic regression.
+"""Utility table over seeds: logistic regression (non-private, DP), each bank alone, FedLoRA, DP-FedLoRA.
 
-All rows use the same data partition, splits and pooled test set (every bank's held-out
-rows). Non-federated rows train the same LoRA model for the same number of local epochs as
-the federation in total (rounds x local_epochs).
+Every seed draws a new partition and new splits; all rows of one seed use the same pooled test set
+(every bank's held-out rows). Per row: mean pooled test AUC ± half-width of the 95% Student-t
+interval over the seeds, and mean wall seconds. One runtime per seed (model, data, cached frozen
+layers) serves every FedLoRA row, so the rows differ only in what they train.
 
-    python benchmarks/utility.py                      # default config, ε = 1, 3, 8
-    python benchmarks/utility.py --set data.dataset=credit_data --epsilons 8
+    python benchmarks/utility.py --seeds 10                                   # German Credit, 3 IID banks
+    python benchmarks/utility.py --seeds 5 --set data.dataset=taiwan_credit --set data.max_rows=6000 \\
+        --set model.max_length=128
+    python benchmarks/utility.py --seeds 5 --set data.partition=dirichlet --set data.dirichlet_alpha=0.5 \\
+        --banks 5 ...                                                         # 5 banks, label skew, unequal sizes
+
+Bank-alone rows are logistic regression on the bank's own training rows, scored on the bank's own
+test rows ("alone"), beside the DP-FedLoRA model on the same rows ("consortium").
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
-from typing import Any
+from collections import defaultdict
 
 import numpy as np
-import pandas as pd
-import torch
-from sklearn.compose import ColumnTransformer
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from fedlora.baselines import (
+    DPLogisticSettings,
+    dp_logistic_regression,
+    logistic_regression_scores,
+    logistic_scores,
+    mean_interval,
+    schema_features,
+)
 from fedlora.config import Config, load_config
-from fedlora.data.banks import TextSet, build_bank_data
 from fedlora.data.datasets import get_schema
 from fedlora.evaluation import compute_metrics
-from fedlora.model.encoding import encode
-from fedlora.model.loading import load_base_model
-from fedlora.model.lora import adapter_state, attach_lora, load_adapter_state
 from fedlora.privacy.randomness import SeededRandomness
+from fedlora.runtime import Runtime
 from fedlora.simulate import simulate
-from fedlora.training import predict_default_probability, steps_per_round, train_local
 
 
-def logistic_regression_auc(config: Config, banks: dict[str, Any]) -> float:
+def _auc(y: np.ndarray, p: np.ndarray) -> float:
+    return compute_metrics(y, p).auc
+
+
+def baseline_rows(config: Config, runtime: Runtime, epsilons: list[float]) -> dict[str, float]:
+    """Pooled and per-bank AUCs of the logistic-regression baselines for one seed."""
     schema = get_schema(config.data.dataset)
-    train = pd.concat([b.frames["train"] for b in banks.values()], ignore_index=True)
-    test = pd.concat([b.frames["test"] for b in banks.values()], ignore_index=True)
-    numeric = [c.name for c in schema.columns if c.kind == "numeric"]
-    categorical = [c.name for c in schema.columns if c.kind == "categorical"]
-    model = make_pipeline(
-        ColumnTransformer(
-            [
-                ("num", make_pipeline(SimpleImputer(), StandardScaler()), numeric),
-                (
-                    "cat",
-                    make_pipeline(
-                        SimpleImputer(strategy="constant", fill_value="unknown"), OneHotEncoder(handle_unknown="ignore")
-                    ),
-                    categorical,
-                ),
-            ]
-        ),
-        LogisticRegression(max_iter=2000),
-    )
-    model.fit(train[numeric + categorical].astype({c: object for c in categorical}), train["label"])
-    scores = model.predict_proba(test[numeric + categorical].astype({c: object for c in categorical}))[:, 1]
-    return compute_metrics(test["label"].to_numpy(), scores).auc
-
-
-def local_lora_auc(
-    config: Config, train: TextSet, test: TextSet, loaded: Any, model: Any, init: dict[str, torch.Tensor]
-) -> float:
-    load_adapter_state(model, init)
-    enc_train = encode(train, loaded.tokenizer, max_length=config.model.max_length)
-    enc_test = encode(test, loaded.tokenizer, max_length=config.model.max_length)
-    steps = steps_per_round(num_examples=len(enc_train), config=config.training) * config.federation.rounds
-    train_local(
-        model,
-        enc_train,
-        config=config.training,
-        steps=steps,
-        sample_rate=min(1.0, config.training.batch_size / len(enc_train)),
-        dp=None,
-        randomness=SeededRandomness(config.seed),
-        device=loaded.device,
-    )
-    scores = predict_default_probability(
-        model, enc_test, batch_size=config.training.eval_batch_size, device=loaded.device
-    )
-    return compute_metrics(test.labels, scores).auc
+    banks = {b.name: runtime.bank_data(b.name) for b in config.federation.banks}
+    feats = {name: {k: schema_features(f, schema) for k, f in bank.frames.items()} for name, bank in banks.items()}
+    labels = {name: {k: f["label"].to_numpy() for k, f in bank.frames.items()} for name, bank in banks.items()}
+    test_x = np.vstack([feats[b]["test"] for b in banks])
+    test_y = np.concatenate([labels[b]["test"] for b in banks])
+    train_x = np.vstack([feats[b]["train"] for b in banks])
+    train_y = np.concatenate([labels[b]["train"] for b in banks])
+    out = {"LR, pooled data, non-private": _auc(test_y, logistic_regression_scores(train_x, train_y, test_x))}
+    for b in banks:
+        own = logistic_regression_scores(feats[b]["train"], labels[b]["train"], feats[b]["test"])
+        out[f"{b} alone, LR non-private (own test)"] = _auc(labels[b]["test"], own)
+    for eps in epsilons:
+        weights, sizes = [], []
+        for i, b in enumerate(banks):
+            settings = DPLogisticSettings(target_epsilon=eps)
+            w = dp_logistic_regression(
+                feats[b]["train"], labels[b]["train"], settings=settings, randomness=SeededRandomness(config.seed + i)
+            )
+            weights.append(w)
+            sizes.append(len(labels[b]["train"]))
+            own_dp = logistic_scores(w, feats[b]["test"])
+            out[f"{b} alone, DP-LR ε={eps:g} (own test)"] = _auc(labels[b]["test"], own_dp)
+        avg = np.average(np.stack(weights), axis=0, weights=sizes)
+        out[f"DP-LR ε={eps:g}, each bank then averaged"] = _auc(test_y, logistic_scores(avg, test_x))
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config")
     parser.add_argument("--set", action="append", default=[], dest="overrides")
+    parser.add_argument("--seeds", type=int, default=10, help="Seeds 0..N-1 (10 for German Credit, >= 5 else).")
+    parser.add_argument("--banks", type=int, default=3)
     parser.add_argument("--epsilons", type=float, nargs="*", default=[1.0, 3.0, 8.0])
-    parser.add_argument("--skip-local", action="store_true", help="Skip centralized and bank-alone LoRA rows.")
+    parser.add_argument("--skip-nonprivate-fedlora", action="store_true")
+    parser.add_argument("--json", help="Write every per-seed number here.")
     args = parser.parse_args()
-    base = [*args.overrides, "tracking.enabled=false", "output.dir=/tmp/fedlora-utility"]
-    config = load_config(args.config, base)
-    banks = build_bank_data(config)
-    test = TextSet.concat([b.test for b in banks.values()])
-    rows: list[tuple[str, float, float]] = []
-
-    def record(name: str, started: float, auc: float) -> None:
-        rows.append((name, auc, time.perf_counter() - started))
-        print(f"{name:<34} AUC {auc:.4f}  ({rows[-1][2]:.0f}s)", flush=True)
-
-    started = time.perf_counter()
-    record("logistic regression (pooled)", started, logistic_regression_auc(config, banks))
-    if not args.skip_local:
-        loaded = load_base_model(config.model.name, quantization=config.model.quantization, seed=config.seed)
-        model = attach_lora(loaded, config.lora, seed=config.seed)
-        init = adapter_state(model)
-        started = time.perf_counter()
-        central = TextSet.concat([b.train for b in banks.values()])
-        record("centralized LoRA, non-private", started, local_lora_auc(config, central, test, loaded, model, init))
-        for name, bank in banks.items():
-            started = time.perf_counter()
-            record(f"{name} alone, non-private", started, local_lora_auc(config, bank.train, test, loaded, model, init))
-        del model, loaded
+    banks = [f"federation.banks=[{', '.join('{name: bank-' + chr(97 + i) + '}' for i in range(args.banks))}]"]
+    base = [*banks, *args.overrides, "tracking.enabled=false", "output.dir=/tmp/fedlora-utility"]
     stamp = int(time.time())
-    started = time.perf_counter()
-    summary = simulate(load_config(args.config, [*base, "privacy.enabled=false", f"output.run_name=np-{stamp}"]))
-    record("FedLoRA, non-private", started, summary["final"]["auc"])
-    for eps in args.epsilons:
+    aucs: dict[str, list[float]] = defaultdict(list)
+    seconds: dict[str, list[float]] = defaultdict(list)
+    for seed in range(args.seeds):
+        config = load_config(args.config, [*base, f"seed={seed}"])
+        runtime = Runtime(config)
         started = time.perf_counter()
-        summary = simulate(
-            load_config(args.config, [*base, f"privacy.target_epsilon={eps}", f"output.run_name=dp{eps}-{stamp}"])
-        )
-        record(f"DP-FedLoRA, ε={eps:g}", started, summary["final"]["auc"])
-    print("\n| setting | pooled test AUC | seconds |\n|---|---|---|")
-    for name, auc, seconds in rows:
-        print(f"| {name} | {auc:.4f} | {seconds:.0f} |")
-    print(json.dumps({"config_overrides": args.overrides, "rows": [{"setting": n, "auc": a} for n, a, _ in rows]}))
+        for name, auc in baseline_rows(config, runtime, args.epsilons).items():
+            aucs[name].append(auc)
+        seconds["baselines"].append(time.perf_counter() - started)
+        runs = [] if args.skip_nonprivate_fedlora else [("FedLoRA, non-private", ["privacy.enabled=false"])]
+        runs += [(f"DP-FedLoRA ε={eps:g}", [f"privacy.target_epsilon={eps}"]) for eps in args.epsilons]
+        for name, sets in runs:
+            started = time.perf_counter()
+            run = f"output.run_name=u{stamp}-s{seed}-{len(aucs[name])}-{name.split()[-1]}"
+            summary = simulate(load_config(args.config, [*base, f"seed={seed}", *sets, run]), runtime=runtime)
+            seconds[name].append(time.perf_counter() - started)
+            aucs[name].append(summary["final"]["auc"])
+            for bank, metrics in summary["final"]["per_bank_test"].items():
+                aucs[f"{bank} in consortium, {name} (own test)"].append(metrics["auc"])
+            print(f"seed {seed} {name}: AUC {summary['final']['auc']:.4f} ({seconds[name][-1]:.0f}s)", flush=True)
+    print("\n| setting | pooled test AUC, mean ± 95% CI | seeds | s/run |\n|---|---|---|---|")
+    for name, values in aucs.items():
+        mean, half = mean_interval(values)
+        wall = seconds.get(name, seconds["baselines"] if "LR" in name else [math.nan])
+        print(f"| {name} | {mean:.4f} ± {half:.4f} | {len(values)} | {np.mean(wall):.0f} |")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"overrides": args.overrides, "aucs": aucs, "seconds": seconds}, f, indent=1)
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=4)
     main()

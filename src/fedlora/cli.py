@@ -129,6 +129,12 @@ def main(verbose: bool) -> None:
     help="Continue the interrupted run RUN from its last committed round, with its own stored config "
     "(only store/tracking/output settings may be given). Each bank's ε continues from its ledger.",
 )
+@click.option(
+    "--baselines",
+    is_flag=True,
+    help="Also report each bank alone on its own test rows (logistic regression, non-private and DP at the "
+    "bank's ε, same splits) beside the consortium's model.",
+)
 def simulate(
     config_path: str | None,
     overrides: tuple[str, ...],
@@ -136,6 +142,7 @@ def simulate(
     store_uri: str | None,
     tracking_uri: str | None,
     resume: str | None,
+    baselines: bool,
 ) -> None:
     """Run the whole federation on this machine (no services needed).
 
@@ -164,7 +171,7 @@ def simulate(
 
     progress = RichProgress(console)
     try:
-        summary = run_simulation(config, progress=progress, resume=resume)
+        summary = run_simulation(config, progress=progress, resume=resume, baselines=baselines)
     except (FedLoRAError, OSError) as exc:
         progress.stop()
         console.print(f"[red]error:[/] {exc}")

@@ -15,7 +15,7 @@ from torch import nn
 
 from fedlora.config import TrainingConfig
 from fedlora.evaluation import Metrics, compute_metrics
-from fedlora.model.encoding import EncodedSet
+from fedlora.model.encoding import RowSet
 from fedlora.model.lora import AdapterState, adapter_state, load_adapter_state
 from fedlora.privacy.randomness import Randomness
 from fedlora.training import DPSettings, TrainStats, predict_default_probability, train_local
@@ -26,9 +26,9 @@ class BankState:
     """A bank's tokenized data for one round."""
 
     name: str
-    train: EncodedSet
-    val: EncodedSet
-    test: EncodedSet
+    train: RowSet
+    val: RowSet
+    test: RowSet
 
 
 @dataclass(frozen=True)

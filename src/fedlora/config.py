@@ -29,7 +29,7 @@ class DataConfig(_Section):
 
     dataset: str = Field(
         "german_credit",
-        description="Built-in dataset: german_credit (bundled), credit_data or lending_club "
+        description="Built-in dataset: german_credit or taiwan_credit (bundled), credit_data or lending_club "
         "(need the 'datasets' extra).",
     )
     partition: Literal["iid", "dirichlet", "quantity"] = Field(
@@ -44,6 +44,14 @@ class DataConfig(_Section):
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of each bank's rows for validation.")
     test_fraction: float = Field(0.2, gt=0, lt=0.5, description="Share of each bank's rows for testing.")
     max_rows: int | None = Field(None, gt=0, description="Use only this many rows (stratified sample).")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        from fedlora.data.datasets import get_schema  # the data layer does not import config
+
+        get_schema(value)  # raises naming the built-in datasets
+        return value
 
 
 class BankConfig(_Section):
@@ -73,6 +81,11 @@ class ModelConfig(_Section):
     )
     quantization: Literal["none", "8", "4"] = Field("none", description="bitsandbytes quantization of the base model.")
     max_length: int = Field(64, ge=8, le=4096, description="Tokens per serialized row (truncated/padded).")
+    cache_frozen_layers: bool = Field(
+        True,
+        description="Compute the frozen layers below the lowest adapter once per bank and train on the cached "
+        "activations (exact; encoder presets minilm/tiny-bert).",
+    )
 
     @field_validator("quantization", mode="before")
     @classmethod
@@ -83,14 +96,23 @@ class ModelConfig(_Section):
 class LoraConfig(_Section):
     """LoRA adapter shape (Hu et al., 2021) and the FFA-LoRA variant (Sun et al., 2024)."""
 
-    rank: int = Field(8, ge=1, le=512, description="LoRA rank r.")
-    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator: the update is (alpha/r)·B·A.")
+    rank: int = Field(4, ge=1, le=512, description="LoRA rank r.")
+    alpha: float = Field(8.0, gt=0, description="LoRA scaling numerator: the update is (alpha/r)·B·A.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: list[str] | None = Field(
         None, description="Module names to adapt; None = the preset's default (attention q and v)."
     )
     ffa: bool = Field(
-        False, description="FFA-LoRA: A frozen at a shared seed, only B and the head trained (exact average)."
+        True, description="FFA-LoRA: A frozen at a shared seed, only B and the head trained (exact average)."
+    )
+    enabled: bool = Field(
+        True, description="false = train the head only (a linear probe on the frozen model; for ablations)."
+    )
+    top_layers: int | None = Field(
+        1,
+        ge=1,
+        description="Adapt only the top N transformer layers (None = all). The frozen layers below are "
+        "computed once per bank and cached (model.cache_frozen_layers).",
     )
 
 
@@ -131,11 +153,17 @@ class TrainingConfig(_Section):
     """Local training of one bank in one round."""
 
     local_epochs: float = Field(1.0, gt=0, description="Expected passes over the bank's data per round.")
-    local_steps: int | None = Field(None, gt=0, description="Steps per round; overrides local_epochs.")
-    batch_size: int = Field(32, ge=1, description="Expected (Poisson) batch size; sample rate = batch_size/n.")
+    local_steps: int | None = Field(6, gt=0, description="Steps per round; overrides local_epochs (None = use it).")
+    batch_size: int = Field(64, ge=1, description="Expected (Poisson) batch size; sample rate = batch_size/n.")
     physical_batch_size: int = Field(64, ge=1, description="Largest micro-batch held in memory at once.")
-    learning_rate: float = Field(5e-3, gt=0, description="Learning rate of the local optimizer.")
-    optimizer: Literal["adam", "sgd"] = Field("adam", description="Local optimizer (re-created every round).")
+    learning_rate: float = Field(
+        3.0, gt=0, description="Learning rate of the local optimizer (3 suits DP-SGD with momentum on the recipe)."
+    )
+    optimizer: Literal["adam", "sgd"] = Field(
+        "sgd",
+        description="Local optimizer (re-created every round): sgd (momentum 0.9) or adam (non-private runs only; "
+        "refused with DP, see Config._dp_optimizer).",
+    )
     eval_batch_size: int = Field(128, ge=1, description="Batch size for evaluation.")
 
 
@@ -271,6 +299,23 @@ class Config(_Section):
     store: StoreConfig = Field(default_factory=StoreConfig)  # type: ignore[arg-type]
     kubeflow: KubeflowConfig = Field(default_factory=KubeflowConfig)  # type: ignore[arg-type]
     output: OutputConfig = Field(default_factory=OutputConfig)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _dp_optimizer(self) -> Config:
+        """Refuse plain Adam under DP-SGD.
+
+        Adam divides each coordinate by ``√v̂``; under DP the second moment is dominated by the
+        noise variance ``(σC/B)²``, so every coordinate moves by about the learning rate in the
+        direction of the noise's sign, whatever the signal (Tang et al., 2024, "DP-AdamBC").
+        SGD with momentum follows the noisy mean, whose noise averages out over steps.
+        """
+        if self.privacy.enabled and self.training.optimizer == "adam":
+            raise ValueError(
+                "training.optimizer=adam cannot work with DP (privacy.enabled=true): its second moment is the "
+                "DP noise variance, so every step is ~learning_rate in a random direction; use training.optimizer=sgd "
+                "(momentum 0.9), or privacy.enabled=false for a non-private run"
+            )
+        return self
 
 
 def _parse_value(text: str) -> Any:

@@ -30,8 +30,8 @@ import numpy as np
 from fedlora.client import BankState, ClientResult, run_client_round
 from fedlora.config import Config, ConfigError, config_to_yaml, load_config_text
 from fedlora.errors import FedLoRAError
-from fedlora.model.encoding import EncodedSet
-from fedlora.model.lora import AdapterState, adapter_state, load_adapter_state, trainable_names
+from fedlora.model.encoding import RowSet
+from fedlora.model.lora import AdapterState, load_adapter_state, trainable_names
 from fedlora.privacy.accounting import (
     PrivacyConfigError,
     PrivacyPlan,
@@ -329,7 +329,7 @@ def initialize(config: Config, *, run: str, runtime: Runtime | None = None, resu
             with runtime.timer.phase("load"):  # validates δ < 1/n etc. before anything is written
                 policy = BankPolicy.for_simulation(config, spec.name)
                 plans[spec.name] = plan_bank(config, spec.name, len(sets.train), policy=policy, runtime=runtime)
-    initial = adapter_state(runtime.model)
+    initial = runtime.initial_adapter
     with runtime.timer.phase("tracking"):
         tracker = open_tracker(config, store, run=run, create=True)
         if not exists:
@@ -514,7 +514,7 @@ def _private_report(result: ClientResult) -> dict[str, Any]:
 
 
 def _dp_evaluation(
-    runtime: Runtime, test: EncodedSet, incoming: AdapterState, *, plan: PrivacyPlan, randomness: Randomness
+    runtime: Runtime, test: RowSet, incoming: AdapterState, *, plan: PrivacyPlan, randomness: Randomness
 ) -> ScoreHistograms:
     """Score the bank's test rows with the incoming adapter and release the noised histograms (already charged)."""
     assert plan.evaluation_noise_multiplier is not None

@@ -64,6 +64,46 @@ def _dp_auc(record: dict[str, Any]) -> Any:
     return (record.get("dp_evaluation") or {}).get("auc")
 
 
+def _plot_alone_vs_consortium(summary: dict[str, Any], path: Path) -> None:
+    per_bank = summary["baselines"]["per_bank"]
+    banks = list(per_bank)
+    series = [
+        ("alone, LR non-private", "alone_lr_auc"),
+        ("alone, DP-LR at its ε", "alone_dp_lr_auc"),
+        ("consortium (FedLoRA)", "consortium_auc"),
+    ]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    width = 0.8 / len(series)
+    for i, (label, key) in enumerate(series):
+        values = [per_bank[b][key] if per_bank[b][key] is not None else math.nan for b in banks]
+        ax.bar([j + i * width for j in range(len(banks))], values, width=width, label=label)
+    ax.set_xticks([j + width for j in range(len(banks))], banks)
+    ax.set_ylim(0.4, 1.0)
+    ax.set_ylabel("AUC on the bank's own test rows")
+    ax.set_title("Each bank: alone vs consortium")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _baselines_section(summary: dict[str, Any], directory: Path) -> str:
+    if "baselines" not in summary:
+        return ""
+    _plot_alone_vs_consortium(summary, directory / "alone_vs_consortium.png")
+    rows = "".join(
+        f"<tr><td>{html.escape(b)}</td><td>{_fmt(v['alone_lr_auc'])}</td>"
+        f"<td>{_fmt(v['alone_dp_lr_auc']) if v['alone_dp_lr_auc'] is not None else '–'}</td>"
+        f"<td>{_fmt(v['epsilon']) if v['epsilon'] is not None else '∞'}</td><td>{_fmt(v['consortium_auc'])}</td></tr>"
+        for b, v in summary["baselines"]["per_bank"].items()
+    )
+    pooled = "".join(f"<li>{html.escape(k)}: {_fmt(v)}</li>" for k, v in summary["baselines"]["pooled"].items())
+    return f"""<h2>Alone vs consortium</h2><img src="alone_vs_consortium.png" alt="alone vs consortium">
+<table><tr><th>bank</th><th>alone: LR</th><th>alone: DP-LR</th><th>ε</th><th>consortium model</th></tr>{rows}</table>
+<p>AUC on each bank's own test rows, same splits. Pooled test AUC of the baselines:</p><ul>{pooled}</ul>"""
+
+
 def write_report(summary: dict[str, Any], directory: Path) -> Path:
     """Write ``auc.png``, ``epsilon.png`` and ``index.html`` into ``directory``; return the HTML path."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -95,6 +135,7 @@ accuracy {_fmt(final["metrics"]["accuracy"])}, Brier {_fmt(final["metrics"]["bri
 <h2>Rounds</h2><table>
 <tr><th>round</th><th>DP AUC of the previous global</th><th>AUC</th><th>KS</th>{head}<th>banks</th></tr>{rows}</table>
 <h2>Privacy per bank</h2><table><tr><th>bank</th>{privacy_head}</tr>{privacy_rows}</table>
+{_baselines_section(summary, directory)}
 </body></html>"""
     out = directory / "index.html"
     out.write_text(page, encoding="utf-8")

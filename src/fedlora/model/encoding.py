@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
+from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from fedlora.data.banks import TextSet
+
+
+class RowSet(Protocol):
+    """Rows a model can score: token ids (:class:`EncodedSet`) or cached activations (``CachedSet``)."""
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """0/1 labels of every row."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    def logits(self, model: nn.Module, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float logits and labels of rows ``index``."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -31,6 +48,12 @@ class EncodedSet:
             mask[:, :width].to(device),
             self.labels[index].to(device),
         )
+
+    def logits(self, model: nn.Module, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float logits and labels of rows ``index`` (a full forward pass)."""
+        input_ids, mask, labels = self.batch(index, device)
+        out = model(input_ids=input_ids, attention_mask=mask)
+        return out.logits.float(), labels
 
 
 def encode(texts: TextSet, tokenizer: PreTrainedTokenizerBase, *, max_length: int) -> EncodedSet:

@@ -26,7 +26,6 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
-    BertForSequenceClassification,
     LlamaConfig,
     LlamaForSequenceClassification,
     PreTrainedModel,
@@ -34,6 +33,7 @@ from transformers import (
 )
 
 from fedlora.errors import FedLoRAError
+from fedlora.model.heads import MeanPooledBertForSequenceClassification, init_score_from_lm_head, zero_head
 from fedlora.model.quantization import keep_trainable_layout
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,12 @@ class LoadedModel:
 
 
 PRESETS = ("minilm", "smollm2", "tiny-bert", "tiny-llama")
+# Encoder presets use masked mean pooling and a zero-initialised head (fedlora.model.heads), without
+# dropout: DP noise regularises, and deterministic frozen layers make the activation cache exact.
+_NO_DROPOUT: dict[str, Any] = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 _ENCODER_TARGETS = ["query", "value"]
 _DECODER_TARGETS = ["q_proj", "v_proj"]
+_DECODER_TYPES = ("llama", "mistral", "qwen2")
 
 
 def default_device() -> torch.device:
@@ -119,11 +123,9 @@ def _tiny(name: str, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     }
     torch.manual_seed(seed)
     if name == "tiny-bert":
-        return (
-            BertForSequenceClassification(BertConfig(**common, max_position_embeddings=512)),
-            tokenizer,
-            _ENCODER_TARGETS,
-        )
+        bert = MeanPooledBertForSequenceClassification(BertConfig(**common, max_position_embeddings=512, **_NO_DROPOUT))
+        zero_head(bert)
+        return bert, tokenizer, _ENCODER_TARGETS
     config = LlamaConfig(**common, num_key_value_heads=1, max_position_embeddings=512)
     return LlamaForSequenceClassification(config), tokenizer, _DECODER_TARGETS
 
@@ -151,8 +153,10 @@ def load_base_model(
 ) -> LoadedModel:
     """Load ``name`` (preset, model id or path) as a 2-label sequence classifier.
 
-    The classification head is initialised from ``seed`` so every bank and the server start
-    from the same head.
+    ``minilm`` and ``tiny-bert`` get the masked-mean-pooled, zero-initialised head of
+    :mod:`fedlora.model.heads`; decoders (Llama family) get the score head initialised from the
+    LM head's "good"/"bad" rows; any other head is initialised from ``seed``, so every bank
+    and the server start from the same head.
 
     Raises:
         ModelLoadError: unknown name, missing package, or a preset that cannot be quantized.
@@ -181,13 +185,19 @@ def load_base_model(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     quant = _quantization_config(quantization, device)
-    kwargs: dict[str, object] = {"num_labels": 2, "pad_token_id": tokenizer.pad_token_id}
+    kwargs: dict[str, Any] = {"num_labels": 2, "pad_token_id": tokenizer.pad_token_id}
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else "cpu"
     torch.manual_seed(seed)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+        if name == "minilm":
+            model = MeanPooledBertForSequenceClassification.from_pretrained(path, **kwargs, **_NO_DROPOUT)
+            zero_head(model)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+            if model.config.model_type in _DECODER_TYPES:
+                init_score_from_lm_head(model, tokenizer)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load model {name!r}: {exc}") from exc
     if quant is None:
@@ -195,5 +205,5 @@ def load_base_model(
     else:
         keep_trainable_layout(model)
     if not targets:
-        targets = _DECODER_TARGETS if model.config.model_type in ("llama", "mistral", "qwen2") else _ENCODER_TARGETS
+        targets = _DECODER_TARGETS if model.config.model_type in _DECODER_TYPES else _ENCODER_TARGETS
     return LoadedModel(model, tokenizer, targets, device)

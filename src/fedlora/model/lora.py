@@ -28,22 +28,46 @@ def _is_adapter_param(name: str) -> bool:
     return "lora_" in name or "modules_to_save" in name
 
 
+def num_layers(model: nn.Module) -> int:
+    """Number of transformer layers (``config.num_hidden_layers``)."""
+    return int(getattr(model, "config").num_hidden_layers)  # noqa: B009
+
+
+def adapted_layers(model: nn.Module, lora: LoraConfig) -> list[int] | None:
+    """Indices of the layers that get adapters: the top ``lora.top_layers`` (None = all).
+
+    Raises:
+        ValueError: when ``top_layers`` exceeds the model's layer count.
+
+    """
+    if lora.top_layers is None:
+        return None
+    total = num_layers(model)
+    if lora.top_layers > total:
+        raise ValueError(f"lora.top_layers={lora.top_layers} exceeds the model's {total} layers")
+    return list(range(total - lora.top_layers, total))
+
+
 def attach_lora(loaded: LoadedModel, lora: LoraConfig, *, seed: int) -> PeftModel:
     """Wrap the base model with LoRA; A (and the head) are initialised from ``seed``.
 
-    In FFA mode the A matrices are frozen, so only B and the head are trainable.
+    In FFA mode the A matrices are frozen, so only B and the head are trainable. With
+    ``lora.top_layers`` only the top layers get adapters (small, late adapters: the lower layers
+    stay exactly the pretrained ones and can be cached, :mod:`fedlora.model.cache`).
     """
+    layers = adapted_layers(loaded.model, lora)
     peft_config = PeftLoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=lora.rank,
         lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft accepts float scaling
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules or loaded.target_modules,
+        layers_to_transform=layers,
     )
     torch.manual_seed(seed)
     model = get_peft_model(loaded.model, peft_config)
     for name, param in model.named_parameters():
-        if "lora_A" in name and lora.ffa:
+        if ("lora_A" in name and lora.ffa) or ("lora_" in name and not lora.enabled):
             param.requires_grad_(False)
         elif _is_adapter_param(name) and param.is_floating_point():
             param.requires_grad_("original_module" not in name)
