@@ -28,11 +28,12 @@ from click.testing import CliRunner
 from fedlora.bank_agent import acquire_lease, process_pending, run_agent
 from fedlora.cli import main
 from fedlora.config import Config, load_config
-from fedlora.federation import aggregate_round, initialize, open_run_store, read_bank_outcome
+from fedlora.federation import aggregate_round, initialize, read_bank_outcome
 from fedlora.pipeline.coordinator import run_rounds
 from fedlora.pipeline.pull import await_bank_outcome
 from fedlora.pipeline.steps import bank_round
 from fedlora.store.local import LocalStore
+from fedlora.store.run import open_run_store
 
 TINY_POLICY = '{"minNoiseMultiplier": 0}'  # the tiny schedule calibrates to σ < 0.5
 ROOT = Path(__file__).resolve().parents[1]

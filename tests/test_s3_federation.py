@@ -26,14 +26,8 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load as load_safetensors
 
 from fedlora.config import Config, load_config
-from fedlora.federation import (
-    BankOutcome,
-    BankSide,
-    committed_rounds,
-    initialize,
-    open_run_store,
-    train_bank,
-)
+from fedlora.federation import BankOutcome, initialize, train_bank
+from fedlora.privacy.bank_side import BankSide
 from fedlora.privacy.policy import BankPolicy
 from fedlora.runtime import Runtime
 from fedlora.simulate import simulate
@@ -41,6 +35,7 @@ from fedlora.store.adapters import get_json, load_adapter, put_json, save_adapte
 from fedlora.store.base import StoreError
 from fedlora.store.local import LocalStore
 from fedlora.store.policy import bank_principal, consortium_bucket_policy
+from fedlora.store.run import committed_rounds, open_run_store
 from fedlora.store.s3 import S3Store
 from helpers import run_cli as _run_cli
 from helpers import set_args as _sets

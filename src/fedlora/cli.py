@@ -144,7 +144,7 @@ def simulate(
     final adapter, summary.json, report/index.html) under output.dir and logs to MLflow.
     """
     if resume is not None:
-        from fedlora.federation import LOCATION_SECTIONS
+        from fedlora.store.run import LOCATION_SECTIONS
 
         fixed = [o for o in overrides if o.split(".", 1)[0].strip() not in LOCATION_SECTIONS]
         if fixed:

@@ -21,18 +21,16 @@ from fedlora.federation import (
     BankOutcome,
     FederationError,
     aggregate_round,
-    committed_rounds,
     finalize,
     initialize,
-    open_run_store,
-    open_tracker,
     select_banks,
-    stored_config,
     train_bank,
 )
 from fedlora.runtime import Runtime
 from fedlora.store.adapters import put_json
 from fedlora.store.base import Store
+from fedlora.store.run import committed_rounds, open_run_store, stored_config
+from fedlora.tracking import open_tracker
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +136,7 @@ class Simulation:
                 self.progress.round_finished(record)
             summary = finalize(config, run=run, runtime=runtime, local_dir=Path(config.output.dir) / run)
         except BaseException:
-            self._mark_failed(config, store, run)
+            self._mark_failed(config, store, run, runtime)
             raise
         summary["wall_seconds"] = time.perf_counter() - started
         summary["resumed_after_round"] = done[-1] if done else None
@@ -163,9 +161,9 @@ class Simulation:
         return outcome
 
     @staticmethod
-    def _mark_failed(config: Config, store: Store, run: str) -> None:
+    def _mark_failed(config: Config, store: Store, run: str, runtime: Runtime) -> None:
         try:
-            open_tracker(config, store, run=run).finish(status="FAILED")
+            open_tracker(config, store, run=run, runtime=runtime).finish(status="FAILED")
         except Exception as exc:  # the original error matters more
             log.debug("could not mark the MLflow run failed: %s", exc)
 

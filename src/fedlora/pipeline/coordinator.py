@@ -26,17 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fedlora.config import Config
-from fedlora.federation import (
-    BankOutcome,
-    aggregate_round,
-    committed_rounds,
-    open_run_store,
-    read_bank_outcome,
-    select_banks,
-)
+from fedlora.federation import BankOutcome, aggregate_round, read_bank_outcome, select_banks
 from fedlora.runtime import Runtime
 from fedlora.store.adapters import get_json
 from fedlora.store.base import round_prefix
+from fedlora.store.run import committed_rounds, open_run_store
 
 __all__ = ["RoundCallback", "committed_records", "run_rounds"]
 

@@ -22,8 +22,9 @@ import logging
 import time
 
 from fedlora.config import Config
-from fedlora.federation import OUTCOME_FILE, BankOutcome, open_run_store, read_bank_outcome
+from fedlora.federation import OUTCOME_FILE, BankOutcome, read_bank_outcome
 from fedlora.store.base import update_prefix
+from fedlora.store.run import open_run_store
 
 __all__ = ["FIRST_PAUSE_SECONDS", "await_bank_outcome"]
 
