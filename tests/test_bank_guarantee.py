@@ -350,9 +350,9 @@ def test_namespaced_aggregation_reports_no_test_auc_on_the_coordinators_copy(
         for b in config.federation.banks
     ]
     record = aggregate_round(config, run="r1", round_index=1, outcomes=outcomes, runtime=runtime)
-    assert record["auc"] is None and record["per_bank_test"] == {}
-    assert record["dp_evaluation"]["banks"] == sorted(b.name for b in config.federation.banks)
-    assert 0.0 <= record["dp_evaluation"]["auc"] <= 1.0
+    assert record.auc is None and record.per_bank_test == {}
+    assert record.dp_evaluation["banks"] == sorted(b.name for b in config.federation.banks)
+    assert 0.0 <= record.dp_evaluation["auc"] <= 1.0
     assert open_run_store(config, "r1").exists("rounds/0001/MANIFEST.json")
 
 

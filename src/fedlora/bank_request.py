@@ -17,9 +17,10 @@ from collections.abc import Mapping
 
 from fedlora.bank_job import bank_data_path, bank_ledger_store, bank_policy, request_config
 from fedlora.config import ConfigError
-from fedlora.federation import BankOutcome, train_bank
+from fedlora.federation import train_bank
 from fedlora.privacy.bank_side import BankSide, public_message
 from fedlora.privacy.policy import PolicyError
+from fedlora.records import BankOutcome
 from fedlora.runtime import Runtime
 
 __all__ = ["BankRequestError", "BankTrainingError", "bank_side", "keep_private_error", "train_request"]

@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from fedlora.client import BankState, ClientResult, run_client_round
 from fedlora.config import Config, config_to_yaml
@@ -42,6 +40,7 @@ from fedlora.privacy.bank_side import (
 from fedlora.privacy.dp_evaluation import ScoreHistograms, noised, pooled_metrics, score_histograms
 from fedlora.privacy.policy import BankPolicy
 from fedlora.privacy.randomness import Randomness
+from fedlora.records import BankOutcome, BankStatus, RoundRecord, round_metrics
 from fedlora.report import write_report
 from fedlora.runtime import BankSets, Runtime
 from fedlora.server import AggregationError, Update, aggregate, max_update_norm, sample_banks
@@ -54,43 +53,6 @@ from fedlora.training import DPSettings, predict_default_probability, steps_per_
 log = logging.getLogger(__name__)
 
 OUTCOME_FILE = "outcome.json"
-
-
-BankStatus = Literal["ok", "budget_exhausted", "not_selected", "refused", "failed"]
-
-
-@dataclass(frozen=True)
-class BankOutcome:
-    """What a bank published for a round (JSON-able: it travels between pipeline tasks).
-
-    Everything here has left the bank, so it holds only DP releases and public values: the
-    declared (rounded) example count, the run's ε from the bank's ledger, and, when the bank's
-    policy releases metrics, its noised score histograms. Exact metrics, losses and counts
-    stay in the bank's own ledger store.
-    """
-
-    bank: str
-    round: int
-    status: BankStatus
-    num_examples: int = 0
-    epsilon: float | None = None
-    delta: float | None = None
-    steps: int = 0
-    evaluation: dict[str, Any] | None = None
-    update_uri: str | None = None
-    message: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> BankOutcome:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-    @classmethod
-    def failed(cls, bank: str, round_index: int, message: str) -> BankOutcome:
-        return cls(bank=bank, round=round_index, status="failed", message=message)
 
 
 # --- the steps ---------------------------------------------------------------------------
@@ -425,7 +387,7 @@ def aggregate_round(
     round_index: int,
     outcomes: list[BankOutcome],
     runtime: Runtime | None = None,
-) -> dict[str, Any]:
+) -> RoundRecord:
     """Validate and average the round's updates, evaluate, write the global adapter, commit the round.
 
     When every selected bank's budget is spent, the round is committed with the global
@@ -439,7 +401,7 @@ def aggregate_round(
     store = open_run_store(config, run)
     manifest = f"{round_prefix(round_index)}/MANIFEST.json"
     if store.exists(manifest):
-        return dict(get_json(store, manifest))
+        return RoundRecord.from_json(get_json(store, manifest))
     with runtime.timer.phase("store"):
         previous = load_adapter(store, global_prefix(round_index - 1)).tensors
         before = get_json(store, f"{round_prefix(round_index - 1)}/MANIFEST.json") if round_index > 1 else {}
@@ -471,32 +433,30 @@ def aggregate_round(
                 ) from exc
         rejected.update(agg.rejected)
         new_global, accepted = agg.adapter, agg.accepted
-    record: dict[str, Any] = {
-        "round": round_index,
-        "loss": None,  # training losses stay in the banks
-        "epsilon": epsilon,
-        "banks": accepted,
-        "failed": failed,
-        "rejected": rejected,
-        "refused": {o.bank: o.message for o in selected if o.status == "refused"},
-        "budget_exhausted": exhausted,
-        "steps": {o.bank: o.steps for o in trained},
-        "stopped_early": stopped or None,
-        "dp_evaluation": _pooled_dp_evaluation(selected, round_index),
-    }
+    record = RoundRecord(
+        round=round_index,
+        epsilon=epsilon,
+        banks=accepted,
+        failed=failed,
+        rejected=rejected,
+        refused={o.bank: o.message for o in selected if o.status == "refused"},
+        budget_exhausted=exhausted,
+        steps={o.bank: o.steps for o in trained},
+        stopped_early=stopped or None,
+        dp_evaluation=_pooled_dp_evaluation(selected, round_index),
+    )
     if config.kubeflow.mode == "inline" and runtime.all_readable():
         evaluation = runtime.evaluate(new_global)
-        record |= {
-            "evaluation": "central: this process holds every bank's test rows (simulation / inline run)",
-            "auc": evaluation.pooled.auc,
-            "ks": evaluation.pooled.ks,
-            "metrics": evaluation.pooled.as_dict(),
-            "per_bank_test": {b: m.as_dict() for b, m in evaluation.per_bank.items()},
-            "roc": evaluation.roc,
-        }
-    else:  # the coordinator sees no bank's rows: only the banks' DP releases (dp_evaluation) say anything
-        record |= {"evaluation": "none at the coordinator (see dp_evaluation)", "auc": None, "ks": None}
-        record |= {"metrics": {}, "per_bank_test": {}, "roc": None}
+        record = dataclasses.replace(
+            record,
+            evaluation="central: this process holds every bank's test rows (simulation / inline run)",
+            auc=evaluation.pooled.auc,
+            ks=evaluation.pooled.ks,
+            metrics=evaluation.pooled.as_dict(),
+            per_bank_test={b: m.as_dict() for b, m in evaluation.per_bank.items()},
+            roc=evaluation.roc,
+        )
+    # else the coordinator sees no bank's rows: only the banks' DP releases (dp_evaluation) say anything
     with runtime.timer.phase("store"):
         save_adapter(
             store,
@@ -509,7 +469,7 @@ def aggregate_round(
                 "num_examples": sum(o.num_examples for o in trained if o.bank in accepted),
             },
         )
-        put_json(store, manifest, record)
+        put_json(store, manifest, record.to_json())
     with runtime.timer.phase("tracking"):
         tracker = open_tracker(config, store, run=run, runtime=runtime)
         tracked("log_metrics", tracker.log_metrics, round_metrics(record), step=round_index)
@@ -535,26 +495,6 @@ def _pooled_dp_evaluation(selected: list[BankOutcome], round_index: int) -> dict
     }
 
 
-def round_metrics(record: dict[str, Any]) -> dict[str, float]:
-    """The numbers of a round record that MLflow and the KFP UI plot."""
-    metrics = {f"test_{k}": v for k, v in record["metrics"].items() if k != "n"}
-    if record.get("loss") is not None:
-        metrics["train_loss"] = record["loss"]
-    for bank, eps in record["epsilon"].items():
-        if eps is not None:
-            metrics[f"epsilon_{bank}"] = eps
-    for bank, m in record["per_bank_test"].items():
-        metrics[f"test_auc_{bank}"] = m["auc"]
-    dp_eval = record.get("dp_evaluation") or {}
-    for key in ("auc", "ks", "brier"):
-        value = dp_eval.get(key)
-        if value is not None and math.isfinite(value):
-            metrics[f"dp_{key}_of_previous_global"] = value
-    metrics["banks_accepted"] = float(len(record["banks"]))
-    metrics["banks_failed"] = float(len(record["failed"]) + len(record["rejected"]))
-    return metrics
-
-
 def _publish_dir(store: Store, local: Path, key_prefix: str) -> None:
     """Copy the files under ``local`` into the store (no-op when the store *is* that directory)."""
     if store.local_path(key_prefix) == local.resolve():
@@ -574,14 +514,18 @@ def finalize(
     """
     runtime = runtime or Runtime(config)
     store = open_run_store(config, run)
-    rounds = [get_json(store, f"{round_prefix(r)}/MANIFEST.json") for r in committed_rounds(store) if r > 0]
+    rounds = [
+        RoundRecord.from_json(get_json(store, f"{round_prefix(r)}/MANIFEST.json"))
+        for r in committed_rounds(store)
+        if r > 0
+    ]
     if not rounds:
         raise FederationError(f"run {store.uri('')} has no committed round")
     last = rounds[-1]
     work = Path(local_dir) if local_dir is not None else Path(tempfile.mkdtemp(prefix="fedlora-final-"))
     with runtime.timer.phase("store"):
-        final = load_adapter(store, global_prefix(last["round"])).tensors
-        meta = save_adapter(store, "final", final, {"round": last["round"], "kind": "final"})
+        final = load_adapter(store, global_prefix(last.round)).tensors
+        meta = save_adapter(store, "final", final, {"round": last.round, "kind": "final"})
         load_adapter_state(runtime.model, final)
         peft_dir = work / "final" / "peft"
         tmp = work / "final" / ".peft.tmp"
@@ -591,7 +535,7 @@ def finalize(
         tmp.replace(peft_dir)
         _publish_dir(store, peft_dir, "final/peft")
     privacy = _privacy_summary(config, store)
-    stopped = next((r["stopped_early"] for r in rounds if r.get("stopped_early")), None)
+    stopped = next((r.stopped_early for r in rounds if r.stopped_early), None)
     summary: dict[str, Any] = {
         "run": run,
         "run_dir": str(work),
@@ -602,15 +546,15 @@ def finalize(
         "privacy_mode": f"dp-sgd per-example ({config.privacy.accountant})" if config.privacy.enabled else "none",
         "trainable_parameters": sum(runtime.model.get_parameter(n).numel() for n in trainable_names(runtime.model)),
         "final": {
-            "auc": last["auc"],
-            "metrics": last["metrics"],
-            "per_bank_test": last["per_bank_test"],
-            "epsilon": last["epsilon"],
+            "auc": last.auc,
+            "metrics": last.metrics,
+            "per_bank_test": last.per_bank_test,
+            "epsilon": last.epsilon,
             "adapter": store.uri("final/adapter.safetensors"),
             "peft_adapter": str(peft_dir),
             "sha256": meta["sha256"],
         },
-        "rounds": [r for r in rounds if not r.get("stopped_early")] or rounds,
+        "rounds": [r.to_json() for r in ([r for r in rounds if not r.stopped_early] or rounds)],
         "privacy": privacy,
         "stopped_early": stopped,
     }
@@ -652,14 +596,11 @@ def _privacy_summary(config: Config, store: Store) -> dict[str, Any]:
 
 __all__ = [
     "OUTCOME_FILE",
-    "BankOutcome",
-    "BankStatus",
     "FederationError",
     "aggregate_round",
     "finalize",
     "initialize",
     "read_bank_outcome",
-    "round_metrics",
     "select_banks",
     "train_bank",
 ]

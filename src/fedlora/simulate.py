@@ -17,15 +17,8 @@ from typing import Any, Protocol
 
 from fedlora.config import Config
 from fedlora.errors import FedLoRAError
-from fedlora.federation import (
-    BankOutcome,
-    FederationError,
-    aggregate_round,
-    finalize,
-    initialize,
-    select_banks,
-    train_bank,
-)
+from fedlora.federation import FederationError, aggregate_round, finalize, initialize, select_banks, train_bank
+from fedlora.records import BankOutcome, RoundRecord
 from fedlora.runtime import Runtime
 from fedlora.store.adapters import put_json
 from fedlora.store.base import Store
@@ -54,7 +47,7 @@ class ProgressSink(Protocol):
         """A bank finished its round (result) or failed (error)."""
         ...
 
-    def round_finished(self, record: dict[str, Any]) -> None:
+    def round_finished(self, record: RoundRecord) -> None:
         """A round was aggregated and committed."""
         ...
 
@@ -71,7 +64,7 @@ class SilentProgress:
     def bank_finished(self, result: BankOutcome | None, *, round_index: int, bank: str, error: str | None) -> None:
         return None
 
-    def round_finished(self, record: dict[str, Any]) -> None:
+    def round_finished(self, record: RoundRecord) -> None:
         return None
 
 
@@ -128,10 +121,10 @@ class Simulation:
                     record = aggregate_round(config, run=run, round_index=r, outcomes=outcomes, runtime=runtime)
                 except FederationError as exc:
                     raise SimulationError(str(exc)) from exc
-                if record["stopped_early"]:
-                    log.warning(record["stopped_early"])
+                if record.stopped_early:
+                    log.warning(record.stopped_early)
                     if r == 1:
-                        raise SimulationError(record["stopped_early"])
+                        raise SimulationError(record.stopped_early)
                     break
                 self.progress.round_finished(record)
             summary = finalize(config, run=run, runtime=runtime, local_dir=Path(config.output.dir) / run)

@@ -22,7 +22,8 @@ import logging
 import time
 
 from fedlora.config import Config
-from fedlora.federation import OUTCOME_FILE, BankOutcome, read_bank_outcome
+from fedlora.federation import OUTCOME_FILE, read_bank_outcome
+from fedlora.records import BankOutcome
 from fedlora.store.base import update_prefix
 from fedlora.store.run import open_run_store
 
