@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from fedlora.privacy.bank_side import (
 from fedlora.privacy.dp_evaluation import ScoreHistograms, noised, pooled_metrics, score_histograms
 from fedlora.privacy.policy import BankPolicy
 from fedlora.privacy.randomness import Randomness
-from fedlora.records import BankOutcome, BankStatus, RoundRecord, round_metrics
+from fedlora.records import NOT_PRIVATE, BankOutcome, BankStatus, RoundRecord, round_metrics
 from fedlora.report import write_report
 from fedlora.runtime import BankSets, Runtime
 from fedlora.server import AggregationError, Update, aggregate, max_update_norm, sample_banks
@@ -404,80 +405,131 @@ def aggregate_round(
         return RoundRecord.from_json(get_json(store, manifest))
     with runtime.timer.phase("store"):
         previous = load_adapter(store, global_prefix(round_index - 1)).tensors
-        before = get_json(store, f"{round_prefix(round_index - 1)}/MANIFEST.json") if round_index > 1 else {}
+        before = (
+            RoundRecord.from_json(get_json(store, f"{round_prefix(round_index - 1)}/MANIFEST.json"))
+            if round_index > 1
+            else None
+        )
     selected = [o for o in outcomes if o.status != "not_selected"]
-    trained = [o for o in selected if o.status == "ok"]
-    failed = {o.bank: o.message for o in selected if o.status == "failed"}
-    exhausted = [o.bank for o in selected if o.status == "budget_exhausted"]
-    epsilon: dict[str, float | None] = dict(before.get("epsilon", {}))
+    averaged = _aggregate_or_stop(config, runtime, store, round_index, selected, previous)
+    record = RoundRecord(
+        round=round_index,
+        epsilon=_carry_epsilon(config, before, selected),
+        banks=averaged.accepted,
+        failed=_messages(selected, "failed"),
+        rejected=averaged.rejected,
+        refused=_messages(selected, "refused"),
+        budget_exhausted=[o.bank for o in selected if o.status == "budget_exhausted"],
+        steps={o.bank: o.steps for o in selected if o.status == "ok"},
+        stopped_early=averaged.stopped,
+        dp_evaluation=_pooled_dp_evaluation(selected, round_index),
+    )
+    record = _evaluate_centrally(config, runtime, record, averaged.adapter)
+    _commit_round(runtime, store, record, averaged.adapter, selected)
+    _log_round(config, runtime, store, run, record)
+    return record
+
+
+def _messages(selected: list[BankOutcome], status: BankStatus) -> dict[str, str]:
+    return {o.bank: o.message for o in selected if o.status == status}
+
+
+def _carry_epsilon(config: Config, before: RoundRecord | None, selected: list[BankOutcome]) -> dict[str, float | None]:
+    """Every bank's run ε after this round: the previous round's, updated by the banks that charged their ledger.
+
+    A private bank that never trained has spent 0.0; a non-private one is :data:`NOT_PRIVATE`.
+    """
+    epsilon: dict[str, float | None] = dict(before.epsilon) if before is not None else {}
     for spec in config.federation.banks:
-        epsilon.setdefault(spec.name, 0.0 if config.privacy.enabled else None)
+        epsilon.setdefault(spec.name, 0.0 if config.privacy.enabled else NOT_PRIVATE)
     for o in selected:
         if o.status in ("ok", "budget_exhausted"):
             epsilon[o.bank] = o.epsilon
-    stopped = ""
+    return epsilon
+
+
+@dataclass(frozen=True)
+class _Averaged:
+    """The round's new global adapter, whose updates went into it, which were rejected and why it stopped."""
+
+    adapter: AdapterState
+    accepted: list[str]
+    rejected: dict[str, str]
+    stopped: str | None = None
+
+
+def _aggregate_or_stop(
+    config: Config,
+    runtime: Runtime,
+    store: Store,
+    round_index: int,
+    selected: list[BankOutcome],
+    previous: AdapterState,
+) -> _Averaged:
+    """Average the valid updates; keep ``previous`` (and stop) when every selected bank's budget is spent.
+
+    Raises:
+        FederationError: fewer than ``federation.min_banks`` valid updates.
+
+    """
+    trained = [o for o in selected if o.status == "ok"]
+    exhausted = [o.bank for o in selected if o.status == "budget_exhausted"]
     if not trained and exhausted and len(exhausted) == len(selected):
         stopped = f"round {round_index}: every selected bank's privacy budget is spent; stopping"
-        new_global, accepted = previous, []
-        rejected: dict[str, str] = {}
-    else:
-        with runtime.timer.phase("store"):
-            updates, rejected = _read_updates(config, store, round_index, trained, previous)
-        with runtime.timer.phase("aggregate"):
-            try:
-                agg = aggregate(updates, previous, min_banks=config.federation.min_banks)
-            except AggregationError as exc:
-                raise FederationError(
-                    f"round {round_index} failed: {exc}; failed banks: {failed or 'none'}, "
-                    f"rejected: {rejected or 'none'}, budget spent: {exhausted or 'none'}"
-                ) from exc
-        rejected.update(agg.rejected)
-        new_global, accepted = agg.adapter, agg.accepted
-    record = RoundRecord(
-        round=round_index,
-        epsilon=epsilon,
-        banks=accepted,
-        failed=failed,
-        rejected=rejected,
-        refused={o.bank: o.message for o in selected if o.status == "refused"},
-        budget_exhausted=exhausted,
-        steps={o.bank: o.steps for o in trained},
-        stopped_early=stopped or None,
-        dp_evaluation=_pooled_dp_evaluation(selected, round_index),
-    )
-    if config.kubeflow.mode == "inline" and runtime.all_readable():
-        evaluation = runtime.evaluate(new_global)
-        record = dataclasses.replace(
-            record,
-            evaluation="central: this process holds every bank's test rows (simulation / inline run)",
-            auc=evaluation.pooled.auc,
-            ks=evaluation.pooled.ks,
-            metrics=evaluation.pooled.as_dict(),
-            per_bank_test={b: m.as_dict() for b, m in evaluation.per_bank.items()},
-            roc=evaluation.roc,
-        )
-    # else the coordinator sees no bank's rows: only the banks' DP releases (dp_evaluation) say anything
+        return _Averaged(adapter=previous, accepted=[], rejected={}, stopped=stopped)
     with runtime.timer.phase("store"):
-        save_adapter(
-            store,
-            global_prefix(round_index),
-            new_global,
-            {
-                "round": round_index,
-                "kind": "global",
-                "banks": accepted,
-                "num_examples": sum(o.num_examples for o in trained if o.bank in accepted),
-            },
-        )
-        put_json(store, manifest, record.to_json())
+        updates, rejected = _read_updates(config, store, round_index, trained, previous)
+    with runtime.timer.phase("aggregate"):
+        try:
+            agg = aggregate(updates, previous, min_banks=config.federation.min_banks)
+        except AggregationError as exc:
+            failed = _messages(selected, "failed")
+            raise FederationError(
+                f"round {round_index} failed: {exc}; failed banks: {failed or 'none'}, "
+                f"rejected: {rejected or 'none'}, budget spent: {exhausted or 'none'}"
+            ) from exc
+    return _Averaged(adapter=agg.adapter, accepted=agg.accepted, rejected=rejected | agg.rejected)
+
+
+def _evaluate_centrally(config: Config, runtime: Runtime, record: RoundRecord, adapter: AdapterState) -> RoundRecord:
+    """Add the pooled and per-bank test metrics of ``adapter`` where this process holds every bank's test rows.
+
+    Elsewhere the coordinator sees no bank's rows: only the banks' DP releases (``dp_evaluation``) say anything.
+    """
+    if config.kubeflow.mode != "inline" or not runtime.all_readable():
+        return record
+    evaluation = runtime.evaluate(adapter)
+    return dataclasses.replace(
+        record,
+        evaluation="central: this process holds every bank's test rows (simulation / inline run)",
+        auc=evaluation.pooled.auc,
+        ks=evaluation.pooled.ks,
+        metrics=evaluation.pooled.as_dict(),
+        per_bank_test={b: m.as_dict() for b, m in evaluation.per_bank.items()},
+        roc=evaluation.roc,
+    )
+
+
+def _commit_round(
+    runtime: Runtime, store: Store, record: RoundRecord, adapter: AdapterState, selected: list[BankOutcome]
+) -> None:
+    """Write the global adapter, then the manifest (the round is committed when the manifest exists)."""
+    examples = sum(o.num_examples for o in selected if o.status == "ok" and o.bank in record.banks)
+    meta = {"round": record.round, "kind": "global", "banks": record.banks, "num_examples": examples}
+    with runtime.timer.phase("store"):
+        save_adapter(store, global_prefix(record.round), adapter, meta)
+        put_json(store, f"{round_prefix(record.round)}/MANIFEST.json", record.to_json())
+
+
+def _log_round(config: Config, runtime: Runtime, store: Store, run: str, record: RoundRecord) -> None:
+    """The round's metrics, and a tag per failed or rejected bank, to the run's tracker."""
     with runtime.timer.phase("tracking"):
         tracker = open_tracker(config, store, run=run, runtime=runtime)
-        tracked("log_metrics", tracker.log_metrics, round_metrics(record), step=round_index)
-        problems = {f"round{round_index}.failed.{b}": m for b, m in failed.items()}
-        problems |= {f"round{round_index}.rejected.{b}": m for b, m in rejected.items()}
+        tracked("log_metrics", tracker.log_metrics, round_metrics(record), step=record.round)
+        problems = {f"round{record.round}.failed.{b}": m for b, m in record.failed.items()}
+        problems |= {f"round{record.round}.rejected.{b}": m for b, m in record.rejected.items()}
         if problems:
             tracked("set_tags", tracker.set_tags, problems)
-    return record
 
 
 def _pooled_dp_evaluation(selected: list[BankOutcome], round_index: int) -> dict[str, Any] | None:
