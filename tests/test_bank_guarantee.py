@@ -29,14 +29,16 @@ from sklearn.metrics import roc_auc_score
 
 from fedlora.cli import main
 from fedlora.config import Config, config_to_yaml, load_config
-from fedlora.federation import BankSide, _randomness, aggregate_round, initialize, open_run_store, train_bank
+from fedlora.federation import aggregate_round, initialize, train_bank
 from fedlora.privacy.accounting import MechanismRun, compute_epsilon
 from fedlora.privacy.bank_ledger import AlreadyCharged, BankLedger, BudgetSpent
+from fedlora.privacy.bank_side import BankSide, bank_randomness
 from fedlora.privacy.dp_evaluation import noised, pooled_metrics, score_histograms
 from fedlora.privacy.policy import BankPolicy
 from fedlora.privacy.randomness import SecureRandomness, SeededRandomness
 from fedlora.runtime import Runtime
 from fedlora.store.local import LocalStore
+from fedlora.store.run import open_run_store
 
 TINY_POLICY = json.dumps({"minNoiseMultiplier": 0.0})
 """The tiny test schedule (2 rounds x 2 steps at ε=8) calibrates to σ < 0.5, the default policy's floor."""
@@ -84,9 +86,9 @@ def _job(config: Config, tmp_path: Path, *, round_index: int = 1, run: str = "r1
 
 
 def test_noise_comes_from_the_os_csprng_unless_a_research_run_asks(tiny_config: Config) -> None:
-    assert isinstance(_randomness(tiny_config, "bank-a", 1), SecureRandomness)
+    assert isinstance(bank_randomness(tiny_config, "bank-a", 1), SecureRandomness)
     research = load_config(None, ["privacy.insecure_seeded_noise=true"])
-    assert isinstance(_randomness(research, "bank-a", 1), SeededRandomness)
+    assert isinstance(bank_randomness(research, "bank-a", 1), SeededRandomness)
 
 
 def test_two_default_runs_with_the_same_seed_release_different_adapters(tiny_overrides: list[str]) -> None:
@@ -348,9 +350,9 @@ def test_namespaced_aggregation_reports_no_test_auc_on_the_coordinators_copy(
         for b in config.federation.banks
     ]
     record = aggregate_round(config, run="r1", round_index=1, outcomes=outcomes, runtime=runtime)
-    assert record["auc"] is None and record["per_bank_test"] == {}
-    assert record["dp_evaluation"]["banks"] == sorted(b.name for b in config.federation.banks)
-    assert 0.0 <= record["dp_evaluation"]["auc"] <= 1.0
+    assert record.auc is None and record.per_bank_test == {}
+    assert record.dp_evaluation["banks"] == sorted(b.name for b in config.federation.banks)
+    assert 0.0 <= record.dp_evaluation["auc"] <= 1.0
     assert open_run_store(config, "r1").exists("rounds/0001/MANIFEST.json")
 
 

@@ -84,7 +84,7 @@ def test_train_bank_uses_the_banks_data_and_store_and_is_idempotent(tiny_overrid
 
 
 def _store(config: Config) -> Any:
-    from fedlora.federation import open_run_store
+    from fedlora.store.run import open_run_store
 
     return open_run_store(config, "r1")
 

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from fedlora.config import Config, config_to_yaml, load_config
-from fedlora.federation import BankOutcome, initialize, train_bank
+from fedlora.federation import initialize, train_bank
 from fedlora.pipeline import coordinator, steps
+from fedlora.records import BankOutcome
 
 
 class FakeOutput:
@@ -73,7 +74,7 @@ def test_rounds_loop_in_one_task_with_per_round_metrics_and_resume(
     with pytest.raises(KeyboardInterrupt):
         _federate(config, tmp_path)
     assert calls == [("bank-a", 1), ("bank-b", 1), ("bank-c", 1), ("bank-a", 2)]
-    assert [r["round"] for r in coordinator.committed_records(config, run="r")] == [1]
+    assert [r.round for r in coordinator.committed_records(config, run="r")] == [1]
 
     calls.clear()
     monkeypatch.setattr(
@@ -119,4 +120,4 @@ def test_namespaced_banks_of_a_round_run_concurrently_and_published_ones_are_not
     monkeypatch.setattr(steps, "run_bank_job", job)
     records = coordinator.run_rounds(config, run="r")
     assert sorted(launched) == ["bank-a", "bank-c"]
-    assert records[-1]["banks"] == ["bank-a", "bank-b", "bank-c"]
+    assert records[-1].banks == ["bank-a", "bank-b", "bank-c"]

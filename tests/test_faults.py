@@ -17,8 +17,9 @@ from click.testing import CliRunner
 
 from fedlora.cli import main
 from fedlora.config import Config, load_config
-from fedlora.federation import BankOutcome, aggregate_round, initialize, train_bank
+from fedlora.federation import aggregate_round, initialize, train_bank
 from fedlora.privacy.accounting import MechanismRun, compute_epsilon
+from fedlora.records import BankOutcome
 from fedlora.runtime import Runtime
 from fedlora.store.adapters import ADAPTER_FILE, load_adapter, save_adapter
 from fedlora.store.base import update_prefix
@@ -170,8 +171,8 @@ def test_tampered_update_is_rejected_logged_and_excluded(
     tamper, reason = TAMPERING[kind]
     tamper(store)
     record = aggregate_round(config, run="run", round_index=1, outcomes=outcomes, runtime=Runtime(config))
-    assert record["banks"] == ["bank-a", "bank-c"]
-    assert reason in record["rejected"]["bank-b"]
+    assert record.banks == ["bank-a", "bank-c"]
+    assert reason in record.rejected["bank-b"]
     assert any("bank-b" in r.message for r in caplog.records if r.levelname == "WARNING")
     # The committed global adapter is the average of the two honest updates only.
     a = load_adapter(store, update_prefix(1, "bank-a"))
@@ -190,4 +191,4 @@ def test_honest_updates_pass_the_norm_and_frozen_checks(
     config = config.model_copy(update={"output": config.output.model_copy(update={"dir": str(tmp_path)})})
     shutil.copytree(base, tmp_path / "run")
     record = aggregate_round(config, run="run", round_index=1, outcomes=outcomes, runtime=Runtime(config))
-    assert record["banks"] == BANKS and record["rejected"] == {}
+    assert record.banks == BANKS and record.rejected == {}

@@ -280,8 +280,8 @@ def test_namespaced_step_returns_the_outcome_the_banks_job_published(
     cluster: tuple[FakeCluster, client.ApiClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from fedlora.config import load_config_text
-    from fedlora.federation import BankOutcome
     from fedlora.pipeline import steps
+    from fedlora.records import BankOutcome
 
     state, api = cluster
     published = BankOutcome(bank="bank-a", round=3, status="ok", num_examples=250, epsilon=0.9, steps=12)
@@ -366,8 +366,8 @@ def test_namespaced_step_outside_a_cluster_is_a_failed_bank(monkeypatch: pytest.
 def test_namespaced_step_keeps_an_outcome_published_before_the_job_failed(
     cluster: tuple[FakeCluster, client.ApiClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fedlora.federation import BankOutcome
     from fedlora.pipeline import steps
+    from fedlora.records import BankOutcome
 
     state, api = cluster
     state.scenario = "fail"  # e.g. the pod was evicted after it had published its update

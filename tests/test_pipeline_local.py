@@ -11,9 +11,9 @@ import pytest
 from kfp import local
 
 from fedlora.config import Config, config_to_yaml, load_config
-from fedlora.federation import BankOutcome
 from fedlora.pipeline import steps
 from fedlora.pipeline.pipeline import build_pipeline
+from fedlora.records import BankOutcome
 
 
 class FakeMetrics:

@@ -28,11 +28,13 @@ from click.testing import CliRunner
 from fedlora.bank_agent import acquire_lease, process_pending, run_agent
 from fedlora.cli import main
 from fedlora.config import Config, load_config
-from fedlora.federation import aggregate_round, initialize, open_run_store, read_bank_outcome
+from fedlora.federation import aggregate_round, initialize, read_bank_outcome
 from fedlora.pipeline.coordinator import run_rounds
 from fedlora.pipeline.pull import await_bank_outcome
 from fedlora.pipeline.steps import bank_round
+from fedlora.records import RoundRecord
 from fedlora.store.local import LocalStore
+from fedlora.store.run import open_run_store
 
 TINY_POLICY = '{"minNoiseMultiplier": 0}'  # the tiny schedule calibrates to σ < 0.5
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +82,7 @@ class _Coordinator(threading.Thread):
     def __init__(self, config: Config, run: str) -> None:
         super().__init__(daemon=True)
         self.config, self.run_name = config, run
-        self.records: list[dict[str, Any]] = []
+        self.records: list[RoundRecord] = []
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -109,11 +111,11 @@ def test_pull_mode_federation_end_to_end(tiny_overrides: list[str], tmp_path: Pa
     coordinator.join(timeout=5)
     assert coordinator.error is None, coordinator.error
     records = coordinator.records
-    assert [r["round"] for r in records] == [1, 2]
+    assert [r.round for r in records] == [1, 2]
     for record in records:
-        assert record["banks"] == banks and record["failed"] == {} and record["refused"] == {}
-        assert all(0 < record["epsilon"][b] <= config.privacy.target_epsilon for b in banks)
-        assert record["auc"] is None  # the coordinator holds no bank's rows
+        assert record.banks == banks and record.failed == {} and record.refused == {}
+        assert all(0 < record.epsilon[b] <= config.privacy.target_epsilon for b in banks)
+        assert record.auc is None  # the coordinator holds no bank's rows
     # each bank trained each round exactly once, said so in one line, and its ledger holds one charge per round
     for bank in banks:
         mine = [line for line in lines if f"bank {bank}:" in line]
@@ -152,9 +154,9 @@ def test_timeout_is_a_failed_bank_and_a_refusing_policy_a_refused_one(
     assert silent.status == "failed" and "published no outcome for round 1 within 3s" in silent.message
 
     (record,) = run_rounds(config, run="r1")  # the same dispatch, inside the coordinator's loop: not a failed run
-    assert record["banks"] == ["bank-a"]
-    assert set(record["failed"]) == {"bank-c"} and "bank-agent" in record["failed"]["bank-c"]
-    assert set(record["refused"]) == {"bank-b"} and "maxEpsilonPerRun" in record["refused"]["bank-b"]
+    assert record.banks == ["bank-a"]
+    assert set(record.failed) == {"bank-c"} and "bank-agent" in record.failed["bank-c"]
+    assert set(record.refused) == {"bank-b"} and "maxEpsilonPerRun" in record.refused["bank-b"]
 
 
 def test_a_published_outcome_ends_the_wait(tiny_overrides: list[str], tmp_path: Path) -> None:
@@ -302,7 +304,7 @@ def test_pull_mode_on_ceph_survives_an_exchange_outage(
             agent.join(timeout=120)
         logging.getLogger("fedlora").removeHandler(waiting)
     (record,) = coordinator.records
-    assert record["banks"] == ["bank-a"] and record["failed"] == {}
+    assert record.banks == ["bank-a"] and record.failed == {}
     assert lines == [lines[0]] and lines[0].startswith("run r1 round 1 bank bank-a: ok (")
     # the agent met the outage (its S3 client retries for store.retry_seconds, 60 s by default, then the pass ends
     # and the next one retries) and went on

@@ -26,21 +26,17 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load as load_safetensors
 
 from fedlora.config import Config, load_config
-from fedlora.federation import (
-    BankOutcome,
-    BankSide,
-    committed_rounds,
-    initialize,
-    open_run_store,
-    train_bank,
-)
+from fedlora.federation import initialize, train_bank
+from fedlora.privacy.bank_side import BankSide
 from fedlora.privacy.policy import BankPolicy
+from fedlora.records import BankOutcome, RoundRecord
 from fedlora.runtime import Runtime
 from fedlora.simulate import simulate
 from fedlora.store.adapters import get_json, load_adapter, put_json, save_adapter
 from fedlora.store.base import StoreError
 from fedlora.store.local import LocalStore
 from fedlora.store.policy import bank_principal, consortium_bucket_policy
+from fedlora.store.run import committed_rounds, open_run_store
 from fedlora.store.s3 import S3Store
 from helpers import run_cli as _run_cli
 from helpers import set_args as _sets
@@ -431,7 +427,7 @@ class PauseAfterRound:
         self.at = at
         self.reached = threading.Event()
         self.go_on = threading.Event()
-        self.records: list[dict[str, Any]] = []
+        self.records: list[RoundRecord] = []
 
     def start(self, *, rounds: int, banks: list[str]) -> None:
         return None
@@ -442,9 +438,9 @@ class PauseAfterRound:
     def bank_finished(self, result: Any, *, round_index: int, bank: str, error: str | None) -> None:
         return None
 
-    def round_finished(self, record: dict[str, Any]) -> None:
+    def round_finished(self, record: RoundRecord) -> None:
         self.records.append(record)
-        if record["round"] == self.at:
+        if record.round == self.at:
             self.reached.set()
             assert self.go_on.wait(timeout=300)
 
@@ -556,7 +552,7 @@ def test_run_fails_clearly_when_s3_stays_down_and_resumes_afterwards(
     assert admin.get_object(Bucket=bucket, Key=manifest_key)["Body"].read() == manifest_before
     store = open_run_store(config, "down")
     _verify_rounds(store, [1])
-    assert get_json(store, "rounds/0001/MANIFEST.json")["epsilon"] == sink.records[0]["epsilon"]
+    assert get_json(store, "rounds/0001/MANIFEST.json")["epsilon"] == sink.records[0].epsilon
     assert not store.exists("rounds/0002/MANIFEST.json")
     assert not store.exists("summary.json")
 

@@ -49,17 +49,13 @@ from pathlib import Path
 from fedlora.bank_job import request_config
 from fedlora.bank_request import BankRequestError, BankTrainingError, bank_side, train_request
 from fedlora.config import Config, ConfigError
-from fedlora.federation import (
-    OUTCOME_FILE,
-    BankOutcome,
-    committed_rounds,
-    open_run_store,
-    public_message,
-    select_banks,
-)
+from fedlora.federation import OUTCOME_FILE, select_banks
+from fedlora.privacy.bank_side import public_message
+from fedlora.records import BankOutcome
 from fedlora.store.adapters import get_json, put_json
 from fedlora.store.base import Store, global_prefix, round_prefix, update_prefix
 from fedlora.store.local import LocalStore
+from fedlora.store.run import committed_rounds, open_run_store
 from fedlora.store.s3 import S3Store, parse_s3_uri
 
 __all__ = ["AgentPass", "exchange_store", "list_runs", "next_round", "outcome_line", "process_pending", "run_agent"]

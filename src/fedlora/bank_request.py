@@ -1,6 +1,6 @@
 """One training request on the bank's side: the code path of ``fedlora train-bank`` and ``fedlora bank-agent``.
 
-Both commands call :func:`train_request`: it builds the bank's side (:class:`~fedlora.federation.BankSide`:
+Both commands call :func:`train_request`: it builds the bank's side (:class:`~fedlora.privacy.bank_side.BankSide`:
 its policy from ``FEDLORA_BANK_POLICY``, its own ledger from ``FEDLORA_BANK_LEDGER``, redacted
 messages, CSPRNG noise) and a :class:`~fedlora.runtime.Runtime` on the bank's data
 (``FEDLORA_BANK_DATA``) from the environment the bank's Helm release sets (:mod:`fedlora.bank_job`),
@@ -17,8 +17,10 @@ from collections.abc import Mapping
 
 from fedlora.bank_job import bank_data_path, bank_ledger_store, bank_policy, request_config
 from fedlora.config import ConfigError
-from fedlora.federation import BankOutcome, BankSide, public_message, train_bank
+from fedlora.federation import train_bank
+from fedlora.privacy.bank_side import BankSide, public_message
 from fedlora.privacy.policy import PolicyError
+from fedlora.records import BankOutcome
 from fedlora.runtime import Runtime
 
 __all__ = ["BankRequestError", "BankTrainingError", "bank_side", "keep_private_error", "train_request"]

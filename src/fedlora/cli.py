@@ -16,9 +16,10 @@ from rich.table import Table
 
 from fedlora.config import ConfigError, describe_fields, load_config
 from fedlora.errors import FedLoRAError
+from fedlora.records import format_epsilon
 
 if TYPE_CHECKING:
-    from fedlora.federation import BankOutcome
+    from fedlora.records import BankOutcome, RoundRecord
 
 console = Console(stderr=True)
 
@@ -58,13 +59,13 @@ class RichProgress:
         elif result is not None and result.status != "ok":
             self.console.print(f"[yellow]round {round_index} {bank}: {result.message}[/]")
         elif result is not None:
-            eps = "∞ (non-private)" if result.epsilon is None else f"{result.epsilon:.3f}"
+            eps = format_epsilon(result.epsilon)
             released = ", DP evaluation histograms released" if result.evaluation else ""
             self.console.print(f"round {round_index} {bank}: ε {eps}, {result.steps} steps{released}")
 
-    def round_finished(self, record: dict[str, Any]) -> None:
-        auc = record["auc"] if record["auc"] is not None else (record.get("dp_evaluation") or {}).get("auc")
-        self.bar.update(self.task, advance=1, description=f"round {record['round']} done: AUC {_num(auc)}")
+    def round_finished(self, record: RoundRecord) -> None:
+        auc = record.auc if record.auc is not None else (record.dp_evaluation or {}).get("auc")
+        self.bar.update(self.task, advance=1, description=f"round {record.round} done: AUC {_num(auc)}")
 
     def stop(self) -> None:
         self.bar.stop()
@@ -80,7 +81,7 @@ def _summary_table(summary: dict[str, Any]) -> Table:
     for col in ["round", "test AUC", "KS", *[f"ε {b}" for b in banks], "banks"]:
         table.add_column(col, justify="right", no_wrap=True)
     for r in summary["rounds"]:
-        eps = ["∞" if r["epsilon"][b] is None else f"{r['epsilon'][b]:.3f}" for b in banks]
+        eps = [format_epsilon(r["epsilon"][b]) for b in banks]
         table.add_row(str(r["round"]), _num(r["auc"]), _num(r["ks"]), *eps, str(len(r["banks"])))
     return table
 
@@ -151,7 +152,7 @@ def simulate(
     final adapter, summary.json, report/index.html) under output.dir and logs to MLflow.
     """
     if resume is not None:
-        from fedlora.federation import LOCATION_SECTIONS
+        from fedlora.store.run import LOCATION_SECTIONS
 
         fixed = [o for o in overrides if o.split(".", 1)[0].strip() not in LOCATION_SECTIONS]
         if fixed:

@@ -18,121 +18,45 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
+from typing import Any
 
 from fedlora.client import BankState, ClientResult, run_client_round
-from fedlora.config import Config, ConfigError, config_to_yaml, load_config_text
-from fedlora.errors import FedLoRAError
+from fedlora.config import Config, config_to_yaml
+from fedlora.errors import FederationError
 from fedlora.model.encoding import RowSet
 from fedlora.model.lora import AdapterState, load_adapter_state, trainable_names
-from fedlora.privacy.accounting import (
-    PrivacyConfigError,
-    PrivacyPlan,
-    declared_count,
-    default_delta,
-    plan_privacy,
-)
+from fedlora.privacy.accounting import PrivacyConfigError, PrivacyPlan, declared_count
 from fedlora.privacy.bank_ledger import BankLedger, BudgetSpent, ClaimRefused, dataset_fingerprint
+from fedlora.privacy.bank_side import (
+    BankSide,
+    bank_randomness,
+    load_bank_privacy,
+    plan_bank,
+    publish_privacy_report,
+)
 from fedlora.privacy.dp_evaluation import ScoreHistograms, noised, pooled_metrics, score_histograms
-from fedlora.privacy.policy import BankPolicy, PolicyError
-from fedlora.privacy.randomness import Randomness, make_randomness
+from fedlora.privacy.policy import BankPolicy
+from fedlora.privacy.randomness import Randomness
+from fedlora.records import NOT_PRIVATE, BankOutcome, BankStatus, RoundRecord, round_metrics
 from fedlora.report import write_report
 from fedlora.runtime import BankSets, Runtime
 from fedlora.server import AggregationError, Update, aggregate, max_update_norm, sample_banks
 from fedlora.store.adapters import get_json, load_adapter, put_json, save_adapter
-from fedlora.store.base import PrefixedStore, Store, StoreError, global_prefix, round_prefix, update_prefix
-from fedlora.store.local import LocalStore
-from fedlora.store.s3 import S3Store, parse_s3_uri
-from fedlora.tracking import MLflowTracker, NullTracker, Tracker, TrackingError, flatten
+from fedlora.store.base import Store, StoreError, global_prefix, round_prefix, update_prefix
+from fedlora.store.run import committed_rounds, open_run_store, semantic_config, stored_config
+from fedlora.tracking import flatten, open_tracker, register_final, tracked
 from fedlora.training import DPSettings, predict_default_probability, steps_per_round
 
 log = logging.getLogger(__name__)
 
 OUTCOME_FILE = "outcome.json"
-# Config sections that may differ when a run is resumed (where things live, not what is computed).
-LOCATION_SECTIONS = ("store", "tracking", "output", "kubeflow")
 
 
-class FederationError(FedLoRAError, RuntimeError):
-    """A step cannot go on (too few banks, an uncommitted previous round, a conflicting run)."""
-
-
-BankStatus = Literal["ok", "budget_exhausted", "not_selected", "refused", "failed"]
-
-
-@dataclass(frozen=True)
-class BankOutcome:
-    """What a bank published for a round (JSON-able: it travels between pipeline tasks).
-
-    Everything here has left the bank, so it holds only DP releases and public values: the
-    declared (rounded) example count, the run's ε from the bank's ledger, and, when the bank's
-    policy releases metrics, its noised score histograms. Exact metrics, losses and counts
-    stay in the bank's own ledger store.
-    """
-
-    bank: str
-    round: int
-    status: BankStatus
-    num_examples: int = 0
-    epsilon: float | None = None
-    delta: float | None = None
-    steps: int = 0
-    evaluation: dict[str, Any] | None = None
-    update_uri: str | None = None
-    message: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> BankOutcome:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-    @classmethod
-    def failed(cls, bank: str, round_index: int, message: str) -> BankOutcome:
-        return cls(bank=bank, round=round_index, status="failed", message=message)
-
-
-# --- where a run lives -------------------------------------------------------------------
-
-
-def open_run_store(config: Config, run: str) -> Store:
-    """The store of run ``run``: ``store.uri``/run (S3 or a directory), or ``output.dir``/run."""
-    uri = config.store.uri
-    if uri is None:
-        return LocalStore(Path(config.output.dir) / run)
-    if uri.startswith("s3://"):
-        bucket, prefix = parse_s3_uri(uri)
-        s3 = config.store
-        return S3Store(
-            bucket=bucket,
-            prefix=f"{prefix}/{run}" if prefix else run,
-            endpoint_url=s3.endpoint_url,
-            region=s3.region,
-            path_style=s3.path_style,
-            sse=s3.sse,
-            sse_kms_key_id=s3.sse_kms_key_id,
-            retry_seconds=s3.retry_seconds,
-        )
-    return LocalStore(Path(uri) / run)
-
-
-def committed_rounds(store: Store) -> list[int]:
-    """Rounds whose manifest exists, in order."""
-    rounds = []
-    for key in store.list("rounds/"):
-        parts = key.split("/")
-        if len(parts) == 3 and parts[2] == "MANIFEST.json":
-            rounds.append(int(parts[1]))
-    return sorted(rounds)
+# --- the steps ---------------------------------------------------------------------------
 
 
 def select_banks(config: Config, round_index: int) -> list[str]:
@@ -144,160 +68,6 @@ def select_banks(config: Config, round_index: int) -> list[str]:
         round_index=round_index,
         seed=config.seed,
     )
-
-
-def _semantic(config: Config) -> dict[str, Any]:
-    return {k: v for k, v in config.model_dump(mode="json").items() if k not in LOCATION_SECTIONS}
-
-
-def stored_config(store: Store, config: Config) -> Config:
-    """The run's own config from the store, with this process's location sections (store, tracking, ...)."""
-    text = store.get("config.yaml").decode("utf-8")
-    stored = load_config_text(text, source=store.uri("config.yaml"))
-    return stored.model_copy(update={k: getattr(config, k) for k in LOCATION_SECTIONS})
-
-
-# --- privacy: the bank's policy, plan and ledger --------------------------------------
-
-
-def _privacy_key(bank: str) -> str:
-    return f"privacy/{bank}.json"
-
-
-@dataclass(frozen=True)
-class BankSide:
-    """What only the bank decides: its privacy policy and where its own ledger lives.
-
-    In a bank's Job (``job=True``) both come from the bank's Helm release
-    (``FEDLORA_BANK_POLICY``, ``FEDLORA_BANK_LEDGER``), messages that leave the bank are
-    redacted, and seeded noise is refused. In ``fedlora simulate`` and inline Kubeflow runs
-    the user is every bank: the config is each bank's policy and the ledgers live in the run's
-    store under ``bank-ledgers/<bank>/``.
-    """
-
-    ledger_store: Store | None = None
-    policy: BankPolicy | None = None
-    job: bool = False
-
-    def policy_for(self, config: Config, bank: str) -> BankPolicy:
-        return self.policy if self.policy is not None else BankPolicy.for_simulation(config, bank)
-
-    def ledger_store_for(self, run_store: Store, bank: str) -> Store:
-        return self.ledger_store if self.ledger_store is not None else PrefixedStore(run_store, f"bank-ledgers/{bank}")
-
-
-def plan_bank(config: Config, bank: str, num_examples: int, *, policy: BankPolicy, runtime: Runtime) -> PrivacyPlan:
-    """Calibrate ``bank``'s σ from its own row count for its target (ε, δ) over the whole schedule.
-
-    δ is the request's, else ``1/(10·n_declared)``, never above the policy's ``maxDelta``; the
-    evaluation releases are reserved up front when the policy releases metrics. Plans are
-    cached in the runtime (a deterministic search of seconds with the PRV accountant).
-    """
-    spec = next(b for b in config.federation.banks if b.name == bank)
-    delta = config.privacy.delta
-    if delta is None and policy.max_delta is not None:
-        delta = min(policy.max_delta, default_delta(declared_count(num_examples)))
-    key = (
-        spec.target_epsilon or config.privacy.target_epsilon,
-        delta,
-        num_examples,
-        config.training.model_dump_json(),
-        config.federation.rounds,
-        config.privacy.max_grad_norm,
-        config.privacy.noise_multiplier,
-        policy.accountant,
-        policy.evaluation_epsilon if policy.release_metrics else None,
-    )
-    if key not in runtime.plans:
-        runtime.plans[key] = plan_privacy(
-            bank=bank,
-            num_examples=num_examples,
-            target_epsilon=key[0],
-            delta=delta,
-            batch_size=config.training.batch_size,
-            # the schedule follows the declared n: the published step count must not reveal the exact n
-            steps_per_round=steps_per_round(num_examples=declared_count(num_examples), config=config.training),
-            rounds=config.federation.rounds,
-            max_grad_norm=config.privacy.max_grad_norm,
-            noise_multiplier=config.privacy.noise_multiplier,
-            accountant=policy.accountant,
-            evaluation_epsilon=key[-1],
-        )
-    return dataclasses.replace(runtime.plans[key], bank=bank)
-
-
-def load_bank_privacy(store: Store, bank: str) -> dict[str, Any] | None:
-    """The privacy report ``bank`` published in the exchange (a report: the bank's ledger is the truth)."""
-    key = _privacy_key(bank)
-    return dict(get_json(store, key)) if store.exists(key) else None
-
-
-def _publish_privacy_report(store: Store, plan: PrivacyPlan, ledger: BankLedger, run: str) -> float:
-    """Write the bank's privacy report for this run to the exchange; return the run's ε."""
-    charges = ledger.charges(run)
-    epsilon = ledger.epsilon(charges)
-    history = [[m.noise_multiplier, m.sample_rate, m.steps] for c in charges for m in c.mechanisms]
-    put_json(
-        store,
-        _privacy_key(plan.bank),
-        {
-            "plan": dataclasses.asdict(plan),
-            "ledger": {"delta": ledger.delta, "accountant": ledger.accountant, "history": history},
-            "charged_rounds": sorted({c.round for c in charges}),
-            "epsilon_spent": epsilon,
-            "training_steps": sum(m.steps for c in charges for m in c.mechanisms[:1]),
-            "note": "a report published by the bank; its ledger, in its own storage, is the source of truth",
-        },
-    )
-    return epsilon
-
-
-# --- tracking ----------------------------------------------------------------------------
-
-
-def default_tracking_uri(config: Config) -> str:
-    """``tracking.uri``, or a sqlite file in ``output.dir`` (the embedded default)."""
-    return config.tracking.uri or f"sqlite:///{Path(config.output.dir).resolve() / 'mlflow.db'}"
-
-
-_TRACKERS: dict[str, Tracker] = {}
-"""Trackers of the runs this process touched (so a run can be marked FAILED even when the store is down)."""
-
-
-def open_tracker(config: Config, store: Store, *, run: str, create: bool = False) -> Tracker:
-    """Attach to the run's MLflow run (``tracking.json``); with ``create``, start it when missing."""
-    if not config.tracking.enabled:
-        return NullTracker()
-    cached = _TRACKERS.get(store.uri(""))
-    if cached is not None:
-        return cached
-    if store.exists("tracking.json"):
-        info = get_json(store, "tracking.json")
-        tracker = MLflowTracker(uri=config.tracking.uri or str(info["uri"]), run_id=str(info["run_id"]))
-        _TRACKERS[store.uri("")] = tracker
-        return tracker
-    if not create:
-        raise FederationError(f"{store.uri('tracking.json')} is missing; run the initialize step first")
-    uri = default_tracking_uri(config)
-    artifacts = None if config.tracking.uri else (Path(config.output.dir).resolve() / "mlartifacts").as_uri()
-    tracker = MLflowTracker.start(
-        uri=uri, experiment=config.tracking.experiment, run_name=run, artifact_location=artifacts
-    )
-    put_json(store, "tracking.json", {"uri": uri, "run_id": tracker.run_id, "experiment": config.tracking.experiment})
-    _TRACKERS[store.uri("")] = tracker
-    return tracker
-
-
-def _tracked(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Tracking is a record, not the run's state: a failure mid-run is logged, never fatal."""
-    try:
-        return fn(*args, **kwargs)
-    except Exception as exc:  # mlflow raises many types for server outages
-        log.warning("MLflow %s failed (the run goes on; its state is in the store): %s", what, exc)
-        return None
-
-
-# --- the steps ---------------------------------------------------------------------------
 
 
 def initialize(config: Config, *, run: str, runtime: Runtime | None = None, resume: bool = False) -> dict[str, Any]:
@@ -317,7 +87,7 @@ def initialize(config: Config, *, run: str, runtime: Runtime | None = None, resu
     exists = store.exists("config.yaml")
     if exists and not resume:
         raise FederationError(f"run {store.uri('')} already exists; resume it (--resume {run}) or pick another name")
-    if exists and _semantic(stored_config(store, config)) != _semantic(config):
+    if exists and semantic_config(stored_config(store, config)) != semantic_config(config):
         raise FederationError(f"run {store.uri('')} was started with a different config; resume without changes")
     plans: dict[str, PrivacyPlan] = {}
     for spec in config.federation.banks:
@@ -331,9 +101,9 @@ def initialize(config: Config, *, run: str, runtime: Runtime | None = None, resu
                 plans[spec.name] = plan_bank(config, spec.name, len(sets.train), policy=policy, runtime=runtime)
     initial = runtime.initial_adapter
     with runtime.timer.phase("tracking"):
-        tracker = open_tracker(config, store, run=run, create=True)
+        tracker = open_tracker(config, store, run=run, runtime=runtime, create=True)
         if not exists:
-            _tracked("log_params", tracker.log_params, flatten(config.model_dump(mode="json")))
+            tracked("log_params", tracker.log_params, flatten(config.model_dump(mode="json")))
     with runtime.timer.phase("store"):
         if not exists:
             store.put("config.yaml", config_to_yaml(config).encode("utf-8"))
@@ -346,29 +116,6 @@ def initialize(config: Config, *, run: str, runtime: Runtime | None = None, resu
         "privacy": {bank: dataclasses.asdict(plan) for bank, plan in plans.items()},  # shown, not stored
         "committed_rounds": committed_rounds(store),
     }
-
-
-def _bank_seed(config: Config, bank: str, round_index: int) -> int:
-    offset = [b.name for b in config.federation.banks].index(bank)
-    return int(np.random.SeedSequence([config.seed, offset, round_index]).generate_state(1)[0])
-
-
-def _randomness(config: Config, bank: str, round_index: int) -> Randomness:
-    """The OS CSPRNG, unless the run asked for replayable research noise (refused in a bank's Job)."""
-    if not config.privacy.insecure_seeded_noise:
-        return make_randomness()
-    log.warning("bank %s: INSECURE seeded noise (privacy.insecure_seeded_noise): research only, no DP guarantee", bank)
-    return make_randomness(insecure_seed=_bank_seed(config, bank, round_index))
-
-
-def public_message(exc: BaseException) -> str:
-    """An error message that may leave the bank: the rule and the place, never a data value."""
-    public = getattr(exc, "public_message", None)
-    if isinstance(public, str):
-        return public
-    if isinstance(exc, (ConfigError, PrivacyConfigError, PolicyError, StoreError, FederationError)):
-        return str(exc)  # about settings and keys, not rows
-    return f"{type(exc).__name__} (details stay in the bank's own report)"
 
 
 def train_bank(
@@ -456,8 +203,8 @@ def train_bank(
         if status == "budget_exhausted":  # a concurrent Job may hold the round: its outcome is the one to publish
             put_json(store, f"{prefix}/{OUTCOME_FILE}", outcome.to_json())
         return outcome
-    epsilon = _publish_privacy_report(store, plan, ledger, run)  # the charge is made; the report may go first
-    randomness = _randomness(config, bank, round_index)
+    epsilon = publish_privacy_report(store, plan, ledger, run)  # the charge is made; the report may go first
+    randomness = bank_randomness(config, bank, round_index)
     release = (
         _dp_evaluation(runtime, sets.test, incoming, plan=plan, randomness=randomness)
         if policy.release_metrics
@@ -564,7 +311,7 @@ def _train_and_publish(
         steps=steps_per_round(num_examples=n, config=config.training),
         dp=None,
         sample_rate=min(1.0, config.training.batch_size / n),
-        randomness=_randomness(config, bank, round_index),
+        randomness=bank_randomness(config, bank, round_index),
         device=runtime.device,
     )
     _account_time(runtime, result)
@@ -641,7 +388,7 @@ def aggregate_round(
     round_index: int,
     outcomes: list[BankOutcome],
     runtime: Runtime | None = None,
-) -> dict[str, Any]:
+) -> RoundRecord:
     """Validate and average the round's updates, evaluate, write the global adapter, commit the round.
 
     When every selected bank's budget is spent, the round is committed with the global
@@ -655,85 +402,134 @@ def aggregate_round(
     store = open_run_store(config, run)
     manifest = f"{round_prefix(round_index)}/MANIFEST.json"
     if store.exists(manifest):
-        return dict(get_json(store, manifest))
+        return RoundRecord.from_json(get_json(store, manifest))
     with runtime.timer.phase("store"):
         previous = load_adapter(store, global_prefix(round_index - 1)).tensors
-        before = get_json(store, f"{round_prefix(round_index - 1)}/MANIFEST.json") if round_index > 1 else {}
+        before = (
+            RoundRecord.from_json(get_json(store, f"{round_prefix(round_index - 1)}/MANIFEST.json"))
+            if round_index > 1
+            else None
+        )
     selected = [o for o in outcomes if o.status != "not_selected"]
-    trained = [o for o in selected if o.status == "ok"]
-    failed = {o.bank: o.message for o in selected if o.status == "failed"}
-    exhausted = [o.bank for o in selected if o.status == "budget_exhausted"]
-    epsilon: dict[str, float | None] = dict(before.get("epsilon", {}))
+    averaged = _aggregate_or_stop(config, runtime, store, round_index, selected, previous)
+    record = RoundRecord(
+        round=round_index,
+        epsilon=_carry_epsilon(config, before, selected),
+        banks=averaged.accepted,
+        failed=_messages(selected, "failed"),
+        rejected=averaged.rejected,
+        refused=_messages(selected, "refused"),
+        budget_exhausted=[o.bank for o in selected if o.status == "budget_exhausted"],
+        steps={o.bank: o.steps for o in selected if o.status == "ok"},
+        stopped_early=averaged.stopped,
+        dp_evaluation=_pooled_dp_evaluation(selected, round_index),
+    )
+    record = _evaluate_centrally(config, runtime, record, averaged.adapter)
+    _commit_round(runtime, store, record, averaged.adapter, selected)
+    _log_round(config, runtime, store, run, record)
+    return record
+
+
+def _messages(selected: list[BankOutcome], status: BankStatus) -> dict[str, str]:
+    return {o.bank: o.message for o in selected if o.status == status}
+
+
+def _carry_epsilon(config: Config, before: RoundRecord | None, selected: list[BankOutcome]) -> dict[str, float | None]:
+    """Every bank's run ε after this round: the previous round's, updated by the banks that charged their ledger.
+
+    A private bank that never trained has spent 0.0; a non-private one is :data:`NOT_PRIVATE`.
+    """
+    epsilon: dict[str, float | None] = dict(before.epsilon) if before is not None else {}
     for spec in config.federation.banks:
-        epsilon.setdefault(spec.name, 0.0 if config.privacy.enabled else None)
+        epsilon.setdefault(spec.name, 0.0 if config.privacy.enabled else NOT_PRIVATE)
     for o in selected:
         if o.status in ("ok", "budget_exhausted"):
             epsilon[o.bank] = o.epsilon
-    stopped = ""
+    return epsilon
+
+
+@dataclass(frozen=True)
+class _Averaged:
+    """The round's new global adapter, whose updates went into it, which were rejected and why it stopped."""
+
+    adapter: AdapterState
+    accepted: list[str]
+    rejected: dict[str, str]
+    stopped: str | None = None
+
+
+def _aggregate_or_stop(
+    config: Config,
+    runtime: Runtime,
+    store: Store,
+    round_index: int,
+    selected: list[BankOutcome],
+    previous: AdapterState,
+) -> _Averaged:
+    """Average the valid updates; keep ``previous`` (and stop) when every selected bank's budget is spent.
+
+    Raises:
+        FederationError: fewer than ``federation.min_banks`` valid updates.
+
+    """
+    trained = [o for o in selected if o.status == "ok"]
+    exhausted = [o.bank for o in selected if o.status == "budget_exhausted"]
     if not trained and exhausted and len(exhausted) == len(selected):
         stopped = f"round {round_index}: every selected bank's privacy budget is spent; stopping"
-        new_global, accepted = previous, []
-        rejected: dict[str, str] = {}
-    else:
-        with runtime.timer.phase("store"):
-            updates, rejected = _read_updates(config, store, round_index, trained, previous)
-        with runtime.timer.phase("aggregate"):
-            try:
-                agg = aggregate(updates, previous, min_banks=config.federation.min_banks)
-            except AggregationError as exc:
-                raise FederationError(
-                    f"round {round_index} failed: {exc}; failed banks: {failed or 'none'}, "
-                    f"rejected: {rejected or 'none'}, budget spent: {exhausted or 'none'}"
-                ) from exc
-        rejected.update(agg.rejected)
-        new_global, accepted = agg.adapter, agg.accepted
-    record: dict[str, Any] = {
-        "round": round_index,
-        "loss": None,  # training losses stay in the banks
-        "epsilon": epsilon,
-        "banks": accepted,
-        "failed": failed,
-        "rejected": rejected,
-        "refused": {o.bank: o.message for o in selected if o.status == "refused"},
-        "budget_exhausted": exhausted,
-        "steps": {o.bank: o.steps for o in trained},
-        "stopped_early": stopped or None,
-        "dp_evaluation": _pooled_dp_evaluation(selected, round_index),
-    }
-    if config.kubeflow.mode == "inline" and runtime.all_readable():
-        evaluation = runtime.evaluate(new_global)
-        record |= {
-            "evaluation": "central: this process holds every bank's test rows (simulation / inline run)",
-            "auc": evaluation.pooled.auc,
-            "ks": evaluation.pooled.ks,
-            "metrics": evaluation.pooled.as_dict(),
-            "per_bank_test": {b: m.as_dict() for b, m in evaluation.per_bank.items()},
-            "roc": evaluation.roc,
-        }
-    else:  # the coordinator sees no bank's rows: only the banks' DP releases (dp_evaluation) say anything
-        record |= {"evaluation": "none at the coordinator (see dp_evaluation)", "auc": None, "ks": None}
-        record |= {"metrics": {}, "per_bank_test": {}, "roc": None}
+        return _Averaged(adapter=previous, accepted=[], rejected={}, stopped=stopped)
     with runtime.timer.phase("store"):
-        save_adapter(
-            store,
-            global_prefix(round_index),
-            new_global,
-            {
-                "round": round_index,
-                "kind": "global",
-                "banks": accepted,
-                "num_examples": sum(o.num_examples for o in trained if o.bank in accepted),
-            },
-        )
-        put_json(store, manifest, record)
+        updates, rejected = _read_updates(config, store, round_index, trained, previous)
+    with runtime.timer.phase("aggregate"):
+        try:
+            agg = aggregate(updates, previous, min_banks=config.federation.min_banks)
+        except AggregationError as exc:
+            failed = _messages(selected, "failed")
+            raise FederationError(
+                f"round {round_index} failed: {exc}; failed banks: {failed or 'none'}, "
+                f"rejected: {rejected or 'none'}, budget spent: {exhausted or 'none'}"
+            ) from exc
+    return _Averaged(adapter=agg.adapter, accepted=agg.accepted, rejected=rejected | agg.rejected)
+
+
+def _evaluate_centrally(config: Config, runtime: Runtime, record: RoundRecord, adapter: AdapterState) -> RoundRecord:
+    """Add the pooled and per-bank test metrics of ``adapter`` where this process holds every bank's test rows.
+
+    Elsewhere the coordinator sees no bank's rows: only the banks' DP releases (``dp_evaluation``) say anything.
+    """
+    if config.kubeflow.mode != "inline" or not runtime.all_readable():
+        return record
+    evaluation = runtime.evaluate(adapter)
+    return dataclasses.replace(
+        record,
+        evaluation="central: this process holds every bank's test rows (simulation / inline run)",
+        auc=evaluation.pooled.auc,
+        ks=evaluation.pooled.ks,
+        metrics=evaluation.pooled.as_dict(),
+        per_bank_test={b: m.as_dict() for b, m in evaluation.per_bank.items()},
+        roc=evaluation.roc,
+    )
+
+
+def _commit_round(
+    runtime: Runtime, store: Store, record: RoundRecord, adapter: AdapterState, selected: list[BankOutcome]
+) -> None:
+    """Write the global adapter, then the manifest (the round is committed when the manifest exists)."""
+    examples = sum(o.num_examples for o in selected if o.status == "ok" and o.bank in record.banks)
+    meta = {"round": record.round, "kind": "global", "banks": record.banks, "num_examples": examples}
+    with runtime.timer.phase("store"):
+        save_adapter(store, global_prefix(record.round), adapter, meta)
+        put_json(store, f"{round_prefix(record.round)}/MANIFEST.json", record.to_json())
+
+
+def _log_round(config: Config, runtime: Runtime, store: Store, run: str, record: RoundRecord) -> None:
+    """The round's metrics, and a tag per failed or rejected bank, to the run's tracker."""
     with runtime.timer.phase("tracking"):
-        tracker = open_tracker(config, store, run=run)
-        _tracked("log_metrics", tracker.log_metrics, round_metrics(record), step=round_index)
-        problems = {f"round{round_index}.failed.{b}": m for b, m in failed.items()}
-        problems |= {f"round{round_index}.rejected.{b}": m for b, m in rejected.items()}
+        tracker = open_tracker(config, store, run=run, runtime=runtime)
+        tracked("log_metrics", tracker.log_metrics, round_metrics(record), step=record.round)
+        problems = {f"round{record.round}.failed.{b}": m for b, m in record.failed.items()}
+        problems |= {f"round{record.round}.rejected.{b}": m for b, m in record.rejected.items()}
         if problems:
-            _tracked("set_tags", tracker.set_tags, problems)
-    return record
+            tracked("set_tags", tracker.set_tags, problems)
 
 
 def _pooled_dp_evaluation(selected: list[BankOutcome], round_index: int) -> dict[str, Any] | None:
@@ -749,26 +545,6 @@ def _pooled_dp_evaluation(selected: list[BankOutcome], round_index: int) -> dict
         "roc": pooled.roc,
         "method": "sum of the banks' Gaussian-noised per-label score histograms (each charged to its ledger)",
     }
-
-
-def round_metrics(record: dict[str, Any]) -> dict[str, float]:
-    """The numbers of a round record that MLflow and the KFP UI plot."""
-    metrics = {f"test_{k}": v for k, v in record["metrics"].items() if k != "n"}
-    if record.get("loss") is not None:
-        metrics["train_loss"] = record["loss"]
-    for bank, eps in record["epsilon"].items():
-        if eps is not None:
-            metrics[f"epsilon_{bank}"] = eps
-    for bank, m in record["per_bank_test"].items():
-        metrics[f"test_auc_{bank}"] = m["auc"]
-    dp_eval = record.get("dp_evaluation") or {}
-    for key in ("auc", "ks", "brier"):
-        value = dp_eval.get(key)
-        if value is not None and math.isfinite(value):
-            metrics[f"dp_{key}_of_previous_global"] = value
-    metrics["banks_accepted"] = float(len(record["banks"]))
-    metrics["banks_failed"] = float(len(record["failed"]) + len(record["rejected"]))
-    return metrics
 
 
 def _publish_dir(store: Store, local: Path, key_prefix: str) -> None:
@@ -790,14 +566,18 @@ def finalize(
     """
     runtime = runtime or Runtime(config)
     store = open_run_store(config, run)
-    rounds = [get_json(store, f"{round_prefix(r)}/MANIFEST.json") for r in committed_rounds(store) if r > 0]
+    rounds = [
+        RoundRecord.from_json(get_json(store, f"{round_prefix(r)}/MANIFEST.json"))
+        for r in committed_rounds(store)
+        if r > 0
+    ]
     if not rounds:
         raise FederationError(f"run {store.uri('')} has no committed round")
     last = rounds[-1]
     work = Path(local_dir) if local_dir is not None else Path(tempfile.mkdtemp(prefix="fedlora-final-"))
     with runtime.timer.phase("store"):
-        final = load_adapter(store, global_prefix(last["round"])).tensors
-        meta = save_adapter(store, "final", final, {"round": last["round"], "kind": "final"})
+        final = load_adapter(store, global_prefix(last.round)).tensors
+        meta = save_adapter(store, "final", final, {"round": last.round, "kind": "final"})
         load_adapter_state(runtime.model, final)
         peft_dir = work / "final" / "peft"
         tmp = work / "final" / ".peft.tmp"
@@ -807,7 +587,7 @@ def finalize(
         tmp.replace(peft_dir)
         _publish_dir(store, peft_dir, "final/peft")
     privacy = _privacy_summary(config, store)
-    stopped = next((r["stopped_early"] for r in rounds if r.get("stopped_early")), None)
+    stopped = next((r.stopped_early for r in rounds if r.stopped_early), None)
     summary: dict[str, Any] = {
         "run": run,
         "run_dir": str(work),
@@ -818,15 +598,15 @@ def finalize(
         "privacy_mode": f"dp-sgd per-example ({config.privacy.accountant})" if config.privacy.enabled else "none",
         "trainable_parameters": sum(runtime.model.get_parameter(n).numel() for n in trainable_names(runtime.model)),
         "final": {
-            "auc": last["auc"],
-            "metrics": last["metrics"],
-            "per_bank_test": last["per_bank_test"],
-            "epsilon": last["epsilon"],
+            "auc": last.auc,
+            "metrics": last.metrics,
+            "per_bank_test": last.per_bank_test,
+            "epsilon": last.epsilon,
             "adapter": store.uri("final/adapter.safetensors"),
             "peft_adapter": str(peft_dir),
             "sha256": meta["sha256"],
         },
-        "rounds": [r for r in rounds if not r.get("stopped_early")] or rounds,
+        "rounds": [r.to_json() for r in ([r for r in rounds if not r.stopped_early] or rounds)],
         "privacy": privacy,
         "stopped_early": stopped,
     }
@@ -834,7 +614,7 @@ def finalize(
         report = write_report(summary, work / "report")
         summary["report"] = str(report)
         _publish_dir(store, work / "report", "report")
-    _register(config, store, run, summary, work)
+    register_final(config, open_tracker(config, store, run=run, runtime=runtime), run, summary, work)
     summary["timings"] = dict(runtime.timer.seconds)
     put_json(store, "summary.json", summary)
     return summary
@@ -866,56 +646,13 @@ def _privacy_summary(config: Config, store: Store) -> dict[str, Any]:
     return summary
 
 
-def _register(config: Config, store: Store, run: str, summary: dict[str, Any], work: Path) -> None:
-    """Log the final adapter and report to MLflow and register the adapter with its privacy guarantee."""
-    tracker = open_tracker(config, store, run=run)
-    guarantee = {f"epsilon.{bank}": str(info["epsilon"]) for bank, info in summary["privacy"].items()} | {
-        f"delta.{bank}": str(info["delta"]) for bank, info in summary["privacy"].items()
-    }
-    tags = guarantee | {
-        "accountant": config.privacy.accountant if config.privacy.enabled else "none",
-        "aggregation": summary["aggregation"],
-        "privacy_mode": summary["privacy_mode"],
-        "rounds": str(len(summary["rounds"])),
-        "fedlora.run": run,
-    }
-    _tracked("log_artifact", tracker.log_artifact, work / "final", artifact_path="final_adapter")
-    if (work / "report").exists():
-        _tracked("log_artifact", tracker.log_artifact, work / "report", artifact_path="report")
-    _tracked(
-        "set_tags", tracker.set_tags, tags | {f"epsilon.{b}": str(e) for b, e in summary["final"]["epsilon"].items()}
-    )
-    if config.tracking.registered_model:
-        lines = [
-            f"FedLoRA adapter of run {run} ({summary['aggregation']}), {summary['privacy_mode']}.",
-            *[
-                f"{bank}: (ε={info['epsilon']}, δ={info['delta']:.3g})-DP per example, {info['accountant']} "
-                f"accountant, {info['steps']} steps, σ={info['noise_multiplier']:.4f}, C={info['max_grad_norm']}"
-                for bank, info in summary["privacy"].items()
-            ],
-        ]
-        version = _tracked(
-            "register_model",
-            tracker.register_model,
-            name=config.tracking.registered_model,
-            artifact_path="final_adapter",
-            tags=tags,
-            description="\n".join(lines),
-        )
-        if version:
-            summary["registered_model"] = {"name": config.tracking.registered_model, "version": version}
-    _tracked("finish", tracker.finish, status="FINISHED")
-
-
 __all__ = [
-    "BankOutcome",
-    "BankSide",
+    "OUTCOME_FILE",
     "FederationError",
-    "TrackingError",
     "aggregate_round",
     "finalize",
     "initialize",
-    "open_run_store",
     "read_bank_outcome",
+    "select_banks",
     "train_bank",
 ]

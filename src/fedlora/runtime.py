@@ -26,6 +26,7 @@ from fedlora.model.encoding import EncodedSet, RowSet, encode
 from fedlora.model.loading import load_base_model
 from fedlora.model.lora import AdapterState, adapter_state, attach_lora, load_adapter_state
 from fedlora.privacy.accounting import PrivacyPlan
+from fedlora.tracking import Tracker
 from fedlora.training import predict_default_probability
 
 
@@ -76,7 +77,11 @@ def thin_roc(labels: np.ndarray, scores: np.ndarray, *, points: int = 50) -> dic
 
 
 class Runtime:
-    """The model (loaded on first use) and each bank's data (loaded on first use), for one config."""
+    """What one process loads once, for one config: the model and each bank's data (on first use), plans, trackers.
+
+    Process-wide caches live here, not in module globals, so a test (or a process serving
+    several runs) starts from a fresh :class:`Runtime` instead of state it never resets.
+    """
 
     def __init__(self, config: Config, *, bank_files: dict[str, str] | None = None) -> None:
         """Create a runtime.
@@ -98,6 +103,8 @@ class Runtime:
         self.plans: dict[tuple[object, ...], PrivacyPlan] = {}
         """Privacy plans computed in this process (σ calibration takes seconds; keyed by every input)."""
         self._initial: AdapterState | None = None
+        self.trackers: dict[str, Tracker] = {}
+        """Trackers of the runs this process touched, by store URI (a run can be marked FAILED with its store down)."""
 
     def _config_with_files(self) -> Config:
         if not self.bank_files:

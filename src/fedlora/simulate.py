@@ -17,23 +17,14 @@ from typing import Any, Protocol
 
 from fedlora.config import Config
 from fedlora.errors import FedLoRAError
-from fedlora.federation import (
-    BankOutcome,
-    FederationError,
-    aggregate_round,
-    committed_rounds,
-    finalize,
-    initialize,
-    open_run_store,
-    open_tracker,
-    select_banks,
-    stored_config,
-    train_bank,
-)
+from fedlora.federation import FederationError, aggregate_round, finalize, initialize, select_banks, train_bank
+from fedlora.records import BankOutcome, RoundRecord
 from fedlora.report import write_report
 from fedlora.runtime import Runtime
 from fedlora.store.adapters import put_json
 from fedlora.store.base import Store
+from fedlora.store.run import committed_rounds, open_run_store, stored_config
+from fedlora.tracking import open_tracker
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +48,7 @@ class ProgressSink(Protocol):
         """A bank finished its round (result) or failed (error)."""
         ...
 
-    def round_finished(self, record: dict[str, Any]) -> None:
+    def round_finished(self, record: RoundRecord) -> None:
         """A round was aggregated and committed."""
         ...
 
@@ -74,7 +65,7 @@ class SilentProgress:
     def bank_finished(self, result: BankOutcome | None, *, round_index: int, bank: str, error: str | None) -> None:
         return None
 
-    def round_finished(self, record: dict[str, Any]) -> None:
+    def round_finished(self, record: RoundRecord) -> None:
         return None
 
 
@@ -147,15 +138,15 @@ class Simulation:
                     record = aggregate_round(config, run=run, round_index=r, outcomes=outcomes, runtime=runtime)
                 except FederationError as exc:
                     raise SimulationError(str(exc)) from exc
-                if record["stopped_early"]:
-                    log.warning(record["stopped_early"])
+                if record.stopped_early:
+                    log.warning(record.stopped_early)
                     if r == 1:
-                        raise SimulationError(record["stopped_early"])
+                        raise SimulationError(record.stopped_early)
                     break
                 self.progress.round_finished(record)
             summary = finalize(config, run=run, runtime=runtime, local_dir=Path(config.output.dir) / run)
         except BaseException:
-            self._mark_failed(config, store, run)
+            self._mark_failed(config, store, run, runtime)
             raise
         if self.baselines:
             add_baselines(config, runtime, summary)
@@ -182,9 +173,9 @@ class Simulation:
         return outcome
 
     @staticmethod
-    def _mark_failed(config: Config, store: Store, run: str) -> None:
+    def _mark_failed(config: Config, store: Store, run: str, runtime: Runtime) -> None:
         try:
-            open_tracker(config, store, run=run).finish(status="FAILED")
+            open_tracker(config, store, run=run, runtime=runtime).finish(status="FAILED")
         except Exception as exc:  # the original error matters more
             log.debug("could not mark the MLflow run failed: %s", exc)
 

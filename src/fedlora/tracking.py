@@ -1,13 +1,25 @@
-"""Experiment tracking: an MLflow tracker and a no-op tracker behind one Protocol."""
+"""Experiment tracking: an MLflow tracker and a no-op tracker behind one Protocol, and a run's tracker.
+
+``tracking.json`` in the run's store names the MLflow run, so every process of a run
+(simulation, pipeline tasks, bank Jobs) attaches to the same one (:func:`open_tracker`).
+Tracking is a record, not the run's state: a failure mid-run is logged and the run goes on
+(:func:`tracked`).
+"""
 
 from __future__ import annotations
 
 import logging
 import math
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from fedlora.errors import FedLoRAError
+from fedlora.errors import FederationError, FedLoRAError
+from fedlora.store.adapters import get_json, put_json
+
+if TYPE_CHECKING:
+    from fedlora.config import Config
+    from fedlora.runtime import Runtime
+    from fedlora.store.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -184,3 +196,89 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def default_tracking_uri(config: Config) -> str:
+    """``tracking.uri``, or a sqlite file in ``output.dir`` (the embedded default)."""
+    return config.tracking.uri or f"sqlite:///{Path(config.output.dir).resolve() / 'mlflow.db'}"
+
+
+def open_tracker(config: Config, store: Store, *, run: str, runtime: Runtime, create: bool = False) -> Tracker:
+    """Attach to the run's MLflow run (``tracking.json``); with ``create``, start it when missing.
+
+    The tracker is kept in ``runtime.trackers``, so a run can still be marked FAILED when its
+    store has gone down since.
+
+    Raises:
+        FederationError: ``tracking.json`` is missing and ``create`` is not set.
+
+    """
+    if not config.tracking.enabled:
+        return NullTracker()
+    cached = runtime.trackers.get(store.uri(""))
+    if cached is not None:
+        return cached
+    if store.exists("tracking.json"):
+        info = get_json(store, "tracking.json")
+        tracker = MLflowTracker(uri=config.tracking.uri or str(info["uri"]), run_id=str(info["run_id"]))
+        runtime.trackers[store.uri("")] = tracker
+        return tracker
+    if not create:
+        raise FederationError(f"{store.uri('tracking.json')} is missing; run the initialize step first")
+    uri = default_tracking_uri(config)
+    artifacts = None if config.tracking.uri else (Path(config.output.dir).resolve() / "mlartifacts").as_uri()
+    tracker = MLflowTracker.start(
+        uri=uri, experiment=config.tracking.experiment, run_name=run, artifact_location=artifacts
+    )
+    put_json(store, "tracking.json", {"uri": uri, "run_id": tracker.run_id, "experiment": config.tracking.experiment})
+    runtime.trackers[store.uri("")] = tracker
+    return tracker
+
+
+def tracked(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn``; tracking is a record, not the run's state: a failure mid-run is logged, never fatal."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # mlflow raises many types for server outages
+        log.warning("MLflow %s failed (the run goes on; its state is in the store): %s", what, exc)
+        return None
+
+
+def register_final(config: Config, tracker: Tracker, run: str, summary: dict[str, Any], work: Path) -> None:
+    """Log the final adapter and report to MLflow and register the adapter with its privacy guarantee."""
+    guarantee = {f"epsilon.{bank}": str(info["epsilon"]) for bank, info in summary["privacy"].items()} | {
+        f"delta.{bank}": str(info["delta"]) for bank, info in summary["privacy"].items()
+    }
+    tags = guarantee | {
+        "accountant": config.privacy.accountant if config.privacy.enabled else "none",
+        "aggregation": summary["aggregation"],
+        "privacy_mode": summary["privacy_mode"],
+        "rounds": str(len(summary["rounds"])),
+        "fedlora.run": run,
+    }
+    tracked("log_artifact", tracker.log_artifact, work / "final", artifact_path="final_adapter")
+    if (work / "report").exists():
+        tracked("log_artifact", tracker.log_artifact, work / "report", artifact_path="report")
+    tracked(
+        "set_tags", tracker.set_tags, tags | {f"epsilon.{b}": str(e) for b, e in summary["final"]["epsilon"].items()}
+    )
+    if config.tracking.registered_model:
+        lines = [
+            f"FedLoRA adapter of run {run} ({summary['aggregation']}), {summary['privacy_mode']}.",
+            *[
+                f"{bank}: (ε={info['epsilon']}, δ={info['delta']:.3g})-DP per example, {info['accountant']} "
+                f"accountant, {info['steps']} steps, σ={info['noise_multiplier']:.4f}, C={info['max_grad_norm']}"
+                for bank, info in summary["privacy"].items()
+            ],
+        ]
+        version = tracked(
+            "register_model",
+            tracker.register_model,
+            name=config.tracking.registered_model,
+            artifact_path="final_adapter",
+            tags=tags,
+            description="\n".join(lines),
+        )
+        if version:
+            summary["registered_model"] = {"name": config.tracking.registered_model, "version": version}
+    tracked("finish", tracker.finish, status="FINISHED")

@@ -23,33 +23,31 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from fedlora.config import Config
-from fedlora.federation import (
-    BankOutcome,
-    aggregate_round,
-    committed_rounds,
-    open_run_store,
-    read_bank_outcome,
-    select_banks,
-)
+from fedlora.federation import aggregate_round, read_bank_outcome, select_banks
+from fedlora.records import BankOutcome, RoundRecord
 from fedlora.runtime import Runtime
 from fedlora.store.adapters import get_json
 from fedlora.store.base import round_prefix
+from fedlora.store.run import committed_rounds, open_run_store
 
 __all__ = ["RoundCallback", "committed_records", "run_rounds"]
 
 log = logging.getLogger(__name__)
 
-RoundCallback = Callable[[dict[str, Any], list[BankOutcome]], None]
+RoundCallback = Callable[[RoundRecord, list[BankOutcome]], None]
 """Called after each committed round with its record and the banks' outcomes."""
 
 
-def committed_records(config: Config, *, run: str) -> list[dict[str, Any]]:
+def committed_records(config: Config, *, run: str) -> list[RoundRecord]:
     """The records (``MANIFEST.json``) of the run's committed rounds, in order (round 0 left out)."""
     store = open_run_store(config, run)
-    return [dict(get_json(store, f"{round_prefix(r)}/MANIFEST.json")) for r in committed_rounds(store) if r > 0]
+    return [
+        RoundRecord.from_json(get_json(store, f"{round_prefix(r)}/MANIFEST.json"))
+        for r in committed_rounds(store)
+        if r > 0
+    ]
 
 
 def _published(config: Config, *, run: str, bank: str, round_index: int) -> BankOutcome | None:
@@ -79,7 +77,7 @@ def _train_round(config: Config, *, run: str, round_index: int, runtime: Runtime
     return [done[b] for b in banks]
 
 
-def run_rounds(config: Config, *, run: str, on_round: RoundCallback | None = None) -> list[dict[str, Any]]:
+def run_rounds(config: Config, *, run: str, on_round: RoundCallback | None = None) -> list[RoundRecord]:
     """Run every round not yet committed; return the records of all committed rounds (old and new).
 
     Args:
@@ -92,9 +90,9 @@ def run_rounds(config: Config, *, run: str, on_round: RoundCallback | None = Non
     """
     runtime = Runtime(config)  # loads the model on first use only (namespaced: for nothing but the aggregation)
     records = committed_records(config, run=run)
-    if records and records[-1].get("stopped_early"):
+    if records and records[-1].stopped_early:
         return records
-    start = records[-1]["round"] + 1 if records else 1
+    start = records[-1].round + 1 if records else 1
     if records:
         log.info("run %s: rounds 1-%d are committed; continuing with round %d", run, start - 1, start)
     for round_index in range(start, config.federation.rounds + 1):
@@ -104,13 +102,13 @@ def run_rounds(config: Config, *, run: str, on_round: RoundCallback | None = Non
         log.info(
             "round %d committed: averaged %s, failed %s, rejected %s",
             round_index,
-            record["banks"],
-            sorted(record["failed"]),
-            sorted(record["rejected"]),
+            record.banks,
+            sorted(record.failed),
+            sorted(record.rejected),
         )
         if on_round is not None:
             on_round(record, outcomes)
-        if record["stopped_early"]:
-            log.warning("%s", record["stopped_early"])
+        if record.stopped_early:
+            log.warning("%s", record.stopped_early)
             break
     return records

@@ -22,8 +22,10 @@ import logging
 import time
 
 from fedlora.config import Config
-from fedlora.federation import OUTCOME_FILE, BankOutcome, open_run_store, read_bank_outcome
+from fedlora.federation import OUTCOME_FILE, read_bank_outcome
+from fedlora.records import BankOutcome
 from fedlora.store.base import update_prefix
+from fedlora.store.run import open_run_store
 
 __all__ = ["FIRST_PAUSE_SECONDS", "await_bank_outcome"]
 

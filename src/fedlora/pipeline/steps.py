@@ -23,16 +23,8 @@ from typing import Any, Protocol
 import yaml
 
 from fedlora.config import Config, ConfigError, config_to_yaml, load_config_text
-from fedlora.federation import (
-    BankOutcome,
-    aggregate_round,
-    finalize,
-    initialize,
-    read_bank_outcome,
-    round_metrics,
-    select_banks,
-    train_bank,
-)
+from fedlora.federation import aggregate_round, finalize, initialize, read_bank_outcome, select_banks, train_bank
+from fedlora.records import BankOutcome, RoundRecord, format_epsilon, round_metrics
 from fedlora.runtime import Runtime
 
 __all__ = [
@@ -286,7 +278,7 @@ def _bank_markdown(outcome: BankOutcome) -> str:
         ("status", f"**{outcome.status}**"),
         ("message", outcome.message or "–"),
         ("training examples (declared, rounded)", str(outcome.num_examples)),
-        ("ε spent so far", _fmt(outcome.epsilon) if outcome.epsilon is not None else "∞ / not private"),
+        ("ε spent so far", format_epsilon(outcome.epsilon, 4)),
         ("δ", _fmt(outcome.delta, 3)),
         ("DP evaluation histograms released", "yes (charged)" if outcome.evaluation else "no"),
         ("DP-SGD steps", str(outcome.steps)),
@@ -395,36 +387,36 @@ def _dp_evaluation_lines(dp_eval: dict[str, Any] | None) -> list[str]:
     ]
 
 
-def _round_markdown(record: dict[str, Any]) -> str:
+def _round_markdown(record: RoundRecord) -> str:
     lines = [
-        f"## Round {record['round']}",
+        f"## Round {record.round}",
         "",
-        f"Test AUC **{_fmt(record.get('auc'))}** · KS {_fmt(record.get('ks'))} "
-        f"({record.get('evaluation', 'central')}) · averaged banks: {', '.join(record['banks']) or 'none'}",
+        f"Test AUC **{_fmt(record.auc)}** · KS {_fmt(record.ks)} "
+        f"({record.evaluation}) · averaged banks: {', '.join(record.banks) or 'none'}",
         "",
-        *_dp_evaluation_lines(record.get("dp_evaluation")),
+        *_dp_evaluation_lines(record.dp_evaluation),
         "| bank | status | ε | released DP histograms |",
         "|---|---|---|---|",
     ]
-    failed, rejected = record.get("failed", {}), record.get("rejected", {})
-    exhausted = set(record.get("budget_exhausted", []))
-    for bank, eps in record["epsilon"].items():
+    failed, rejected = record.failed, record.rejected
+    exhausted = set(record.budget_exhausted)
+    for bank, eps in record.epsilon.items():
         if bank in failed:
             status = f"❌ failed: {failed[bank]}"
         elif bank in rejected:
             status = f"⚠️ rejected: {rejected[bank]}"
         elif bank in exhausted:
             status = "⏹️ budget spent"
-        elif bank in record["banks"]:
+        elif bank in record.banks:
             status = "✅ averaged"
         else:
             status = "⏸️ not selected"
-        if bank in record.get("refused", {}):
-            status = f"🛑 refused: {record['refused'][bank]}"
-        released = bank in (record.get("dp_evaluation") or {}).get("banks", [])
+        if bank in record.refused:
+            status = f"🛑 refused: {record.refused[bank]}"
+        released = bank in (record.dp_evaluation or {}).get("banks", [])
         lines.append(f"| {bank} | {status.replace('|', '/')} | {_fmt(eps)} | {'yes' if released else 'no'} |")
-    if record.get("stopped_early"):
-        lines += ["", f"**{record['stopped_early']}**"]
+    if record.stopped_early:
+        lines += ["", f"**{record.stopped_early}**"]
     return "\n".join(lines) + "\n"
 
 
@@ -450,17 +442,27 @@ def aggregate_step(
     outcomes = _round_outcomes(config, run=run, round_index=round_index)
     record = aggregate_round(config, run=run, round_index=round_index, outcomes=outcomes)
     _log_metrics(metrics, round_metrics(record))
-    curve = record.get("roc") or {}
-    if curve.get("fpr"):
-        roc.log_roc_curve(list(curve["fpr"]), list(curve["tpr"]), list(curve["thresholds"]))
+    _log_roc(roc, record)
     _write(summary, _round_markdown(record))
-    return json.dumps({k: v for k, v in record.items() if k != "roc"}, sort_keys=True, default=str)
+    return _record_json(record)
 
 
 # --- the coordinator graph: every round in one task ------------------------------------------
 
 
-def _rounds_markdown(records: list[dict[str, Any]]) -> str:
+def _log_roc(roc: RocOutput, record: RoundRecord) -> None:
+    curve = record.roc or {}
+    if curve.get("fpr"):
+        roc.log_roc_curve(list(curve["fpr"]), list(curve["tpr"]), list(curve["thresholds"]))
+
+
+def _record_json(record: RoundRecord | None) -> str:
+    """The round record as the step's JSON output, without the ROC points (``{}`` for no round)."""
+    data = record.to_json() if record is not None else {}
+    return json.dumps({k: v for k, v in data.items() if k != "roc"}, sort_keys=True, default=str)
+
+
+def _rounds_markdown(records: list[RoundRecord]) -> str:
     """One line per committed round, then the last round's full card."""
     lines = [
         f"## FedLoRA: {len(records)} rounds committed",
@@ -469,12 +471,12 @@ def _rounds_markdown(records: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for record in records:
-        eps = [e for e in record["epsilon"].values() if e is not None]
-        failed = ", ".join(sorted(record.get("failed", {}))) or "–"
-        rejected = ", ".join(sorted(record.get("rejected", {}))) or "–"
+        eps = [e for e in record.epsilon.values() if e is not None]
+        failed = ", ".join(sorted(record.failed)) or "–"
+        rejected = ", ".join(sorted(record.rejected)) or "–"
         lines.append(
-            f"| {record['round']} | {_fmt(record.get('auc'))} | {_fmt(record.get('ks'))} | {_fmt(record.get('loss'))} "
-            f"| {len(record['banks'])} | {failed} | {rejected} | {_fmt(max(eps)) if eps else '–'} |"
+            f"| {record.round} | {_fmt(record.auc)} | {_fmt(record.ks)} | {_fmt(record.loss)} "
+            f"| {len(record.banks)} | {failed} | {rejected} | {_fmt(max(eps)) if eps else '–'} |"
         )
     if records:
         lines += ["", _round_markdown(records[-1])]
@@ -498,26 +500,24 @@ def federate_step(*, config_yaml: str, run: str, metrics: MetricsOutput, roc: Ro
 
     _setup_logging()
     config = load_config_text(config_yaml, source="pipeline config")
-    seen: list[dict[str, Any]] = []
+    seen: list[RoundRecord] = []
 
-    def on_round(record: dict[str, Any], outcomes: list[BankOutcome]) -> None:
+    def on_round(record: RoundRecord, outcomes: list[BankOutcome]) -> None:
         seen.append(record)
         _write(summary, _rounds_markdown(seen))
 
     records = run_rounds(config, run=run, on_round=on_round)
     for record in records:
         values = round_metrics(record)
-        prefix = f"r{record['round']:03d}_"
+        prefix = f"r{record.round:03d}_"
         keep = ("test_auc", "train_loss", "banks_accepted", "banks_failed")
         _log_metrics(metrics, {prefix + k: values[k] for k in keep if k in values})
-    last = records[-1] if records else {}
-    if last:
+    last = records[-1] if records else None
+    if last is not None:
         _log_metrics(metrics, round_metrics(last))
-        curve = last.get("roc") or {}
-        if curve.get("fpr"):
-            roc.log_roc_curve(list(curve["fpr"]), list(curve["tpr"]), list(curve["thresholds"]))
+        _log_roc(roc, last)
     _write(summary, _rounds_markdown(records))
-    return json.dumps({k: v for k, v in last.items() if k != "roc"}, sort_keys=True, default=str)
+    return _record_json(last)
 
 
 # --- finalize --------------------------------------------------------------------------------
