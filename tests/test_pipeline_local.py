@@ -13,7 +13,7 @@ from kfp import local
 from fedlora.config import Config, config_to_yaml, load_config
 from fedlora.pipeline import steps
 from fedlora.pipeline.pipeline import build_pipeline
-from fedlora.records import BankOutcome
+from fedlora.records import BankOutcome, RoundRecord
 
 
 class FakeMetrics:
@@ -183,7 +183,7 @@ def test_round_summary_shows_failed_banks() -> None:
         "epsilon": {"bank-a": 1.2, "bank-b": 0.8, "bank-c": 1.1},
         "dp_evaluation": {"of_global_round": 2, "banks": ["bank-a"], "auc": 0.7, "ks": 0.3, "brier": 0.2, "n": 99.5},
     }
-    text = steps._round_markdown(record)
+    text = steps._round_markdown(RoundRecord.from_json(record))
     assert "| bank-b | ❌ failed: job fedlora-bank-b/x: timed out after 7200 s | 0.8 |" in text
     assert "| bank-a | ✅ averaged | 1.2 | yes |" in text  # released DP evaluation histograms
     assert "DP evaluation of the global adapter of round 2" in text and "AUC **0.7**" in text
