@@ -10,6 +10,7 @@ from typing import Any
 from click.testing import CliRunner
 
 from fedlora.cli import main
+from fedlora.config import Config, load_config
 
 
 def tiny_overrides_for(out_dir: Path, run: str = "test") -> list[str]:
@@ -62,3 +63,25 @@ class JsonHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+class FakeKfpOutput:
+    """Stands in for KFP's Output[Metrics] / Output[ClassificationMetrics] / Output[Markdown]."""
+
+    def __init__(self, path: Path) -> None:
+        self.metadata: dict[str, Any] = {}
+        self.roc: tuple[list[float], list[float], list[float]] | None = None
+        self.path = str(path)
+
+    def log_metric(self, metric: str, value: float) -> None:
+        self.metadata[metric] = value
+
+    def log_roc_curve(self, fpr: list[float], tpr: list[float], threshold: list[float]) -> None:
+        self.roc = (fpr, tpr, threshold)
+
+
+def tiny_pipeline_config(tmp_path: Path, banks: list[str], *extra: str) -> Config:
+    """The tiny federation of the pipeline tests: a shared store under ``tmp_path``, no tracking."""
+    listed = ", ".join(f"{{name: {b}}}" for b in banks)
+    overrides = [o for o in tiny_overrides_for(tmp_path / "runs") if not o.startswith("output.run_name")]
+    return load_config(None, [*overrides, f"federation.banks=[{listed}]", f"store.uri={tmp_path / 'store'}", *extra])

@@ -8,44 +8,17 @@ from typing import Any
 
 import pytest
 
-from fedlora.config import Config, config_to_yaml, load_config
+from fedlora.config import Config, config_to_yaml
 from fedlora.federation import initialize, train_bank
 from fedlora.pipeline import coordinator, steps
 from fedlora.records import BankOutcome
+from helpers import FakeKfpOutput, tiny_pipeline_config
 
-
-class FakeOutput:
-    """Stands in for KFP's Output[Metrics] / Output[ClassificationMetrics] / Output[Markdown]."""
-
-    def __init__(self, path: Path) -> None:
-        self.metadata: dict[str, float] = {}
-        self.roc: Any = None
-        self.path = str(path)
-
-    def log_metric(self, metric: str, value: float) -> None:
-        self.metadata[metric] = value
-
-    def log_roc_curve(self, fpr: list[float], tpr: list[float], threshold: list[float]) -> None:
-        self.roc = (fpr, tpr, threshold)
+FakeOutput = FakeKfpOutput
 
 
 def _tiny(tmp_path: Path, *extra: str) -> Config:
-    return load_config(
-        None,
-        [
-            "model.name=tiny-bert",
-            "federation.rounds=2",
-            "federation.banks=[{name: bank-a}, {name: bank-b}, {name: bank-c}]",
-            "data.max_rows=300",
-            "training.local_steps=2",
-            "training.batch_size=16",
-            "tracking.enabled=false",
-            f"output.dir={tmp_path / 'runs'}",
-            f"store.uri={tmp_path / 'store'}",
-            "kubeflow.graph=coordinator",
-            *extra,
-        ],
-    )
+    return tiny_pipeline_config(tmp_path, ["bank-a", "bank-b", "bank-c"], "kubeflow.graph=coordinator", *extra)
 
 
 def _federate(config: Config, tmp_path: Path, name: str = "a") -> tuple[str, FakeOutput, FakeOutput, FakeOutput]:

@@ -14,40 +14,13 @@ from fedlora.config import Config, config_to_yaml, load_config
 from fedlora.pipeline import steps
 from fedlora.pipeline.pipeline import build_pipeline
 from fedlora.records import BankOutcome, RoundRecord
+from helpers import FakeKfpOutput, tiny_pipeline_config
 
-
-class FakeMetrics:
-    """Stands in for KFP's Output[Metrics] / Output[ClassificationMetrics] / Output[Markdown]."""
-
-    def __init__(self, path: Path) -> None:
-        self.metadata: dict[str, Any] = {}
-        self.roc: tuple[list[float], list[float], list[float]] | None = None
-        self.path = str(path)
-
-    def log_metric(self, metric: str, value: float) -> None:
-        self.metadata[metric] = value
-
-    def log_roc_curve(self, fpr: list[float], tpr: list[float], threshold: list[float]) -> None:
-        self.roc = (fpr, tpr, threshold)
+FakeMetrics = FakeKfpOutput
 
 
 def _tiny(tmp_path: Path, *extra: str) -> Config:
-    return load_config(
-        None,
-        [
-            "model.name=tiny-bert",
-            "federation.rounds=2",
-            "federation.banks=[{name: bank-a}, {name: bank-b}]",
-            "data.max_rows=300",
-            "training.local_steps=2",
-            "training.batch_size=16",
-            "tracking.enabled=false",
-            f"output.dir={tmp_path / 'runs'}",
-            f"store.uri={tmp_path / 'store'}",
-            "kubeflow.mode=inline",
-            *extra,
-        ],
-    )
+    return tiny_pipeline_config(tmp_path, ["bank-a", "bank-b"], "kubeflow.mode=inline", *extra)
 
 
 def _task_outputs(root: Path, task: str) -> dict[str, Any]:

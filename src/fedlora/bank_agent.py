@@ -44,7 +44,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from fedlora.bank_job import request_config
 from fedlora.bank_request import BankRequestError, BankTrainingError, bank_side, train_request
@@ -54,9 +53,7 @@ from fedlora.privacy.bank_side import public_message
 from fedlora.records import BankOutcome
 from fedlora.store.adapters import get_json, put_json
 from fedlora.store.base import Store, global_prefix, round_prefix, update_prefix
-from fedlora.store.local import LocalStore
-from fedlora.store.run import committed_rounds, open_run_store
-from fedlora.store.s3 import S3Store, parse_s3_uri
+from fedlora.store.run import committed_rounds, open_run_store, open_store
 
 __all__ = ["AgentPass", "exchange_store", "list_runs", "next_round", "outcome_line", "process_pending", "run_agent"]
 
@@ -83,20 +80,7 @@ def exchange_store(config: Config) -> Store:
     uri = config.store.uri
     if not uri:
         raise ConfigError("FEDLORA_STORE_URI is not set: the agent finds its work in the exchange bucket")
-    if uri.startswith("s3://"):
-        bucket, prefix = parse_s3_uri(uri)
-        s3 = config.store
-        return S3Store(
-            bucket=bucket,
-            prefix=prefix,
-            endpoint_url=s3.endpoint_url,
-            region=s3.region,
-            path_style=s3.path_style,
-            sse=s3.sse,
-            sse_kms_key_id=s3.sse_kms_key_id,
-            retry_seconds=s3.retry_seconds,
-        )
-    return LocalStore(Path(uri))
+    return open_store(config, uri)
 
 
 def list_runs(root: Store) -> list[str]:

@@ -21,17 +21,14 @@ __all__ = ["LOCATION_SECTIONS", "committed_rounds", "open_run_store", "semantic_
 LOCATION_SECTIONS = ("store", "tracking", "output", "kubeflow")
 
 
-def open_run_store(config: Config, run: str) -> Store:
-    """The store of run ``run``: ``store.uri``/run (S3 or a directory), or ``output.dir``/run."""
-    uri = config.store.uri
-    if uri is None:
-        return LocalStore(Path(config.output.dir) / run)
+def open_store(config: Config, uri: str, *, under: str = "") -> Store:
+    """The store at ``uri`` (``s3://bucket/prefix`` with the ``store.*`` settings, or a directory), below ``under``."""
     if uri.startswith("s3://"):
         bucket, prefix = parse_s3_uri(uri)
         s3 = config.store
         return S3Store(
             bucket=bucket,
-            prefix=f"{prefix}/{run}" if prefix else run,
+            prefix="/".join(p for p in (prefix, under) if p),
             endpoint_url=s3.endpoint_url,
             region=s3.region,
             path_style=s3.path_style,
@@ -39,7 +36,15 @@ def open_run_store(config: Config, run: str) -> Store:
             sse_kms_key_id=s3.sse_kms_key_id,
             retry_seconds=s3.retry_seconds,
         )
-    return LocalStore(Path(uri) / run)
+    return LocalStore(Path(uri) / under if under else Path(uri))
+
+
+def open_run_store(config: Config, run: str) -> Store:
+    """The store of run ``run``: ``store.uri``/run (S3 or a directory), or ``output.dir``/run."""
+    uri = config.store.uri
+    if uri is None:
+        return LocalStore(Path(config.output.dir) / run)
+    return open_store(config, uri, under=run)
 
 
 def committed_rounds(store: Store) -> list[int]:
