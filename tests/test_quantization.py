@@ -45,6 +45,12 @@ def test_evaluate_then_train_keeps_the_trainable_layout(avx512_bf16: None) -> No
     again = predict_default_probability(model, data, batch_size=4, device=CPU)
     assert before.tolist() == again.tolist()
 
+    # The recipe starts the head at zero, which sends no gradient into the adapters at all; give it
+    # weights as after some training so that a stopped gradient would show as a zero lora_B gradient.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.requires_grad and "lora_" not in name:
+                param.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(0))
     model.train()
     collector = PerExampleGradients(model)
     ids, mask, labels = data.batch(torch.arange(len(data)), CPU)
