@@ -11,11 +11,12 @@ accountant from the charges: of one run (the per-run target) and of every run on
 rows (the lifetime cap). Rows are identified by :func:`dataset_fingerprint`, so a new run
 name, a new seed or a re-split does not start a new ledger.
 
-Claims are concurrency-safe without a lock service: a Job writes its charge under a random
-token, then lists the round's charges and the dataset's whole ledger. If another charge for
-the same run and round is visible, or the ledger now exceeds a cap (a concurrent run), it
-deletes its own charge and trains nothing. With read-after-write consistent listing (POSIX
-directories, S3, Ceph) two Jobs can both back off, but they can never both train.
+Claims are concurrency-safe without a lock service: a Job checks the ledger, writes its charge
+under a random token, then lists the dataset's charges again. If nothing else appeared, the
+first check stands; otherwise it checks again, and if another charge for the same run and round
+is visible, or a cap is now exceeded (a concurrent run), it deletes its own charge and trains
+nothing. With read-after-write consistent listing (POSIX directories, S3, Ceph) two Jobs can
+both back off, but they can never both train.
 """
 
 from __future__ import annotations
@@ -110,10 +111,13 @@ class BankLedger:
         base = f"{self._root}/charges/{run}/"
         return base if round_index is None else f"{base}{round_index:04d}/"
 
+    def _charge_keys(self, run: str | None = None) -> list[str]:
+        prefix = self._charge_prefix(run) if run is not None else f"{self._root}/charges/"
+        return [k for k in self.store.list(prefix) if k.endswith(".json")]
+
     def charges(self, run: str | None = None) -> list[Charge]:
         """Every charge on this dataset (of one run when ``run`` is given), oldest key first."""
-        prefix = self._charge_prefix(run) if run is not None else f"{self._root}/charges/"
-        return [Charge.from_json(json.loads(self.store.get(k))) for k in self.store.list(prefix) if k.endswith(".json")]
+        return [Charge.from_json(json.loads(self.store.get(k))) for k in self._charge_keys(run)]
 
     def epsilon(self, charges: list[Charge], extra: Iterable[MechanismRun] = ()) -> float:
         """ε of ``charges`` plus ``extra`` (the accountant's upper bound)."""
@@ -138,7 +142,7 @@ class BankLedger:
                 the dataset's ε would exceed its cap. Nothing stays charged in that case.
 
         """
-        self._check(run, round_index, mechanisms, run_cap=run_cap, lifetime_cap=lifetime_cap)
+        seen = self._check(run, round_index, mechanisms, run_cap=run_cap, lifetime_cap=lifetime_cap)
         charge = Charge(
             run=run,
             round=round_index,
@@ -148,6 +152,8 @@ class BankLedger:
         )
         key = f"{self._charge_prefix(run, round_index)}{charge.token}.json"
         self.store.put(key, json.dumps(charge.to_json(), sort_keys=True).encode("utf-8"))
+        if set(self._charge_keys()) == seen | {key}:
+            return charge  # nothing appeared meanwhile: the check above already covered this charge
         try:
             self._check(run, round_index, [], run_cap=run_cap, lifetime_cap=lifetime_cap, own=charge.token)
         except ClaimRefused:
@@ -164,8 +170,10 @@ class BankLedger:
         run_cap: float,
         lifetime_cap: float,
         own: str | None = None,
-    ) -> None:
-        everything = self.charges()
+    ) -> set[str]:
+        """Refuse when the round is held by another claim or a cap would be passed; return the keys checked."""
+        keys = self._charge_keys()
+        everything = [Charge.from_json(json.loads(self.store.get(k))) for k in keys]
         others = [c for c in everything if c.run == run and c.round == round_index and c.token != own]
         if others:
             raise AlreadyCharged(
@@ -183,6 +191,7 @@ class BankLedger:
                     f"this round would bring the dataset's lifetime ledger to ε={life_eps:.3f} > the bank's "
                     f"lifetimeEpsilon {lifetime_cap:g} (every run on these rows counts)"
                 )
+        return set(keys)
 
     def keep_report(self, run: str, round_index: int, report: dict[str, Any]) -> None:
         """Keep what must not leave the bank (exact metrics, losses, full error text) in the bank's own store."""
