@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedlora import client as client_module
+from fedlora import local_round as local_round_module
 from fedlora.config import Config, load_config
 from fedlora.simulate import SimulationError, simulate
 from helpers import run_cli as _run_cli
@@ -112,7 +112,7 @@ def test_too_few_banks_fails_clearly(tiny_overrides: list[str], monkeypatch: pyt
     def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(client_module, "train_local", broken)
+    monkeypatch.setattr(local_round_module, "train_local", broken)
     with pytest.raises(SimulationError, match="min_banks=2"):
         simulate(load_config(None, tiny_overrides))
 

@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from fedlora.bank_job import request_config
+from fedlora.bank_env import request_config
 from fedlora.bank_request import BankRequestError, BankTrainingError, bank_side, train_request
 from fedlora.config import Config, ConfigError
 from fedlora.federation import OUTCOME_FILE, select_banks

@@ -3,7 +3,7 @@
 Both commands call :func:`train_request`: it builds the bank's side (:class:`~fedlora.privacy.bank_side.BankSide`:
 its policy from ``FEDLORA_BANK_POLICY``, its own ledger from ``FEDLORA_BANK_LEDGER``, redacted
 messages, CSPRNG noise) and a :class:`~fedlora.runtime.Runtime` on the bank's data
-(``FEDLORA_BANK_DATA``) from the environment the bank's Helm release sets (:mod:`fedlora.bank_job`),
+(``FEDLORA_BANK_DATA``) from the environment the bank's Helm release sets (:mod:`fedlora.bank_env`),
 and calls :func:`fedlora.federation.train_bank` with the consortium's request. Whatever leaves
 through an exception's message is public (settings, keys, rules; never a data value); the full
 error text is kept in the bank's ledger store under ``errors/<run>/<round>.txt``.
@@ -15,7 +15,7 @@ import logging
 import traceback
 from collections.abc import Mapping
 
-from fedlora.bank_job import bank_data_path, bank_ledger_store, bank_policy, request_config
+from fedlora.bank_env import bank_data_path, bank_ledger_store, bank_policy, request_config
 from fedlora.config import ConfigError
 from fedlora.federation import train_bank
 from fedlora.privacy.bank_side import BankSide, public_message

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedlora.client import BankState, ClientResult, run_client_round
+from fedlora.aggregation import AggregationError, Update, aggregate, max_update_norm, sample_banks
 from fedlora.config import Config, config_to_yaml
 from fedlora.errors import FederationError
+from fedlora.local_round import BankState, ClientResult, run_client_round
 from fedlora.model.encoding import RowSet
 from fedlora.model.lora import AdapterState, load_adapter_state, trainable_names
 from fedlora.privacy.accounting import PrivacyConfigError, PrivacyPlan, declared_count
@@ -44,7 +45,6 @@ from fedlora.privacy.randomness import Randomness
 from fedlora.records import NOT_PRIVATE, BankOutcome, BankStatus, RoundRecord, round_metrics
 from fedlora.report import write_report
 from fedlora.runtime import BankSets, Runtime
-from fedlora.server import AggregationError, Update, aggregate, max_update_norm, sample_banks
 from fedlora.store.adapters import get_json, load_adapter, put_json, save_adapter
 from fedlora.store.base import Store, StoreError, global_prefix, round_prefix, update_prefix
 from fedlora.store.run import committed_rounds, open_run_store, semantic_config, stored_config

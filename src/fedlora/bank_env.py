@@ -1,4 +1,4 @@
-"""What a bank's Job runs (``fedlora train-bank``): the consortium's request plus the bank's own settings.
+"""A bank's Job environment (``fedlora train-bank``): the consortium's request plus the bank's own settings.
 
 The consortium sends only the training request (``FEDLORA_REQUEST_CONFIG``, the run's config
 as YAML). The bank's Helm release decides where its data is and how it reaches the exchange:

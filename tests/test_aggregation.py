@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedlora.server import AggregationError, Update, aggregate, fedavg, sample_banks, validate_update
+from fedlora.aggregation import AggregationError, Update, aggregate, fedavg, sample_banks, validate_update
 
 
 def _adapter(seed: int, *, a: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""The coordinator: client sampling, update validation and weighted FedAvg.
+"""Aggregation (run by whichever process commits a round): bank sampling, update validation, weighted FedAvg.
 
 FedAvg (McMahan et al., 2017): the new global adapter is ``Σ_k n_k·θ_k / Σ_k n_k`` over the
 valid updates ``θ_k`` of banks with ``n_k`` training examples. In FFA-LoRA mode the frozen A

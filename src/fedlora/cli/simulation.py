@@ -1,19 +1,17 @@
-"""The ``fedlora`` command line."""
+"""``fedlora simulate``: the whole federation on this machine, with a progress bar and a summary table."""
 
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedlora.cli.common import console, fail
 from fedlora.config import ConfigError, describe_fields, load_config
 from fedlora.errors import FedLoRAError
 from fedlora.records import format_epsilon
@@ -21,7 +19,7 @@ from fedlora.records import format_epsilon
 if TYPE_CHECKING:
     from fedlora.records import BankOutcome, RoundRecord
 
-console = Console(stderr=True)
+__all__ = ["simulate_command"]
 
 
 def _config_help() -> str:
@@ -86,27 +84,7 @@ def _summary_table(summary: dict[str, Any]) -> Table:
     return table
 
 
-@click.group(help="FedLoRA: federated, differentially private LoRA fine-tuning for credit risk.")
-@click.option("-v", "--verbose", is_flag=True, help="Show debug logs.")
-def main(verbose: bool) -> None:
-    """Entry point of the ``fedlora`` command (sets up logging)."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
-    )
-    logging.getLogger("fedlora").setLevel(logging.DEBUG if verbose else logging.INFO)
-    if not verbose:  # third-party chatter (load reports, DB migrations) hides our progress
-        for name in ("mlflow", "alembic", "transformers", "httpx", "urllib3"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-        import os
-
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow configures its own logger on import
-
-
-@main.command(epilog=_config_help())
+@click.command("simulate", epilog=_config_help())
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file (see fields below).")
 @click.option(
     "--set",
@@ -136,7 +114,7 @@ def main(verbose: bool) -> None:
     help="Also report each bank alone on its own test rows (logistic regression, non-private and DP at the "
     "bank's ε, same splits) beside the consortium's model.",
 )
-def simulate(
+def simulate_command(
     config_path: str | None,
     overrides: tuple[str, ...],
     json_path: str | None,
@@ -156,18 +134,17 @@ def simulate(
 
         fixed = [o for o in overrides if o.split(".", 1)[0].strip() not in LOCATION_SECTIONS]
         if fixed:
-            console.print(
-                f"[red]error:[/] --resume continues a run with its own stored config; {', '.join(fixed)} cannot "
-                f"change (only {', '.join(LOCATION_SECTIONS)} settings may be given)"
+            fail(
+                f"--resume continues a run with its own stored config; {', '.join(fixed)} cannot "
+                f"change (only {', '.join(LOCATION_SECTIONS)} settings may be given)",
+                2,
             )
-            sys.exit(2)
     extra = [f"store.uri={store_uri}"] if store_uri else []
     extra += [f"tracking.uri={tracking_uri}"] if tracking_uri else []
     try:
         config = load_config(config_path, [*overrides, *extra])
     except ConfigError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        sys.exit(2)
+        fail(exc, 2)
     from fedlora.simulate import simulate as run_simulation
 
     progress = RichProgress(console)
@@ -175,8 +152,7 @@ def simulate(
         summary = run_simulation(config, progress=progress, resume=resume, baselines=baselines)
     except (FedLoRAError, OSError) as exc:
         progress.stop()
-        console.print(f"[red]error:[/] {exc}")
-        sys.exit(1)
+        fail(exc, 1)
     progress.stop()
     out = Console()
     out.print(_summary_table(summary))
@@ -188,86 +164,3 @@ def simulate(
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
-
-
-@main.command("train-bank")
-@click.option("--run", required=True, help="The run name (as the coordinator named it).")
-@click.option("--bank", required=True, help="This bank's name in the consortium config.")
-@click.option("--round", "round_index", required=True, type=click.IntRange(min=1), help="The round to train.")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, exists=True),
-    help="The run's config (default: the request in FEDLORA_REQUEST_CONFIG).",
-)
-def train_bank_command(run: str, bank: str, round_index: int, config_path: str | None) -> None:
-    """Train one bank's round and publish its noised adapter (what a bank's Job runs).
-
-    Reads the consortium's request from FEDLORA_REQUEST_CONFIG and this bank's own settings
-    from FEDLORA_BANK_DATA (a path, or s3:// in the bank's private bucket), FEDLORA_STORE_*
-    (how this bank reaches the exchange bucket), FEDLORA_BANK_POLICY (its privacy policy) and
-    FEDLORA_BANK_LEDGER (its own ledger: a directory or s3:// in its private bucket). A request
-    outside the policy is refused (status "refused"). Prints the outcome as JSON; error
-    messages name file, column, row and rule, never a value (the full text is kept in the
-    ledger store under errors/). Exit 0 when the bank trained, was not sampled, refused or
-    has spent its budget; 1 on failure; 2 on a bad request or deployment.
-    """
-    from fedlora.bank_job import environment
-    from fedlora.bank_request import BankRequestError, BankTrainingError, train_request
-
-    try:
-        text = Path(config_path).read_text(encoding="utf-8") if config_path else None
-        outcome = train_request(environment(), run=run, bank=bank, round_index=round_index, config_text=text)
-    except (BankRequestError, OSError, UnicodeDecodeError) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        sys.exit(2)
-    except BankTrainingError as exc:  # everything printed here may be streamed to the consortium: no data values
-        console.print(f"[red]error:[/] {exc}")
-        sys.exit(1)
-    click.echo(json.dumps(outcome.to_json(), sort_keys=True))
-
-
-@main.command("bank-agent")
-@click.option("--bank", required=True, help="This bank's name in the consortium's configs.")
-@click.option("--run", "runs", multiple=True, help="Serve only this run (repeatable; default: every run).")
-@click.option("--once", is_flag=True, help="Process what is pending, then exit (CronJob, tests).")
-@click.option(
-    "--poll-seconds",
-    type=click.FloatRange(min=0.1),
-    default=30.0,
-    show_default=True,
-    help="Pause between two passes over the exchange (backs off up to 10x while the exchange is unreachable).",
-)
-def bank_agent_command(bank: str, runs: tuple[str, ...], once: bool, poll_seconds: float) -> None:
-    """Pull mode: take this bank's rounds from the exchange and train them here (the bank's own cluster).
-
-    Settings from the same environment as train-bank: FEDLORA_STORE_* (the exchange root),
-    FEDLORA_BANK_DATA, FEDLORA_BANK_POLICY, FEDLORA_BANK_LEDGER. For every kubeflow.mode=pull run
-    in the exchange that names this bank and whose next round needs it (previous round committed,
-    bank sampled, no outcome yet), runs exactly what train-bank runs with the run's stored
-    config.yaml as the request; the bank's policy decides. Prints one line per round (status, ε,
-    steps; never a data value). Exit (with --once) 0, 1 when a round failed or the exchange was
-    unreachable, 2 on a bad deployment.
-    """
-    from fedlora.bank_agent import run_agent
-    from fedlora.bank_job import environment
-    from fedlora.bank_request import BankRequestError
-
-    try:
-        code = run_agent(environment(), bank=bank, runs=runs, once=once, poll_seconds=poll_seconds, echo=click.echo)
-    except BankRequestError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        sys.exit(2)
-    sys.exit(code)
-
-
-from fedlora.cli_consortium import consortium_group  # noqa: E402 (the consortium operator's setup)
-from fedlora.cli_kfp import compile_command, submit_command  # noqa: E402 (Kubeflow commands)
-
-main.add_command(compile_command)
-main.add_command(submit_command)
-main.add_command(consortium_group)
-
-
-if __name__ == "__main__":
-    main()
