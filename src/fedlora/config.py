@@ -339,13 +339,31 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise ConfigError(f"--set has an empty key in {assignment!r}")
+    set_dotted(tree, parts, _parse_value(raw), name=f"--set {key}")
+
+
+def set_dotted(tree: dict[str, Any], path: str | list[str], value: Any, *, name: str | None = None) -> None:
+    """Set ``tree[a][b][c] = value`` for the dotted ``path`` ``a.b.c``, creating missing sections, in place.
+
+    Args:
+        tree: A raw config tree (parsed YAML).
+        path: The dotted name, or its parts.
+        value: The new value.
+        name: How errors name the setting (default: the dotted path).
+
+    Raises:
+        ConfigError: a part of the path names a value, not a section.
+
+    """
+    parts = path.split(".") if isinstance(path, str) else path
+    name = name if name is not None else ".".join(parts)
     node = tree
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: {part!r} is not a section")
+            raise ConfigError(f"{name}: {part!r} is not a section")
         node = child
-    node[parts[-1]] = _parse_value(raw)
+    node[parts[-1]] = value
 
 
 def _format_error(err: ValidationError, source: str) -> str:
