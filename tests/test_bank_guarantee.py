@@ -27,9 +27,10 @@ import pytest
 from click.testing import CliRunner
 from sklearn.metrics import roc_auc_score
 
+from fedlora.bank_round import run_bank_round
 from fedlora.cli import main
 from fedlora.config import Config, config_to_yaml, load_config
-from fedlora.federation import aggregate_round, initialize, train_bank
+from fedlora.federation import aggregate_round, initialize
 from fedlora.privacy.accounting import MechanismRun, compute_epsilon
 from fedlora.privacy.bank_ledger import AlreadyCharged, BankLedger, BudgetSpent
 from fedlora.privacy.bank_side import BankSide, bank_randomness
@@ -346,7 +347,7 @@ def test_namespaced_aggregation_reports_no_test_auc_on_the_coordinators_copy(
         ledger_store=LocalStore(tmp_path / "l"),
     )
     outcomes = [
-        train_bank(config, run="r1", bank=b.name, round_index=1, runtime=runtime, side=side)
+        run_bank_round(config, run="r1", bank=b.name, round_index=1, runtime=runtime, side=side)
         for b in config.federation.banks
     ]
     record = aggregate_round(config, run="r1", round_index=1, outcomes=outcomes, runtime=runtime)

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from fedlora.bank_round import run_bank_round
 from fedlora.config import Config, config_to_yaml
-from fedlora.federation import initialize, train_bank
-from fedlora.pipeline import coordinator, steps
+from fedlora.federation import initialize
+from fedlora.pipeline import bank_dispatch, coordinator, task_bodies
 from fedlora.records import BankOutcome
 from helpers import FakeKfpOutput, tiny_pipeline_config
 
@@ -23,7 +24,7 @@ def _tiny(tmp_path: Path, *extra: str) -> Config:
 
 def _federate(config: Config, tmp_path: Path, name: str = "a") -> tuple[str, FakeOutput, FakeOutput, FakeOutput]:
     outs = [FakeOutput(tmp_path / f"{name}-{kind}.md") for kind in ("metrics", "roc", "summary")]
-    result = steps.federate_step(
+    result = task_bodies.federate_step(
         config_yaml=config_to_yaml(config), run="r", metrics=outs[0], roc=outs[1], summary=outs[2]
     )
     return result, outs[0], outs[1], outs[2]
@@ -35,7 +36,7 @@ def test_rounds_loop_in_one_task_with_per_round_metrics_and_resume(
     config = _tiny(tmp_path)
     initialize(config, run="r")
     calls: list[tuple[str, int]] = []
-    real = steps.bank_round
+    real = bank_dispatch.dispatch_bank_round
 
     def counted(config: Config, *, run: str, bank: str, round_index: int, runtime: Any = None) -> BankOutcome:
         calls.append((bank, round_index))
@@ -43,16 +44,19 @@ def test_rounds_loop_in_one_task_with_per_round_metrics_and_resume(
             raise KeyboardInterrupt("the coordinator pod is evicted in round 2")
         return real(config, run=run, bank=bank, round_index=round_index, runtime=runtime)
 
-    monkeypatch.setattr(steps, "bank_round", counted)
+    monkeypatch.setattr(bank_dispatch, "dispatch_bank_round", counted)
     with pytest.raises(KeyboardInterrupt):
         _federate(config, tmp_path)
     assert calls == [("bank-a", 1), ("bank-b", 1), ("bank-c", 1), ("bank-a", 2)]
     assert [r.round for r in coordinator.committed_records(config, run="r")] == [1]
 
     calls.clear()
-    monkeypatch.setattr(
-        steps, "bank_round", lambda *a, **k: calls.append((k["bank"], k["round_index"])) or real(*a, **k)
-    )
+
+    def recorded(*a: Any, **k: Any) -> BankOutcome:
+        calls.append((k["bank"], k["round_index"]))
+        return real(*a, **k)
+
+    monkeypatch.setattr(bank_dispatch, "dispatch_bank_round", recorded)
     result, metrics, roc, summary = _federate(config, tmp_path, "b")  # the retried task
     assert calls == [("bank-a", 2), ("bank-b", 2), ("bank-c", 2)]  # round 1 is not trained again
     run = tmp_path / "store" / "r"
@@ -87,10 +91,10 @@ def test_namespaced_banks_of_a_round_run_concurrently_and_published_ones_are_not
         launched.append(bank)
         barrier.wait()  # times out (BrokenBarrierError) if the launches were sequential
         with lock:  # the "bank's Job": the same training, in its own runtime
-            return train_bank(inline, run=run, bank=bank, round_index=round_index)
+            return run_bank_round(inline, run=run, bank=bank, round_index=round_index)
 
-    train_bank(inline, run="r", bank="bank-b", round_index=1)  # bank-b published before a coordinator restart
-    monkeypatch.setattr(steps, "run_bank_job", job)
+    run_bank_round(inline, run="r", bank="bank-b", round_index=1)  # bank-b published before a coordinator restart
+    monkeypatch.setattr(bank_dispatch, "launch_bank_job", job)
     records = coordinator.run_rounds(config, run="r")
     assert sorted(launched) == ["bank-a", "bank-c"]
     assert records[-1].banks == ["bank-a", "bank-b", "bank-c"]

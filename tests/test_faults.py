@@ -15,9 +15,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from fedlora.bank_round import run_bank_round
 from fedlora.cli import main
 from fedlora.config import Config, load_config
-from fedlora.federation import aggregate_round, initialize, train_bank
+from fedlora.federation import aggregate_round, initialize
 from fedlora.privacy.accounting import MechanismRun, compute_epsilon
 from fedlora.records import BankOutcome
 from fedlora.runtime import Runtime
@@ -110,7 +111,7 @@ def trained_round(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, Pat
     )
     runtime = Runtime(config)
     initialize(config, run="base", runtime=runtime)
-    outcomes = [train_bank(config, run="base", bank=b, round_index=1, runtime=runtime) for b in BANKS]
+    outcomes = [run_bank_round(config, run="base", bank=b, round_index=1, runtime=runtime) for b in BANKS]
     return config, root / "base", outcomes
 
 

@@ -280,7 +280,7 @@ def test_namespaced_step_returns_the_outcome_the_banks_job_published(
     cluster: tuple[FakeCluster, client.ApiClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from fedlora.config import load_config_text
-    from fedlora.pipeline import steps
+    from fedlora.pipeline import bank_dispatch
     from fedlora.records import BankOutcome
 
     state, api = cluster
@@ -291,9 +291,9 @@ def test_namespaced_step_returns_the_outcome_the_banks_job_published(
         reads.append((run, bank, round_index))
         return published
 
-    monkeypatch.setattr(steps, "read_bank_outcome", read)
+    monkeypatch.setattr(bank_dispatch, "read_bank_outcome", read)
     config = _namespaced_config()
-    outcome = steps.run_bank_job(config, run="run-7", bank="bank-a", round_index=3, api=api)
+    outcome = bank_dispatch.launch_bank_job(config, run="run-7", bank="bank-a", round_index=3, api=api)
     assert outcome == published
     assert reads == [("run-7", "bank-a", 3)]
     (posted,) = state.posted
@@ -316,7 +316,7 @@ def test_namespaced_step_returns_the_outcome_the_banks_job_published(
 def test_namespaced_step_turns_a_failed_job_into_a_failed_bank(
     cluster: tuple[FakeCluster, client.ApiClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fedlora.pipeline import steps
+    from fedlora.pipeline import bank_dispatch
 
     state, api = cluster
     state.scenario = "fail"
@@ -325,18 +325,18 @@ def test_namespaced_step_turns_a_failed_job_into_a_failed_bank(
     def nothing(*args: Any, **kwargs: Any) -> Any:
         raise FileNotFoundError("rounds/0001/updates/bank-a/outcome.json")
 
-    monkeypatch.setattr(steps, "read_bank_outcome", nothing)
-    outcome = steps.run_bank_job(_namespaced_config(), run="run-7", bank="bank-a", round_index=1, api=api)
+    monkeypatch.setattr(bank_dispatch, "read_bank_outcome", nothing)
+    outcome = bank_dispatch.launch_bank_job(_namespaced_config(), run="run-7", bank="bank-a", round_index=1, api=api)
     assert outcome.status == "failed" and outcome.bank == "bank-a" and outcome.round == 1
     assert "BackoffLimitExceeded" in outcome.message and "CUDA error: out of memory" in outcome.message
     assert not state.jobs  # cleaned up
 
 
 def test_namespaced_step_bank_without_helm_release(cluster: tuple[FakeCluster, client.ApiClient]) -> None:
-    from fedlora.pipeline import steps
+    from fedlora.pipeline import bank_dispatch
 
     state, api = cluster
-    outcome = steps.run_bank_job(_namespaced_config(), run="run-7", bank="b2", round_index=1, api=api)
+    outcome = bank_dispatch.launch_bank_job(_namespaced_config(), run="run-7", bank="b2", round_index=1, api=api)
     assert outcome.status == "failed"
     assert "configmap b2/fedlora-bank-job-template" in outcome.message and "Helm release" in outcome.message
     assert not state.posted
@@ -355,25 +355,26 @@ def test_logs_of_a_job_that_ends_at_once_are_read_before_deletion(
 
 
 def test_namespaced_step_outside_a_cluster_is_a_failed_bank(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fedlora.pipeline import steps
+    from fedlora.pipeline import bank_dispatch
 
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")
-    outcome = steps.run_bank_job(_namespaced_config(), run="r", bank="bank-a", round_index=1)
+    outcome = bank_dispatch.launch_bank_job(_namespaced_config(), run="r", bank="bank-a", round_index=1)
     assert outcome.status == "failed" and "no access to the Kubernetes API" in outcome.message
 
 
 def test_namespaced_step_keeps_an_outcome_published_before_the_job_failed(
     cluster: tuple[FakeCluster, client.ApiClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fedlora.pipeline import steps
+    from fedlora.pipeline import bank_dispatch
     from fedlora.records import BankOutcome
 
     state, api = cluster
     state.scenario = "fail"  # e.g. the pod was evicted after it had published its update
     published = BankOutcome(bank="bank-a", round=2, status="ok", num_examples=80)
-    monkeypatch.setattr(steps, "read_bank_outcome", lambda *a, **k: published)
-    assert steps.run_bank_job(_namespaced_config(), run="r", bank="bank-a", round_index=2, api=api) == published
+    monkeypatch.setattr(bank_dispatch, "read_bank_outcome", lambda *a, **k: published)
+    outcome = bank_dispatch.launch_bank_job(_namespaced_config(), run="r", bank="bank-a", round_index=2, api=api)
+    assert outcome == published
 
 
 def test_api_client_from_a_kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,8 +17,7 @@ from fedlora.cli import main
 from fedlora.config import ConfigError, config_to_yaml, load_config
 from fedlora.pipeline.compile import COMPONENT_FILES, compile_components, compile_pipeline, default_config
 from fedlora.pipeline.components import CONTROL_IMAGE, initialize_run
-from fedlora.pipeline.parameters import FIELDS, PARAMETERS, parameter_values, to_overrides
-from fedlora.pipeline.steps import resolve_config
+from fedlora.pipeline.parameters import FIELDS, PARAMETERS, parameter_values, resolve_config, to_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 

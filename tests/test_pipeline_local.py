@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 from kfp import local
 
+from fedlora.aggregation import select_banks
 from fedlora.config import Config, config_to_yaml, load_config
-from fedlora.pipeline import steps
+from fedlora.pipeline import bank_dispatch, cards, task_bodies
+from fedlora.pipeline.parameters import resolve_config
 from fedlora.pipeline.pipeline import build_pipeline
 from fedlora.records import BankOutcome, RoundRecord
 from helpers import FakeKfpOutput, tiny_pipeline_config
@@ -76,9 +78,9 @@ def test_failed_bank_is_reported_not_raised(tmp_path: Path, monkeypatch: pytest.
     def broken(config: Config, *, run: str, bank: str, round_index: int, runtime: Any = None) -> BankOutcome:
         raise OSError("bank data volume is not mounted")
 
-    monkeypatch.setattr(steps, "train_bank", broken)
+    monkeypatch.setattr(bank_dispatch, "run_bank_round", broken)
     metrics, summary = FakeMetrics(tmp_path / "m"), FakeMetrics(tmp_path / "summary.md")
-    out = steps.train_bank_step(
+    out = task_bodies.train_bank_step(
         config_yaml=config_to_yaml(_tiny(tmp_path)),
         run="r",
         bank="bank-b",
@@ -100,10 +102,10 @@ def test_namespaced_mode_launches_the_banks_job(tmp_path: Path, monkeypatch: pyt
         calls.append((bank, round_index, config.kubeflow.mode))
         return BankOutcome.failed(bank, round_index, "job fedlora-bank-a/x: timed out after 60 s")
 
-    monkeypatch.setattr(steps, "run_bank_job", job)
+    monkeypatch.setattr(bank_dispatch, "launch_bank_job", job)
     metrics = FakeMetrics(tmp_path / "m")
     config = _tiny(tmp_path, "kubeflow.mode=namespaced")
-    steps.train_bank_step(
+    task_bodies.train_bank_step(
         config_yaml=config_to_yaml(config),
         run="r",
         bank="bank-a",
@@ -116,11 +118,11 @@ def test_namespaced_mode_launches_the_banks_job(tmp_path: Path, monkeypatch: pyt
 
 
 def test_bank_left_out_of_the_run_is_not_selected(tmp_path: Path) -> None:
-    config = steps.resolve_config(
+    config = resolve_config(
         config_to_yaml(_tiny(tmp_path)), {"federation.banks": ["bank-a"], "federation.min_banks": 1}
     )
     metrics = FakeMetrics(tmp_path / "m")
-    out = steps.train_bank_step(
+    out = task_bodies.train_bank_step(
         config_yaml=config_to_yaml(config),
         run="r",
         bank="bank-b",
@@ -138,8 +140,8 @@ def test_bank_without_outcome_counts_as_failed_in_the_round(tmp_path: Path, monk
             raise FileNotFoundError("rounds/0001/updates/bank-b/outcome.json")
         return BankOutcome(bank=bank, round=round_index, status="ok", num_examples=100)
 
-    monkeypatch.setattr(steps, "read_bank_outcome", read)
-    outcomes = steps._round_outcomes(_tiny(tmp_path), run="r", round_index=1)
+    monkeypatch.setattr(task_bodies, "read_bank_outcome", read)
+    outcomes = task_bodies._round_outcomes(_tiny(tmp_path), run="r", round_index=1)
     assert [(o.bank, o.status) for o in outcomes] == [("bank-a", "ok"), ("bank-b", "failed")]
 
 
@@ -156,18 +158,19 @@ def test_round_summary_shows_failed_banks() -> None:
         "epsilon": {"bank-a": 1.2, "bank-b": 0.8, "bank-c": 1.1},
         "dp_evaluation": {"of_global_round": 2, "banks": ["bank-a"], "auc": 0.7, "ks": 0.3, "brier": 0.2, "n": 99.5},
     }
-    text = steps._round_markdown(RoundRecord.from_json(record))
+    text = cards.round_card(RoundRecord.from_json(record))
     assert "| bank-b | ❌ failed: job fedlora-bank-b/x: timed out after 7200 s | 0.8 |" in text
     assert "| bank-a | ✅ averaged | 1.2 | yes |" in text  # released DP evaluation histograms
     assert "DP evaluation of the global adapter of round 2" in text and "AUC **0.7**" in text
 
 
 def test_bank_not_sampled_this_round_starts_no_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(steps, "run_bank_job", lambda *a, **k: pytest.fail("no Job for a bank that sits out"))
+    no_job = lambda *a, **k: pytest.fail("no Job for a bank that sits out")  # noqa: E731
+    monkeypatch.setattr(bank_dispatch, "launch_bank_job", no_job)
     config = _tiny(tmp_path, "kubeflow.mode=namespaced", "federation.fraction_fit=0.5", "federation.min_banks=1")
-    selected = set(steps.select_banks(config, 1))
+    selected = set(select_banks(config, 1))
     (sitting_out,) = {"bank-a", "bank-b"} - selected
-    out = steps.train_bank_step(
+    out = task_bodies.train_bank_step(
         config_yaml=config_to_yaml(config),
         run="r",
         bank=sitting_out,
@@ -179,10 +182,10 @@ def test_bank_not_sampled_this_round_starts_no_job(tmp_path: Path, monkeypatch: 
 
 
 def test_plan_warns_about_local_only_locations(tmp_path: Path) -> None:
-    warnings = steps._location_warnings(_tiny(tmp_path, "tracking.enabled=true"))
+    warnings = cards.location_warnings(_tiny(tmp_path, "tracking.enabled=true"))
     assert len(warnings) == 2 and "s3://" in warnings[0] and "tracking_uri" in warnings[1]
     cluster = _tiny(tmp_path, "store.uri=s3://exchange/c", "tracking.enabled=true", "tracking.uri=http://mlflow:5000")
-    assert steps._location_warnings(cluster) == []
+    assert cards.location_warnings(cluster) == []
 
 
 def test_settings_that_cannot_work_on_a_cluster_fail_in_initialize(
@@ -195,7 +198,7 @@ def test_settings_that_cannot_work_on_a_cluster_fail_in_initialize(
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
     plan = FakeMetrics(tmp_path / "plan.md")
     with pytest.raises(ConfigError) as info:
-        steps.initialize_step(base_config=config_to_yaml(config), parameters={}, kfp_run_name="r", plan=plan)
+        task_bodies.initialize_step(base_config=config_to_yaml(config), parameters={}, kfp_run_name="r", plan=plan)
     assert "store_uri" in str(info.value) and "s3://bucket/prefix" in str(info.value)
     assert "tracking_uri" in str(info.value)
     assert not (tmp_path / "store").exists()

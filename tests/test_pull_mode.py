@@ -1,7 +1,7 @@
 """Pull mode (``kubeflow.mode=pull``): the banks' own agents take their rounds from the exchange.
 
 Nothing is mocked: the coordinator is the coordinator task's loop (``run_rounds``: the per-bank
-dispatch ``bank_round`` of both graphs, which in pull mode waits for the bank's outcome in the
+dispatch ``dispatch_bank_round`` of both graphs, which in pull mode waits for the bank's outcome in the
 store), and the banks are ``fedlora bank-agent`` passes (in-process, as subprocesses, or a
 looping agent in a thread) with their own data, policy and ledger, on a local-directory exchange
 and on the real Ceph S3 gateway of tests/conftest.py.
@@ -26,12 +26,13 @@ import pytest
 from click.testing import CliRunner
 
 from fedlora.bank_agent import acquire_lease, process_pending, run_agent
+from fedlora.bank_round import read_bank_outcome
 from fedlora.cli import main
 from fedlora.config import Config, load_config
-from fedlora.federation import aggregate_round, initialize, read_bank_outcome
+from fedlora.federation import aggregate_round, initialize
+from fedlora.pipeline.bank_dispatch import dispatch_bank_round
 from fedlora.pipeline.coordinator import run_rounds
 from fedlora.pipeline.pull import await_bank_outcome
-from fedlora.pipeline.steps import bank_round
 from fedlora.records import RoundRecord
 from fedlora.store.local import LocalStore
 from fedlora.store.run import open_run_store
@@ -149,7 +150,7 @@ def test_timeout_is_a_failed_bank_and_a_refusing_policy_a_refused_one(
     assert _charges(tmp_path / "bank-b-ledger", "r1", 1) == []  # refused before anything was charged
 
     started = time.monotonic()
-    silent = bank_round(config, run="r1", bank="bank-c", round_index=1)
+    silent = dispatch_bank_round(config, run="r1", bank="bank-c", round_index=1)
     assert 3 <= time.monotonic() - started < 15
     assert silent.status == "failed" and "published no outcome for round 1 within 3s" in silent.message
 

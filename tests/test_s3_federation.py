@@ -25,8 +25,9 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load as load_safetensors
 
+from fedlora.bank_round import run_bank_round
 from fedlora.config import Config, load_config
-from fedlora.federation import initialize, train_bank
+from fedlora.federation import initialize
 from fedlora.privacy.bank_side import BankSide
 from fedlora.privacy.policy import BankPolicy
 from fedlora.records import BankOutcome, RoundRecord
@@ -383,7 +384,7 @@ def test_bank_writes_only_its_own_update_under_the_consortium_policy(
         policy=BankPolicy.model_validate({"minNoiseMultiplier": 0}),
         job=True,
     )
-    outcome = train_bank(config, run=run, bank="bank-a", round_index=1, runtime=runtime, side=side)
+    outcome = run_bank_round(config, run=run, bank="bank-a", round_index=1, runtime=runtime, side=side)
     assert isinstance(outcome, BankOutcome) and outcome.status == "ok", outcome
     assert outcome.update_uri == f"s3://{bucket}/consortium/{run}/rounds/0001/updates/bank-a"
     bank_a = open_run_store(config, run)
@@ -402,7 +403,7 @@ def test_bank_writes_only_its_own_update_under_the_consortium_policy(
         with pytest.raises(StoreError, match="AccessDenied"):
             put_json(bank_a, key, {"forged": True})
     with pytest.raises(StoreError, match="AccessDenied"):  # training bank B's round with A's keys
-        train_bank(config, run=run, bank="bank-b", round_index=1, runtime=runtime, side=side)
+        run_bank_round(config, run=run, bank="bank-b", round_index=1, runtime=runtime, side=side)
 
     # Bank B's update is unchanged (its sha256 still verifies) and the coordinator reads both.
     _set_credentials(monkeypatch, ceph_s3.access_key, ceph_s3.secret_key)

@@ -94,14 +94,14 @@ def test_seeded_runs_are_reproducible(tiny_overrides: list[str], tmp_path: Path)
 def test_a_failing_bank_does_not_end_the_round(tiny_overrides: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     import fedlora.simulate as sim
 
-    real = sim.train_bank
+    real = sim.run_bank_round
 
     def flaky(config, *, bank, **kwargs):  # type: ignore[no-untyped-def]
         if bank == "bank-b":
             raise RuntimeError("GPU fell off the bus")
         return real(config, bank=bank, **kwargs)
 
-    monkeypatch.setattr(sim, "train_bank", flaky)
+    monkeypatch.setattr(sim, "run_bank_round", flaky)
     summary = simulate(load_config(None, tiny_overrides))
     for record in summary["rounds"]:
         assert "bank-b" in record["failed"] and "GPU fell off the bus" in record["failed"]["bank-b"]

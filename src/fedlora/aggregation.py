@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from fedlora.config import Config
 from fedlora.errors import FedLoRAError
 from fedlora.model.lora import AdapterState
 
@@ -86,6 +87,17 @@ def sample_banks(banks: list[str], *, fraction_fit: float, min_banks: int, round
     rng = np.random.default_rng([seed, round_index])
     chosen = set(rng.choice(len(banks), size=count, replace=False).tolist())
     return [b for i, b in enumerate(banks) if i in chosen]
+
+
+def select_banks(config: Config, round_index: int) -> list[str]:
+    """The banks that train in ``round_index`` (seeded, identical in every process)."""
+    return sample_banks(
+        [b.name for b in config.federation.banks],
+        fraction_fit=config.federation.fraction_fit,
+        min_banks=config.federation.min_banks,
+        round_index=round_index,
+        seed=config.seed,
+    )
 
 
 def validate_update(update: Update, reference: AdapterState) -> str | None:

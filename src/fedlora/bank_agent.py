@@ -18,7 +18,7 @@ release). It needs outbound access to the exchange bucket only. Each pass:
    the public message (the coordinator need not wait for its timeout); its full text stays in the
    bank's ledger store.
 
-A round is never trained twice: :func:`~fedlora.federation.train_bank` returns a published outcome
+A round is never trained twice: :func:`~fedlora.bank_round.run_bank_round` returns a published outcome
 as is and the ledger refuses a second claim of the same round; the lease only keeps concurrent
 agents from turning that refusal into a published ``refused``. Store errors (an outage longer
 than ``store.retry_seconds``) end the pass for that run with a warning; the next pass retries.
@@ -45,10 +45,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from fedlora.aggregation import select_banks
 from fedlora.bank_env import request_config
 from fedlora.bank_request import BankRequestError, BankTrainingError, bank_side, train_request
+from fedlora.bank_round import OUTCOME_FILE
 from fedlora.config import Config, ConfigError
-from fedlora.federation import OUTCOME_FILE, select_banks
 from fedlora.privacy.bank_side import public_message
 from fedlora.records import BankOutcome
 from fedlora.store.adapters import get_json, put_json

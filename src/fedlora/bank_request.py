@@ -4,7 +4,7 @@ Both commands call :func:`train_request`: it builds the bank's side (:class:`~fe
 its policy from ``FEDLORA_BANK_POLICY``, its own ledger from ``FEDLORA_BANK_LEDGER``, redacted
 messages, CSPRNG noise) and a :class:`~fedlora.runtime.Runtime` on the bank's data
 (``FEDLORA_BANK_DATA``) from the environment the bank's Helm release sets (:mod:`fedlora.bank_env`),
-and calls :func:`fedlora.federation.train_bank` with the consortium's request. Whatever leaves
+and calls :func:`fedlora.bank_round.run_bank_round` with the consortium's request. Whatever leaves
 through an exception's message is public (settings, keys, rules; never a data value); the full
 error text is kept in the bank's ledger store under ``errors/<run>/<round>.txt``.
 """
@@ -16,8 +16,8 @@ import traceback
 from collections.abc import Mapping
 
 from fedlora.bank_env import bank_data_path, bank_ledger_store, bank_policy, request_config
+from fedlora.bank_round import run_bank_round
 from fedlora.config import ConfigError
-from fedlora.federation import train_bank
 from fedlora.privacy.bank_side import BankSide, public_message
 from fedlora.privacy.policy import PolicyError
 from fedlora.records import BankOutcome
@@ -71,7 +71,7 @@ def train_request(
         config_text: The request (the run's config YAML); default ``FEDLORA_REQUEST_CONFIG``.
 
     Returns:
-        What :func:`~fedlora.federation.train_bank` returns: ``ok``, ``not_selected``, ``refused``,
+        What :func:`~fedlora.bank_round.run_bank_round` returns: ``ok``, ``not_selected``, ``refused``,
         ``budget_exhausted``, or the outcome already published for the round.
 
     Raises:
@@ -86,7 +86,7 @@ def train_request(
     try:
         data = bank_data_path(env)
         runtime = Runtime(config, bank_files={bank: data} if data else None)
-        return train_bank(config, run=run, bank=bank, round_index=round_index, runtime=runtime, side=side)
+        return run_bank_round(config, run=run, bank=bank, round_index=round_index, runtime=runtime, side=side)
     except Exception as exc:  # everything said here may reach the consortium: no data values
         keep_private_error(side, run, round_index, exc)
         raise BankTrainingError(f"bank {bank} round {round_index}: {public_message(exc)}") from exc

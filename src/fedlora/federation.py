@@ -1,9 +1,11 @@
-"""The federation's steps, shared by every shell: initialize, train a bank, aggregate a round, finalize.
+"""The coordinator's federation steps: initialize a run and aggregate a round.
 
-``fedlora simulate`` calls them in a loop in one process; the Kubeflow components call one
-each; a bank's Job calls :func:`train_bank`. All state lives in the run's store, so any
-step can run in a fresh process, and a run interrupted between (or inside) rounds resumes
-from the last committed round:
+The four steps every shell calls are :func:`initialize` and :func:`aggregate_round` here,
+:func:`fedlora.bank_round.run_bank_round` (one bank's round) and
+:func:`fedlora.finalize.finalize`. ``fedlora simulate`` calls them in a loop in one process;
+the Kubeflow components call one each; a bank's Job calls ``run_bank_round``. All state lives
+in the run's store, so any step can run in a fresh process, and a run interrupted between (or
+inside) rounds resumes from the last committed round:
 
 * ``privacy/<bank>.json`` holds the bank's privacy plan and ledger. A bank charges its
   ledger *before* it publishes an update (a crash in between over-counts, never
@@ -18,56 +20,28 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from fedlora.aggregation import AggregationError, Update, aggregate, max_update_norm, sample_banks
+from fedlora.aggregation import AggregationError, Update, aggregate, max_update_norm
 from fedlora.config import Config, config_to_yaml
 from fedlora.errors import FederationError
-from fedlora.local_round import BankState, ClientResult, run_client_round
-from fedlora.model.encoding import RowSet
-from fedlora.model.lora import AdapterState, load_adapter_state, trainable_names
-from fedlora.privacy.accounting import PrivacyConfigError, PrivacyPlan, declared_count
-from fedlora.privacy.bank_ledger import BankLedger, BudgetSpent, ClaimRefused, dataset_fingerprint
+from fedlora.model.lora import AdapterState
+from fedlora.privacy.accounting import PrivacyPlan
 from fedlora.privacy.bank_side import (
-    BankSide,
-    bank_randomness,
     load_bank_privacy,
     plan_bank,
-    publish_privacy_report,
 )
-from fedlora.privacy.dp_evaluation import ScoreHistograms, noised, pooled_metrics, score_histograms
+from fedlora.privacy.dp_evaluation import ScoreHistograms, pooled_metrics
 from fedlora.privacy.policy import BankPolicy
-from fedlora.privacy.randomness import Randomness
 from fedlora.records import NOT_PRIVATE, BankOutcome, BankStatus, RoundRecord, round_metrics
-from fedlora.report import write_report
-from fedlora.runtime import BankSets, Runtime
+from fedlora.runtime import Runtime
 from fedlora.store.adapters import get_json, load_adapter, put_json, save_adapter
 from fedlora.store.base import Store, StoreError, global_prefix, round_prefix, update_prefix
 from fedlora.store.run import committed_rounds, open_run_store, semantic_config, stored_config
-from fedlora.tracking import flatten, open_tracker, register_final, tracked
-from fedlora.training import DPSettings, predict_default_probability, steps_per_round
+from fedlora.tracking import flatten, open_tracker, tracked
 
 log = logging.getLogger(__name__)
-
-OUTCOME_FILE = "outcome.json"
-
-
-# --- the steps ---------------------------------------------------------------------------
-
-
-def select_banks(config: Config, round_index: int) -> list[str]:
-    """The banks that train in ``round_index`` (seeded, identical in every process)."""
-    return sample_banks(
-        [b.name for b in config.federation.banks],
-        fraction_fit=config.federation.fraction_fit,
-        min_banks=config.federation.min_banks,
-        round_index=round_index,
-        seed=config.seed,
-    )
 
 
 def initialize(config: Config, *, run: str, runtime: Runtime | None = None, resume: bool = False) -> dict[str, Any]:
@@ -116,223 +90,6 @@ def initialize(config: Config, *, run: str, runtime: Runtime | None = None, resu
         "privacy": {bank: dataclasses.asdict(plan) for bank, plan in plans.items()},  # shown, not stored
         "committed_rounds": committed_rounds(store),
     }
-
-
-def train_bank(
-    config: Config,
-    *,
-    run: str,
-    bank: str,
-    round_index: int,
-    runtime: Runtime | None = None,
-    side: BankSide | None = None,
-) -> BankOutcome:
-    """One bank's round: check the request, charge the ledger, release DP metrics, train, publish.
-
-    Order: the request is checked against the bank's policy; the plan is computed from the
-    bank's own rows; the round is *claimed* on the bank's own ledger (the charge is written
-    before anything is released); the noised evaluation histograms (if the policy releases
-    metrics) and the DP-SGD adapter are published; ``outcome.json`` is written last. A
-    published outcome is returned as is (a retried Job trains nothing twice), and a round
-    already claimed by another Job is refused.
-
-    Raises:
-        FederationError: the previous round is not committed or the bank is unknown.
-
-    """
-    if bank not in {b.name for b in config.federation.banks}:
-        raise FederationError(f"unknown bank {bank!r}; banks: {[b.name for b in config.federation.banks]}")
-    runtime = runtime or Runtime(config)
-    side = side or BankSide()
-    store = open_run_store(config, run)
-    prefix = update_prefix(round_index, bank)
-    if store.exists(f"{prefix}/{OUTCOME_FILE}"):
-        return read_bank_outcome(config, run=run, bank=bank, round_index=round_index)
-    if bank not in select_banks(config, round_index):
-        return BankOutcome(bank=bank, round=round_index, status="not_selected", message="not sampled this round")
-    previous = round_index - 1
-    if previous > 0 and not store.exists(f"{round_prefix(previous)}/MANIFEST.json"):
-        raise FederationError(f"round {previous} of run {run} is not committed; cannot start round {round_index}")
-    policy = side.policy_for(config, bank)
-    refusals = policy.refusals(config, bank, job=side.job) if (side.job or config.privacy.enabled) else []
-    if refusals:
-        outcome = BankOutcome(bank=bank, round=round_index, status="refused", message="; ".join(refusals))
-        put_json(store, f"{prefix}/{OUTCOME_FILE}", outcome.to_json())
-        return outcome
-    with runtime.timer.phase("store"):
-        incoming = load_adapter(store, global_prefix(previous)).tensors
-    sets = runtime.bank(bank)
-    ledger_store = side.ledger_store_for(store, bank)
-    fingerprint = dataset_fingerprint(runtime.bank_data(bank).frames.values())
-    if not config.privacy.enabled:  # a non-private simulation baseline (a bank's Job refused it above)
-        return _train_and_publish(config, runtime, store, sets, incoming, run=run, bank=bank, round_index=round_index)
-    try:
-        plan = plan_bank(config, bank, len(sets.train), policy=policy, runtime=runtime)
-    except PrivacyConfigError as exc:  # the request's schedule cannot be honoured on this bank's rows
-        if not side.job:
-            raise
-        outcome = BankOutcome(bank=bank, round=round_index, status="refused", message=exc.public_message)
-        put_json(store, f"{prefix}/{OUTCOME_FILE}", outcome.to_json())
-        return outcome
-    if plan.noise_multiplier < policy.min_noise_multiplier:
-        outcome = BankOutcome(
-            bank=bank,
-            round=round_index,
-            status="refused",
-            message=f"the request's schedule calibrates to σ={plan.noise_multiplier:.3f}, below the bank's "
-            f"minNoiseMultiplier {policy.min_noise_multiplier:g}",
-        )
-        put_json(store, f"{prefix}/{OUTCOME_FILE}", outcome.to_json())
-        return outcome
-    ledger = BankLedger(ledger_store, fingerprint, delta=plan.delta, accountant=plan.accountant)
-    steps = plan.steps_per_round
-    try:
-        ledger.claim(
-            run=run,
-            round_index=round_index,
-            mechanisms=plan.round_mechanisms(steps=steps, evaluate=policy.release_metrics),
-            run_cap=plan.target_epsilon,
-            lifetime_cap=policy.lifetime_epsilon,
-        )
-    except ClaimRefused as exc:
-        status: BankStatus = "budget_exhausted" if isinstance(exc, BudgetSpent) else "refused"
-        spent = ledger.epsilon(ledger.charges(run))
-        outcome = BankOutcome(
-            bank=bank, round=round_index, status=status, epsilon=spent, delta=plan.delta, message=f"not training: {exc}"
-        )
-        if status == "budget_exhausted":  # a concurrent Job may hold the round: its outcome is the one to publish
-            put_json(store, f"{prefix}/{OUTCOME_FILE}", outcome.to_json())
-        return outcome
-    epsilon = publish_privacy_report(store, plan, ledger, run)  # the charge is made; the report may go first
-    randomness = bank_randomness(config, bank, round_index)
-    release = (
-        _dp_evaluation(runtime, sets.test, incoming, plan=plan, randomness=randomness)
-        if policy.release_metrics
-        else None
-    )
-    dp = DPSettings(
-        noise_multiplier=plan.noise_multiplier,
-        max_grad_norm=plan.max_grad_norm,
-        sample_rate=plan.sample_rate,
-        expected_batch_size=plan.sample_rate * plan.declared_examples,
-    )
-    result = run_client_round(
-        runtime.model,
-        BankState(bank, sets.train, sets.val, sets.test),
-        incoming,
-        round_index=round_index,
-        training=config.training,
-        steps=steps,
-        dp=dp,
-        sample_rate=plan.sample_rate,
-        randomness=randomness,
-        device=runtime.device,
-    )
-    _account_time(runtime, result)
-    ledger.keep_report(run, round_index, _private_report(result))
-    outcome = BankOutcome(
-        bank=bank,
-        round=round_index,
-        status="ok",
-        num_examples=plan.declared_examples,
-        epsilon=epsilon,
-        delta=plan.delta,
-        steps=result.train.steps,
-        evaluation=release.to_json() if release is not None else None,
-        update_uri=store.uri(prefix),
-    )
-    _publish_update(store, prefix, result.adapter, outcome)
-    return outcome
-
-
-def _account_time(runtime: Runtime, result: ClientResult) -> None:
-    runtime.timer.add("evaluate", result.eval_seconds)
-    runtime.timer.add("train", result.train_seconds)
-
-
-def _private_report(result: ClientResult) -> dict[str, Any]:
-    """What the bank learns about its round and keeps: exact validation metrics, loss, batch sizes."""
-    return {
-        "incoming_val": result.incoming_val.as_dict(),
-        "train": dataclasses.asdict(result.train),
-        "num_examples": result.num_examples,
-        "train_seconds": result.train_seconds,
-    }
-
-
-def _dp_evaluation(
-    runtime: Runtime, test: RowSet, incoming: AdapterState, *, plan: PrivacyPlan, randomness: Randomness
-) -> ScoreHistograms:
-    """Score the bank's test rows with the incoming adapter and release the noised histograms (already charged)."""
-    assert plan.evaluation_noise_multiplier is not None
-    with runtime.timer.phase("evaluate"):
-        load_adapter_state(runtime.model, incoming)
-        scores = predict_default_probability(
-            runtime.model, test, batch_size=runtime.config.training.eval_batch_size, device=runtime.device
-        )
-    exact = score_histograms(test.labels.numpy(), scores)
-    return noised(exact, noise_multiplier=plan.evaluation_noise_multiplier, randomness=randomness)
-
-
-def _publish_update(store: Store, prefix: str, adapter: AdapterState, outcome: BankOutcome) -> None:
-    """Adapter first, ``outcome.json`` last: an outcome always points at a complete update."""
-    with_meta = {
-        "bank": outcome.bank,
-        "round": outcome.round,
-        "kind": "update",
-        "num_examples": outcome.num_examples,
-        "epsilon": outcome.epsilon,
-        "delta": outcome.delta,
-        "steps": outcome.steps,
-    }
-    save_adapter(store, prefix, adapter, with_meta)
-    put_json(store, f"{prefix}/{OUTCOME_FILE}", outcome.to_json())
-
-
-def _train_and_publish(
-    config: Config,
-    runtime: Runtime,
-    store: Store,
-    sets: BankSets,
-    incoming: AdapterState,
-    *,
-    run: str,
-    bank: str,
-    round_index: int,
-) -> BankOutcome:
-    """The non-private baseline round (simulation only): no clipping, no noise, no ledger."""
-    n = len(sets.train)
-    result = run_client_round(
-        runtime.model,
-        BankState(bank, sets.train, sets.val, sets.test),
-        incoming,
-        round_index=round_index,
-        training=config.training,
-        steps=steps_per_round(num_examples=n, config=config.training),
-        dp=None,
-        sample_rate=min(1.0, config.training.batch_size / n),
-        randomness=bank_randomness(config, bank, round_index),
-        device=runtime.device,
-    )
-    _account_time(runtime, result)
-    prefix = update_prefix(round_index, bank)
-    outcome = BankOutcome(
-        bank=bank,
-        round=round_index,
-        status="ok",
-        num_examples=declared_count(n),
-        steps=result.train.steps,
-        update_uri=store.uri(prefix),
-        message="not private (privacy.enabled=false)",
-    )
-    _publish_update(store, prefix, result.adapter, outcome)
-    return outcome
-
-
-def read_bank_outcome(config: Config, *, run: str, bank: str, round_index: int) -> BankOutcome:
-    """The outcome a bank's step wrote for ``round_index`` (e.g. from its Job in another namespace)."""
-    store = open_run_store(config, run)
-    return BankOutcome.from_json(get_json(store, f"{update_prefix(round_index, bank)}/{OUTCOME_FILE}"))
 
 
 def _update_bound(config: Config, store: Store, outcome: BankOutcome, num_params: int) -> float | None:
@@ -547,112 +304,4 @@ def _pooled_dp_evaluation(selected: list[BankOutcome], round_index: int) -> dict
     }
 
 
-def _publish_dir(store: Store, local: Path, key_prefix: str) -> None:
-    """Copy the files under ``local`` into the store (no-op when the store *is* that directory)."""
-    if store.local_path(key_prefix) == local.resolve():
-        return
-    for path in sorted(p for p in local.rglob("*") if p.is_file()):
-        store.put(f"{key_prefix}/{path.relative_to(local).as_posix()}", path.read_bytes())
-
-
-def finalize(
-    config: Config, *, run: str, runtime: Runtime | None = None, local_dir: Path | None = None
-) -> dict[str, Any]:
-    """Write the final adapter (ours and PEFT's format), the summary and the report; register in MLflow.
-
-    Raises:
-        FederationError: no round was committed.
-
-    """
-    runtime = runtime or Runtime(config)
-    store = open_run_store(config, run)
-    rounds = [
-        RoundRecord.from_json(get_json(store, f"{round_prefix(r)}/MANIFEST.json"))
-        for r in committed_rounds(store)
-        if r > 0
-    ]
-    if not rounds:
-        raise FederationError(f"run {store.uri('')} has no committed round")
-    last = rounds[-1]
-    work = Path(local_dir) if local_dir is not None else Path(tempfile.mkdtemp(prefix="fedlora-final-"))
-    with runtime.timer.phase("store"):
-        final = load_adapter(store, global_prefix(last.round)).tensors
-        meta = save_adapter(store, "final", final, {"round": last.round, "kind": "final"})
-        load_adapter_state(runtime.model, final)
-        peft_dir = work / "final" / "peft"
-        tmp = work / "final" / ".peft.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        runtime.model.save_pretrained(str(tmp))  # type: ignore[operator]
-        shutil.rmtree(peft_dir, ignore_errors=True)
-        tmp.replace(peft_dir)
-        _publish_dir(store, peft_dir, "final/peft")
-    privacy = _privacy_summary(config, store)
-    stopped = next((r.stopped_early for r in rounds if r.stopped_early), None)
-    summary: dict[str, Any] = {
-        "run": run,
-        "run_dir": str(work),
-        "store_uri": store.uri(""),
-        "model": config.model.name,
-        "dataset": config.data.dataset,
-        "aggregation": "fedavg-ffa-lora (exact)" if config.lora.ffa else "fedavg-lora (A and B averaged separately)",
-        "privacy_mode": f"dp-sgd per-example ({config.privacy.accountant})" if config.privacy.enabled else "none",
-        "trainable_parameters": sum(runtime.model.get_parameter(n).numel() for n in trainable_names(runtime.model)),
-        "final": {
-            "auc": last.auc,
-            "metrics": last.metrics,
-            "per_bank_test": last.per_bank_test,
-            "epsilon": last.epsilon,
-            "adapter": store.uri("final/adapter.safetensors"),
-            "peft_adapter": str(peft_dir),
-            "sha256": meta["sha256"],
-        },
-        "rounds": [r.to_json() for r in ([r for r in rounds if not r.stopped_early] or rounds)],
-        "privacy": privacy,
-        "stopped_early": stopped,
-    }
-    if all(r.get("auc") is not None for r in summary["rounds"]):
-        report = write_report(summary, work / "report")
-        summary["report"] = str(report)
-        _publish_dir(store, work / "report", "report")
-    register_final(config, open_tracker(config, store, run=run, runtime=runtime), run, summary, work)
-    summary["timings"] = dict(runtime.timer.seconds)
-    put_json(store, "summary.json", summary)
-    return summary
-
-
-def _privacy_summary(config: Config, store: Store) -> dict[str, Any]:
-    summary: dict[str, Any] = {}
-    if not config.privacy.enabled:
-        return summary
-    for spec in config.federation.banks:
-        report = load_bank_privacy(store, spec.name)
-        if report is None:
-            continue
-        plan = report["plan"]
-        summary[spec.name] = {
-            "noise_multiplier": plan["noise_multiplier"],
-            "sample_rate": plan["sample_rate"],
-            "steps": report.get("training_steps", 0),
-            "delta": plan["delta"],
-            "max_grad_norm": plan["max_grad_norm"],
-            "accountant": plan["accountant"],
-            "target_epsilon": plan["target_epsilon"],
-            "planned_steps": plan["planned_steps"],
-            "evaluation_noise_multiplier": plan.get("evaluation_noise_multiplier"),
-            "epsilon": report["epsilon_spent"] if report["charged_rounds"] else 0.0,
-            "charged_rounds": report["charged_rounds"],
-            "source": "the bank's published report (its own ledger is authoritative)",
-        }
-    return summary
-
-
-__all__ = [
-    "OUTCOME_FILE",
-    "FederationError",
-    "aggregate_round",
-    "finalize",
-    "initialize",
-    "read_bank_outcome",
-    "select_banks",
-    "train_bank",
-]
+__all__ = ["aggregate_round", "initialize"]

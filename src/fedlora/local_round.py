@@ -1,7 +1,7 @@
 """One bank's local round: evaluate the incoming global adapter (privately), then train.
 
 The privacy decisions (is the request allowed, is the budget there, charge the ledger) are
-taken before this runs, by :func:`fedlora.federation.train_bank` from the bank's own policy
+taken before this runs, by :func:`fedlora.bank_round.run_bank_round` from the bank's own policy
 and ledger; this module only evaluates and trains with the DP settings it is given.
 """
 
@@ -15,24 +15,14 @@ from torch import nn
 
 from fedlora.config import TrainingConfig
 from fedlora.evaluation import Metrics, compute_metrics
-from fedlora.model.encoding import RowSet
 from fedlora.model.lora import AdapterState, adapter_state, load_adapter_state
 from fedlora.privacy.randomness import Randomness
+from fedlora.runtime import EncodedSplits
 from fedlora.training import DPSettings, TrainStats, predict_default_probability, train_local
 
 
 @dataclass(frozen=True)
-class BankState:
-    """A bank's tokenized data for one round."""
-
-    name: str
-    train: RowSet
-    val: RowSet
-    test: RowSet
-
-
-@dataclass(frozen=True)
-class ClientResult:
+class LocalRoundResult:
     """A bank's round, as the bank sees it (exact metrics: they stay in the bank)."""
 
     bank: str
@@ -45,9 +35,10 @@ class ClientResult:
     train_seconds: float = 0.0
 
 
-def run_client_round(
+def run_local_round(
     model: nn.Module,
-    bank: BankState,
+    bank: str,
+    sets: EncodedSplits,
     global_adapter: AdapterState,
     *,
     round_index: int,
@@ -57,17 +48,17 @@ def run_client_round(
     sample_rate: float,
     randomness: Randomness,
     device: torch.device,
-) -> ClientResult:
-    """Evaluate ``global_adapter`` on the bank's validation rows, then run ``steps`` local steps (DP-SGD: ``dp``)."""
+) -> LocalRoundResult:
+    """Evaluate ``global_adapter`` on ``bank``'s validation rows, then run ``steps`` local steps (DP-SGD: ``dp``)."""
     started = time.perf_counter()
     load_adapter_state(model, global_adapter)
-    scores = predict_default_probability(model, bank.val, batch_size=training.eval_batch_size, device=device)
-    incoming = compute_metrics(bank.val.labels.numpy(), scores)
+    scores = predict_default_probability(model, sets.val, batch_size=training.eval_batch_size, device=device)
+    incoming = compute_metrics(sets.val.labels.numpy(), scores)
     eval_seconds = time.perf_counter() - started
     started = time.perf_counter()
     stats = train_local(
         model,
-        bank.train,
+        sets.train,
         config=training,
         steps=steps,
         sample_rate=sample_rate,
@@ -75,10 +66,10 @@ def run_client_round(
         randomness=randomness,
         device=device,
     )
-    return ClientResult(
-        bank=bank.name,
+    return LocalRoundResult(
+        bank=bank,
         round=round_index,
-        num_examples=len(bank.train),
+        num_examples=len(sets.train),
         incoming_val=incoming,
         train=stats,
         adapter=adapter_state(model),

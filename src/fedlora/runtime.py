@@ -49,7 +49,7 @@ class PhaseTimer:
 
 
 @dataclass(frozen=True)
-class BankSets:
+class EncodedSplits:
     """One bank's tokenized train / validation / test rows (or their cached frozen-layer activations)."""
 
     train: RowSet
@@ -99,7 +99,7 @@ class Runtime:
         self._device = torch.device("cpu")
         self._tokenizer: object | None = None
         self._raw: dict[str, BankData] = {}
-        self._sets: dict[str, BankSets] = {}
+        self._sets: dict[str, EncodedSplits] = {}
         self.plans: dict[tuple[object, ...], PrivacyPlan] = {}
         """Privacy plans computed in this process (σ calibration takes seconds; keyed by every input)."""
         self._initial: AdapterState | None = None
@@ -164,7 +164,7 @@ class Runtime:
         _ = self.model
         return self._device
 
-    def bank(self, name: str) -> BankSets:
+    def bank(self, name: str) -> EncodedSplits:
         """``name``'s tokenized data (its own file only is read when it has one)."""
         if name not in self._sets:
             data = self.bank_data(name)
@@ -177,7 +177,7 @@ class Runtime:
                 ]
             with self.timer.phase("cache"):
                 sets = [self._cached(e) for e in encoded]
-            self._sets[name] = BankSets(train=sets[0], val=sets[1], test=sets[2])
+            self._sets[name] = EncodedSplits(train=sets[0], val=sets[1], test=sets[2])
         return self._sets[name]
 
     def _cached(self, encoded: EncodedSet) -> RowSet:

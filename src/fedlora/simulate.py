@@ -15,9 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from fedlora.aggregation import select_banks
+from fedlora.bank_round import run_bank_round
 from fedlora.config import Config
-from fedlora.errors import FedLoRAError
-from fedlora.federation import FederationError, aggregate_round, finalize, initialize, select_banks, train_bank
+from fedlora.errors import FederationError, FedLoRAError
+from fedlora.federation import aggregate_round, initialize
+from fedlora.finalize import finalize
 from fedlora.records import BankOutcome, RoundRecord
 from fedlora.report import write_report
 from fedlora.runtime import Runtime
@@ -163,7 +166,7 @@ class Simulation:
     def _bank(self, config: Config, run: str, runtime: Runtime, bank: str, r: int) -> BankOutcome:
         self.progress.bank_started(round_index=r, bank=bank)
         try:
-            outcome = train_bank(config, run=run, bank=bank, round_index=r, runtime=runtime)
+            outcome = run_bank_round(config, run=run, bank=bank, round_index=r, runtime=runtime)
         except Exception as exc:  # one bank's failure must not end the round
             message = f"{type(exc).__name__}: {exc}"
             log.error("bank %s failed in round %d: %s", bank, r, message)

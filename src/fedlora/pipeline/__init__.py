@@ -1,5 +1,5 @@
 """Kubeflow shell: components, the pipeline built from a config, compilation and submission.
 
-Importing this package needs the ``kfp`` extra; :mod:`fedlora.pipeline.steps` is what the
+Importing this package needs the ``kfp`` extra; :mod:`fedlora.pipeline.task_bodies` is what the
 components call.
 """

@@ -1,7 +1,7 @@
 # ruff: noqa: UP045  (KFP reads typing.Optional / typing.NamedTuple annotations, not X | None)
 """The FedLoRA Kubeflow components (kfp v2 lightweight Python components on our own image).
 
-Each body imports :mod:`fedlora.pipeline.steps` inside the function (KFP ships the function's
+Each body imports :mod:`fedlora.pipeline.task_bodies` inside the function (KFP ships the function's
 source to the pod) and makes one call into it. Nothing is installed at run time: the image
 (``images/control.Dockerfile``) already holds fedlora, kfp and the kubernetes client, and
 ``install_kfp_package=False`` keeps KFP from pip-installing itself.
@@ -131,7 +131,7 @@ def initialize_run(
         config: The resolved config (YAML) every later task uses.
         run: The run's name (its folder in the store).
     """
-    from fedlora.pipeline.steps import initialize_step
+    from fedlora.pipeline.task_bodies import initialize_step
 
     return initialize_step(
         base_config=base_config,
@@ -206,7 +206,7 @@ def train_bank(
     Returns:
         The bank's outcome (JSON).
     """
-    from fedlora.pipeline.steps import train_bank_step
+    from fedlora.pipeline.task_bodies import train_bank_step
 
     return train_bank_step(
         config_yaml=config, run=run, bank=bank, round_index=round_index, metrics=metrics, summary=summary
@@ -236,7 +236,7 @@ def aggregate_round(
     Returns:
         The round record (JSON).
     """
-    from fedlora.pipeline.steps import aggregate_step
+    from fedlora.pipeline.task_bodies import aggregate_step
 
     return aggregate_step(
         config_yaml=config, run=run, round_index=round_index, metrics=metrics, roc=roc, summary=summary
@@ -266,7 +266,7 @@ def federate_rounds(
     Returns:
         The last round's record (JSON).
     """
-    from fedlora.pipeline.steps import federate_step
+    from fedlora.pipeline.task_bodies import federate_step
 
     return federate_step(config_yaml=config, run=run, metrics=metrics, roc=roc, summary=summary)
 
@@ -283,7 +283,7 @@ def finalize_run(config: str, run: str, metrics: Output[Metrics], summary: Outpu
     Returns:
         URI of the final adapter (safetensors).
     """
-    from fedlora.pipeline.steps import finalize_step
+    from fedlora.pipeline.task_bodies import finalize_step
 
     return finalize_step(config_yaml=config, run=run, metrics=metrics, summary=summary)
 

@@ -6,7 +6,7 @@ object limits). For large federations the pipeline is ``initialize ─► federa
 finalize`` instead, and ``federate-rounds`` runs :func:`run_rounds`:
 
 for each round r not yet committed in the store:
-  1. every bank selected for r trains (:func:`fedlora.pipeline.steps.bank_round`, the dispatch of
+  1. every bank selected for r trains (:func:`fedlora.pipeline.bank_dispatch.dispatch_bank_round`, the dispatch of
      the unrolled graph's ``train-<bank>`` task): in ``namespaced`` mode as a Job in the bank's
      namespace through the launcher, all banks of the round **concurrently**; in ``inline`` mode
      one after the other with the model loaded once; in ``pull`` mode by the banks' own agents in
@@ -24,8 +24,11 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from fedlora.aggregation import select_banks
+from fedlora.bank_round import read_bank_outcome
 from fedlora.config import Config
-from fedlora.federation import aggregate_round, read_bank_outcome, select_banks
+from fedlora.federation import aggregate_round
+from fedlora.pipeline import bank_dispatch
 from fedlora.records import BankOutcome, RoundRecord
 from fedlora.runtime import Runtime
 from fedlora.store.adapters import get_json
@@ -60,20 +63,19 @@ def _published(config: Config, *, run: str, bank: str, round_index: int) -> Bank
 
 def _train_round(config: Config, *, run: str, round_index: int, runtime: Runtime) -> list[BankOutcome]:
     """Every selected bank's outcome for ``round_index`` (one per selected bank, in config order)."""
-    from fedlora.pipeline.steps import bank_round
-
     banks = select_banks(config, round_index)
     done = {b: o for b in banks if (o := _published(config, run=run, bank=b, round_index=round_index))}
     for bank in done:
         log.info("round %d: bank %s had already published its outcome; not launched again", round_index, bank)
     todo = [b for b in banks if b not in done]
+    dispatch = bank_dispatch.dispatch_bank_round  # looked up per round (tests replace it)
     if config.kubeflow.mode != "inline" and len(todo) > 1:  # Jobs or agents elsewhere: wait for all at once
         with ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix=f"round{round_index}") as pool:
-            futures = {b: pool.submit(bank_round, config, run=run, bank=b, round_index=round_index) for b in todo}
+            futures = {b: pool.submit(dispatch, config, run=run, bank=b, round_index=round_index) for b in todo}
             done |= {b: f.result() for b, f in futures.items()}
     else:
         for bank in todo:
-            done[bank] = bank_round(config, run=run, bank=bank, round_index=round_index, runtime=runtime)
+            done[bank] = dispatch(config, run=run, bank=bank, round_index=round_index, runtime=runtime)
     return [done[b] for b in banks]
 
 

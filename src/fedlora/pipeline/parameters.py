@@ -20,11 +20,12 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel
 
-from fedlora.config import Config
+from fedlora.config import Config, ConfigError, load_config_text, set_dotted
 
-__all__ = ["FIELDS", "PARAMETERS", "Parameter", "parameter_values", "to_overrides"]
+__all__ = ["BANKS_PARAMETER", "FIELDS", "PARAMETERS", "Parameter", "parameter_values", "resolve_config", "to_overrides"]
 
 FIELDS: tuple[str, ...] = (
     "seed",
@@ -162,3 +163,32 @@ def to_overrides(parameters: dict[str, Any]) -> dict[str, Any]:
             value = None
         overrides[p.field] = value
     return overrides
+
+
+BANKS_PARAMETER = "federation.banks"
+"""The one list parameter: names of the compiled-in banks that take part (a subset of them)."""
+
+
+def resolve_config(base_config: str, overrides: dict[str, Any]) -> Config:
+    """The compiled-in config with the run's parameter values applied.
+
+    Args:
+        base_config: The config YAML compiled into the pipeline (``fedlora compile --config``).
+        overrides: Dotted config names to values (see :func:`fedlora.pipeline.parameters.to_overrides`).
+            ``federation.banks`` is a list of bank names: only those compiled-in banks take part
+            (their namespaces and templates stay as compiled).
+
+    Raises:
+        ConfigError: an unknown bank, or a value the config refuses (the message names it).
+    """
+    tree = yaml.safe_load(base_config) or {}
+    for dotted, value in overrides.items():
+        if dotted == BANKS_PARAMETER:
+            compiled = tree.get("federation", {}).get("banks", [])
+            known = [b["name"] for b in compiled]
+            unknown = [n for n in value if n not in known]
+            if unknown:
+                raise ConfigError(f"{BANKS_PARAMETER}: {unknown} are not compiled into this pipeline (it has {known})")
+            value = [b for b in compiled if b["name"] in set(value)]
+        set_dotted(tree, dotted, value)
+    return load_config_text(yaml.safe_dump(tree, sort_keys=False), source="pipeline parameters")

@@ -21,8 +21,8 @@ from __future__ import annotations
 import logging
 import time
 
+from fedlora.bank_round import OUTCOME_FILE, read_bank_outcome
 from fedlora.config import Config
-from fedlora.federation import OUTCOME_FILE, read_bank_outcome
 from fedlora.records import BankOutcome
 from fedlora.store.base import update_prefix
 from fedlora.store.run import open_run_store

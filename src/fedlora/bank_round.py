@@ -1,0 +1,321 @@
+"""One bank's round, the federation step every shell runs for a bank: check, charge, release, train, publish.
+
+``fedlora simulate`` and inline Kubeflow runs call :func:`run_bank_round` for every bank; a
+bank's Job (``fedlora train-bank``) and its pull-mode agent call it for their own bank only.
+The phases, in order:
+
+1. **Check the request** (:func:`_check_request`): a published outcome is returned as is (a
+   retried Job trains nothing twice); a bank not sampled sits out; the previous round must be
+   committed; the bank's policy may refuse the request.
+2. **Plan** (:func:`_plan_or_refuse`): σ is calibrated from the bank's own row count; a schedule
+   the bank's rows or its ``minNoiseMultiplier`` cannot honour is refused.
+3. **Claim** (:func:`_claim_or_refuse`): the round is charged to the bank's own ledger *before*
+   anything is released (a crash in between over-counts, never under-counts).
+4. **Release and train** (:func:`_train_and_publish`): the noised evaluation histograms (when
+   the policy releases metrics), then the DP-SGD local round; the adapter is published and
+   ``outcome.json`` is written last.
+
+A non-private baseline (``privacy.enabled: false``, simulation only) skips 2 and 3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fedlora.aggregation import select_banks
+from fedlora.config import Config
+from fedlora.errors import FederationError
+from fedlora.local_round import LocalRoundResult, run_local_round
+from fedlora.model.encoding import RowSet
+from fedlora.model.lora import AdapterState, load_adapter_state
+from fedlora.privacy.accounting import PrivacyConfigError, PrivacyPlan, declared_count
+from fedlora.privacy.bank_ledger import BankLedger, BudgetSpent, ClaimRefused, dataset_fingerprint
+from fedlora.privacy.bank_side import BankSide, bank_randomness, plan_bank, publish_privacy_report
+from fedlora.privacy.dp_evaluation import ScoreHistograms, noised, score_histograms
+from fedlora.privacy.policy import BankPolicy
+from fedlora.privacy.randomness import Randomness
+from fedlora.records import NOT_PRIVATE, BankOutcome, BankStatus
+from fedlora.runtime import EncodedSplits, Runtime
+from fedlora.store.adapters import get_json, load_adapter, put_json, save_adapter
+from fedlora.store.base import Store, global_prefix, round_prefix, update_prefix
+from fedlora.store.run import open_run_store
+from fedlora.training import DPSettings, predict_default_probability, steps_per_round
+
+__all__ = ["OUTCOME_FILE", "read_bank_outcome", "run_bank_round"]
+
+OUTCOME_FILE = "outcome.json"
+
+
+@dataclass(frozen=True)
+class _BankRound:
+    """Who trains which round of which run, and where it publishes."""
+
+    config: Config
+    runtime: Runtime
+    store: Store
+    run: str
+    bank: str
+    round_index: int
+
+    @property
+    def prefix(self) -> str:
+        return update_prefix(self.round_index, self.bank)
+
+    def outcome(self, status: BankStatus, message: str, **values: Any) -> BankOutcome:
+        return BankOutcome(bank=self.bank, round=self.round_index, status=status, message=message, **values)
+
+    def publish(self, outcome: BankOutcome) -> BankOutcome:
+        put_json(self.store, f"{self.prefix}/{OUTCOME_FILE}", outcome.to_json())
+        return outcome
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """How the bank trains this round and what its outcome declares (ε, δ: :data:`NOT_PRIVATE` without DP)."""
+
+    steps: int
+    sample_rate: float
+    dp: DPSettings | None
+    num_examples: int
+    epsilon: float | None = NOT_PRIVATE
+    delta: float | None = None
+    message: str = ""
+
+
+def run_bank_round(
+    config: Config,
+    *,
+    run: str,
+    bank: str,
+    round_index: int,
+    runtime: Runtime | None = None,
+    side: BankSide | None = None,
+) -> BankOutcome:
+    """One bank's round: check the request, charge the ledger, release DP metrics, train, publish.
+
+    Order: the request is checked against the bank's policy; the plan is computed from the
+    bank's own rows; the round is *claimed* on the bank's own ledger (the charge is written
+    before anything is released); the noised evaluation histograms (if the policy releases
+    metrics) and the DP-SGD adapter are published; ``outcome.json`` is written last. A
+    published outcome is returned as is (a retried Job trains nothing twice), and a round
+    already claimed by another Job is refused.
+
+    Raises:
+        FederationError: the previous round is not committed or the bank is unknown.
+
+    """
+    if bank not in {b.name for b in config.federation.banks}:
+        raise FederationError(f"unknown bank {bank!r}; banks: {[b.name for b in config.federation.banks]}")
+    runtime = runtime or Runtime(config)
+    side = side or BankSide()
+    job = _BankRound(config, runtime, open_run_store(config, run), run, bank, round_index)
+    policy = _check_request(job, side)
+    if isinstance(policy, BankOutcome):
+        return policy
+    with runtime.timer.phase("store"):
+        incoming = load_adapter(job.store, global_prefix(round_index - 1)).tensors
+    sets = runtime.bank(bank)
+    ledger_store = side.ledger_store_for(job.store, bank)
+    fingerprint = dataset_fingerprint(runtime.bank_data(bank).frames.values())
+    if not config.privacy.enabled:  # a non-private simulation baseline (a bank's Job refused it above)
+        n = len(sets.train)
+        baseline = _Schedule(
+            steps=steps_per_round(num_examples=n, config=config.training),
+            sample_rate=min(1.0, config.training.batch_size / n),
+            dp=None,
+            num_examples=declared_count(n),
+            message="not private (privacy.enabled=false)",
+        )
+        return _train_and_publish(job, sets, incoming, baseline, bank_randomness(config, bank, round_index))
+    plan = _plan_or_refuse(job, policy, len(sets.train), in_job=side.job)
+    if isinstance(plan, BankOutcome):
+        return plan
+    ledger = BankLedger(ledger_store, fingerprint, delta=plan.delta, accountant=plan.accountant)
+    refused = _claim_or_refuse(job, plan, policy, ledger)
+    if refused is not None:
+        return refused
+    epsilon = publish_privacy_report(job.store, plan, ledger, run)  # the charge is made; the report may go first
+    randomness = bank_randomness(config, bank, round_index)
+    release = (
+        _dp_evaluation(runtime, sets.test, incoming, plan=plan, randomness=randomness)
+        if policy.release_metrics
+        else None
+    )
+    private = _Schedule(
+        steps=plan.steps_per_round,
+        sample_rate=plan.sample_rate,
+        dp=DPSettings(
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=plan.max_grad_norm,
+            sample_rate=plan.sample_rate,
+            expected_batch_size=plan.sample_rate * plan.declared_examples,
+        ),
+        num_examples=plan.declared_examples,
+        epsilon=epsilon,
+        delta=plan.delta,
+    )
+    return _train_and_publish(
+        job,
+        sets,
+        incoming,
+        private,
+        randomness,
+        release=release,
+        keep=lambda result: ledger.keep_report(run, round_index, _private_report(result)),
+    )
+
+
+def read_bank_outcome(config: Config, *, run: str, bank: str, round_index: int) -> BankOutcome:
+    """The outcome a bank's step wrote for ``round_index`` (e.g. from its Job in another namespace)."""
+    store = open_run_store(config, run)
+    return BankOutcome.from_json(get_json(store, f"{update_prefix(round_index, bank)}/{OUTCOME_FILE}"))
+
+
+# --- the phases ----------------------------------------------------------------------------
+
+
+def _check_request(job: _BankRound, side: BankSide) -> BankPolicy | BankOutcome:
+    """The bank's policy when it trains this round, else its outcome (already published, not sampled, refused).
+
+    Raises:
+        FederationError: the previous round is not committed.
+
+    """
+    config, store = job.config, job.store
+    if store.exists(f"{job.prefix}/{OUTCOME_FILE}"):
+        return read_bank_outcome(config, run=job.run, bank=job.bank, round_index=job.round_index)
+    if job.bank not in select_banks(config, job.round_index):
+        return job.outcome("not_selected", "not sampled this round")
+    previous = job.round_index - 1
+    if previous > 0 and not store.exists(f"{round_prefix(previous)}/MANIFEST.json"):
+        raise FederationError(
+            f"round {previous} of run {job.run} is not committed; cannot start round {job.round_index}"
+        )
+    policy = side.policy_for(config, job.bank)
+    refusals = policy.refusals(config, job.bank, job=side.job) if (side.job or config.privacy.enabled) else []
+    return job.publish(job.outcome("refused", "; ".join(refusals))) if refusals else policy
+
+
+def _plan_or_refuse(job: _BankRound, policy: BankPolicy, num_rows: int, *, in_job: bool) -> PrivacyPlan | BankOutcome:
+    """The bank's privacy plan from its own row count, or the published refusal of a schedule it cannot honour."""
+    try:
+        plan = plan_bank(job.config, job.bank, num_rows, policy=policy, runtime=job.runtime)
+    except PrivacyConfigError as exc:  # the request's schedule cannot be honoured on this bank's rows
+        if not in_job:
+            raise
+        return job.publish(job.outcome("refused", exc.public_message))
+    if plan.noise_multiplier < policy.min_noise_multiplier:
+        message = (
+            f"the request's schedule calibrates to σ={plan.noise_multiplier:.3f}, below the bank's "
+            f"minNoiseMultiplier {policy.min_noise_multiplier:g}"
+        )
+        return job.publish(job.outcome("refused", message))
+    return plan
+
+
+def _claim_or_refuse(job: _BankRound, plan: PrivacyPlan, policy: BankPolicy, ledger: BankLedger) -> BankOutcome | None:
+    """Charge the round to the bank's ledger (None), or the outcome of a refused claim.
+
+    A spent budget is published; a round claimed by another Job is refused in this Job's log
+    only, so the holder's outcome is never shadowed.
+    """
+    try:
+        ledger.claim(
+            run=job.run,
+            round_index=job.round_index,
+            mechanisms=plan.round_mechanisms(steps=plan.steps_per_round, evaluate=policy.release_metrics),
+            run_cap=plan.target_epsilon,
+            lifetime_cap=policy.lifetime_epsilon,
+        )
+    except ClaimRefused as exc:
+        status: BankStatus = "budget_exhausted" if isinstance(exc, BudgetSpent) else "refused"
+        spent = ledger.epsilon(ledger.charges(job.run))
+        outcome = job.outcome(status, f"not training: {exc}", epsilon=spent, delta=plan.delta)
+        # a concurrent Job may hold the round: its outcome is the one to publish
+        return job.publish(outcome) if status == "budget_exhausted" else outcome
+    return None
+
+
+def _train_and_publish(
+    job: _BankRound,
+    sets: EncodedSplits,
+    incoming: AdapterState,
+    schedule: _Schedule,
+    randomness: Randomness,
+    *,
+    release: ScoreHistograms | None = None,
+    keep: Callable[[LocalRoundResult], None] | None = None,
+) -> BankOutcome:
+    """Run the local round, let the bank ``keep`` its private report, publish the adapter, then the outcome."""
+    runtime = job.runtime
+    result = run_local_round(
+        runtime.model,
+        job.bank,
+        sets,
+        incoming,
+        round_index=job.round_index,
+        training=job.config.training,
+        steps=schedule.steps,
+        dp=schedule.dp,
+        sample_rate=schedule.sample_rate,
+        randomness=randomness,
+        device=runtime.device,
+    )
+    runtime.timer.add("evaluate", result.eval_seconds)
+    runtime.timer.add("train", result.train_seconds)
+    if keep is not None:
+        keep(result)
+    outcome = job.outcome(
+        "ok",
+        schedule.message,
+        num_examples=schedule.num_examples,
+        epsilon=schedule.epsilon,
+        delta=schedule.delta,
+        steps=result.train.steps,
+        evaluation=release.to_json() if release is not None else None,
+        update_uri=job.store.uri(job.prefix),
+    )
+    _publish_update(job, result.adapter, outcome)
+    return outcome
+
+
+def _private_report(result: LocalRoundResult) -> dict[str, Any]:
+    """What the bank learns about its round and keeps: exact validation metrics, loss, batch sizes."""
+    return {
+        "incoming_val": result.incoming_val.as_dict(),
+        "train": dataclasses.asdict(result.train),
+        "num_examples": result.num_examples,
+        "train_seconds": result.train_seconds,
+    }
+
+
+def _dp_evaluation(
+    runtime: Runtime, test: RowSet, incoming: AdapterState, *, plan: PrivacyPlan, randomness: Randomness
+) -> ScoreHistograms:
+    """Score the bank's test rows with the incoming adapter and release the noised histograms (already charged)."""
+    assert plan.evaluation_noise_multiplier is not None
+    with runtime.timer.phase("evaluate"):
+        load_adapter_state(runtime.model, incoming)
+        scores = predict_default_probability(
+            runtime.model, test, batch_size=runtime.config.training.eval_batch_size, device=runtime.device
+        )
+    exact = score_histograms(test.labels.numpy(), scores)
+    return noised(exact, noise_multiplier=plan.evaluation_noise_multiplier, randomness=randomness)
+
+
+def _publish_update(job: _BankRound, adapter: AdapterState, outcome: BankOutcome) -> None:
+    """Adapter first, ``outcome.json`` last: an outcome always points at a complete update."""
+    with_meta = {
+        "bank": outcome.bank,
+        "round": outcome.round,
+        "kind": "update",
+        "num_examples": outcome.num_examples,
+        "epsilon": outcome.epsilon,
+        "delta": outcome.delta,
+        "steps": outcome.steps,
+    }
+    save_adapter(job.store, job.prefix, adapter, with_meta)
+    job.publish(outcome)

@@ -1,0 +1,125 @@
+"""The run's last step: the final adapter (ours and PEFT's format), ``summary.json``, the report, MLflow registration.
+
+Reads only the run's store (the committed rounds and the banks' published privacy reports), so
+it runs in any process after the last round, like every other step.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fedlora.config import Config
+from fedlora.errors import FederationError
+from fedlora.model.lora import load_adapter_state, trainable_names
+from fedlora.privacy.bank_side import load_bank_privacy
+from fedlora.records import RoundRecord
+from fedlora.report import write_report
+from fedlora.runtime import Runtime
+from fedlora.store.adapters import get_json, load_adapter, put_json, save_adapter
+from fedlora.store.base import Store, global_prefix, round_prefix
+from fedlora.store.run import committed_rounds, open_run_store
+from fedlora.tracking import open_tracker, register_final
+
+__all__ = ["finalize"]
+
+
+def _publish_dir(store: Store, local: Path, key_prefix: str) -> None:
+    """Copy the files under ``local`` into the store (no-op when the store *is* that directory)."""
+    if store.local_path(key_prefix) == local.resolve():
+        return
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        store.put(f"{key_prefix}/{path.relative_to(local).as_posix()}", path.read_bytes())
+
+
+def finalize(
+    config: Config, *, run: str, runtime: Runtime | None = None, local_dir: Path | None = None
+) -> dict[str, Any]:
+    """Write the final adapter (ours and PEFT's format), the summary and the report; register in MLflow.
+
+    Raises:
+        FederationError: no round was committed.
+
+    """
+    runtime = runtime or Runtime(config)
+    store = open_run_store(config, run)
+    rounds = [
+        RoundRecord.from_json(get_json(store, f"{round_prefix(r)}/MANIFEST.json"))
+        for r in committed_rounds(store)
+        if r > 0
+    ]
+    if not rounds:
+        raise FederationError(f"run {store.uri('')} has no committed round")
+    last = rounds[-1]
+    work = Path(local_dir) if local_dir is not None else Path(tempfile.mkdtemp(prefix="fedlora-final-"))
+    with runtime.timer.phase("store"):
+        final = load_adapter(store, global_prefix(last.round)).tensors
+        meta = save_adapter(store, "final", final, {"round": last.round, "kind": "final"})
+        load_adapter_state(runtime.model, final)
+        peft_dir = work / "final" / "peft"
+        tmp = work / "final" / ".peft.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        runtime.model.save_pretrained(str(tmp))  # type: ignore[operator]
+        shutil.rmtree(peft_dir, ignore_errors=True)
+        tmp.replace(peft_dir)
+        _publish_dir(store, peft_dir, "final/peft")
+    privacy = _privacy_summary(config, store)
+    stopped = next((r.stopped_early for r in rounds if r.stopped_early), None)
+    summary: dict[str, Any] = {
+        "run": run,
+        "run_dir": str(work),
+        "store_uri": store.uri(""),
+        "model": config.model.name,
+        "dataset": config.data.dataset,
+        "aggregation": "fedavg-ffa-lora (exact)" if config.lora.ffa else "fedavg-lora (A and B averaged separately)",
+        "privacy_mode": f"dp-sgd per-example ({config.privacy.accountant})" if config.privacy.enabled else "none",
+        "trainable_parameters": sum(runtime.model.get_parameter(n).numel() for n in trainable_names(runtime.model)),
+        "final": {
+            "auc": last.auc,
+            "metrics": last.metrics,
+            "per_bank_test": last.per_bank_test,
+            "epsilon": last.epsilon,
+            "adapter": store.uri("final/adapter.safetensors"),
+            "peft_adapter": str(peft_dir),
+            "sha256": meta["sha256"],
+        },
+        "rounds": [r.to_json() for r in ([r for r in rounds if not r.stopped_early] or rounds)],
+        "privacy": privacy,
+        "stopped_early": stopped,
+    }
+    if all(r.get("auc") is not None for r in summary["rounds"]):
+        report = write_report(summary, work / "report")
+        summary["report"] = str(report)
+        _publish_dir(store, work / "report", "report")
+    register_final(config, open_tracker(config, store, run=run, runtime=runtime), run, summary, work)
+    summary["timings"] = dict(runtime.timer.seconds)
+    put_json(store, "summary.json", summary)
+    return summary
+
+
+def _privacy_summary(config: Config, store: Store) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    if not config.privacy.enabled:
+        return summary
+    for spec in config.federation.banks:
+        report = load_bank_privacy(store, spec.name)
+        if report is None:
+            continue
+        plan = report["plan"]
+        summary[spec.name] = {
+            "noise_multiplier": plan["noise_multiplier"],
+            "sample_rate": plan["sample_rate"],
+            "steps": report.get("training_steps", 0),
+            "delta": plan["delta"],
+            "max_grad_norm": plan["max_grad_norm"],
+            "accountant": plan["accountant"],
+            "target_epsilon": plan["target_epsilon"],
+            "planned_steps": plan["planned_steps"],
+            "evaluation_noise_multiplier": plan.get("evaluation_noise_multiplier"),
+            "epsilon": report["epsilon_spent"] if report["charged_rounds"] else 0.0,
+            "charged_rounds": report["charged_rounds"],
+            "source": "the bank's published report (its own ledger is authoritative)",
+        }
+    return summary
