@@ -18,7 +18,7 @@ import torch
 
 from fedlora.config import Config
 from fedlora.errors import FedLoRAError
-from fedlora.model.lora import AdapterState
+from fedlora.model import AdapterState
 
 log = logging.getLogger(__name__)
 

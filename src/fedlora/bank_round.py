@@ -29,8 +29,9 @@ from fedlora.aggregation import select_banks
 from fedlora.config import Config
 from fedlora.errors import FederationError
 from fedlora.local_round import LocalRoundResult, run_local_round
+from fedlora.model import AdapterState
 from fedlora.model.encoding import RowSet
-from fedlora.model.lora import AdapterState, load_adapter_state
+from fedlora.model.lora import load_adapter_state
 from fedlora.privacy.accounting import PrivacyConfigError, PrivacyPlan, declared_count
 from fedlora.privacy.bank_ledger import BankLedger, BudgetSpent, ClaimRefused, dataset_fingerprint
 from fedlora.privacy.bank_side import BankSide, bank_randomness, plan_bank, publish_privacy_report

@@ -26,7 +26,7 @@ from typing import Any
 from fedlora.aggregation import AggregationError, Update, aggregate, max_update_norm
 from fedlora.config import Config, config_to_yaml
 from fedlora.errors import FederationError
-from fedlora.model.lora import AdapterState
+from fedlora.model import AdapterState
 from fedlora.privacy.accounting import PrivacyPlan
 from fedlora.privacy.bank_side import (
     load_bank_privacy,

@@ -15,7 +15,8 @@ from torch import nn
 
 from fedlora.config import TrainingConfig
 from fedlora.evaluation import Metrics, compute_metrics
-from fedlora.model.lora import AdapterState, adapter_state, load_adapter_state
+from fedlora.model import AdapterState
+from fedlora.model.lora import adapter_state, load_adapter_state
 from fedlora.privacy.randomness import Randomness
 from fedlora.runtime import EncodedSplits
 from fedlora.training import DPSettings, TrainStats, predict_default_probability, train_local

@@ -21,10 +21,11 @@ from sklearn.metrics import roc_curve
 from fedlora.config import Config
 from fedlora.data.banks import BankData, build_bank_data
 from fedlora.evaluation import Metrics, compute_metrics
+from fedlora.model import AdapterState
 from fedlora.model.cache import cache_frozen_layers
 from fedlora.model.encoding import EncodedSet, RowSet, encode
 from fedlora.model.loading import load_base_model
-from fedlora.model.lora import AdapterState, adapter_state, attach_lora, load_adapter_state
+from fedlora.model.lora import adapter_state, attach_lora, load_adapter_state
 from fedlora.privacy.accounting import PrivacyPlan
 from fedlora.tracking import Tracker
 from fedlora.training import predict_default_probability

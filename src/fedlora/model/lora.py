@@ -19,9 +19,8 @@ from peft import PeftModel, TaskType, get_peft_model
 from torch import nn
 
 from fedlora.config import LoraConfig
+from fedlora.model import AdapterState
 from fedlora.model.loading import LoadedModel
-
-AdapterState = dict[str, torch.Tensor]
 
 
 def _is_adapter_param(name: str) -> bool:

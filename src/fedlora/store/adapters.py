@@ -11,16 +11,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from fedlora.model import AdapterState
 from fedlora.store.base import IntegrityError, Store, StoreError
 
 ADAPTER_FILE = "adapter.safetensors"
 META_FILE = "meta.json"
-
-AdapterState = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
