@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedlora.errors import FedLoRAError
+from fedlora.images import CONTROL_IMAGE
 
 
 class ConfigError(FedLoRAError, ValueError):
@@ -247,7 +248,7 @@ class KubeflowConfig(_Section):
         "(the pauses start at 1 s and double up to this).",
     )
     control_image: str = Field(
-        "ghcr.io/fedlora/fedlora-control:0.1.0",
+        CONTROL_IMAGE,
         description="Image of the pipeline's own tasks (images/control.Dockerfile; inline mode trains in it).",
     )
     graph: Literal["auto", "rounds", "coordinator"] = Field(

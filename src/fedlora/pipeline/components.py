@@ -16,6 +16,8 @@ from kfp import dsl
 from kfp.dsl import ClassificationMetrics, Markdown, Metrics, Output
 from kfp.dsl.base_component import BaseComponent
 
+from fedlora.images import CONTROL_IMAGE, TRAINER_IMAGE
+
 __all__ = [
     "COMPONENT_FUNCTIONS",
     "CONTROL_IMAGE",
@@ -27,12 +29,6 @@ __all__ = [
     "make_components",
     "train_bank",
 ]
-
-CONTROL_IMAGE = "ghcr.io/fedlora/fedlora-control:0.1.0"
-"""Default image of every pipeline task (``images/control.Dockerfile``); ``fedlora compile --image`` changes it."""
-
-TRAINER_IMAGE = "ghcr.io/fedlora/fedlora:0.1.0"
-"""GPU trainer image (``images/trainer.Dockerfile``); the banks' Helm charts run it, the pipeline does not."""
 
 
 def initialize_run(
