@@ -127,54 +127,15 @@ def initialize_run(
         config: The resolved config (YAML) every later task uses.
         run: The run's name (its folder in the store).
     """
+    from fedlora.pipeline.parameters import PARAMETERS
     from fedlora.pipeline.task_bodies import initialize_step
 
+    values = locals()  # the signature above is the one KFP reads; the names come from PARAMETERS
     return initialize_step(
         base_config=base_config,
         kfp_run_name=kfp_run_name,
         plan=plan,
-        parameters={
-            "seed": seed,
-            "data_dataset": data_dataset,
-            "data_partition": data_partition,
-            "data_dirichlet_alpha": data_dirichlet_alpha,
-            "data_max_rows": data_max_rows,
-            "model_name": model_name,
-            "model_quantization": model_quantization,
-            "model_max_length": model_max_length,
-            "lora_rank": lora_rank,
-            "lora_alpha": lora_alpha,
-            "lora_dropout": lora_dropout,
-            "lora_ffa": lora_ffa,
-            "privacy_enabled": privacy_enabled,
-            "privacy_target_epsilon": privacy_target_epsilon,
-            "privacy_delta": privacy_delta,
-            "privacy_max_grad_norm": privacy_max_grad_norm,
-            "privacy_noise_multiplier": privacy_noise_multiplier,
-            "privacy_accountant": privacy_accountant,
-            "privacy_release_metrics": privacy_release_metrics,
-            "privacy_evaluation_epsilon": privacy_evaluation_epsilon,
-            "training_local_epochs": training_local_epochs,
-            "training_local_steps": training_local_steps,
-            "training_batch_size": training_batch_size,
-            "training_physical_batch_size": training_physical_batch_size,
-            "training_learning_rate": training_learning_rate,
-            "training_optimizer": training_optimizer,
-            "federation_fraction_fit": federation_fraction_fit,
-            "federation_min_banks": federation_min_banks,
-            "federation_banks": federation_banks,
-            "store_uri": store_uri,
-            "store_endpoint_url": store_endpoint_url,
-            "store_region": store_region,
-            "store_path_style": store_path_style,
-            "tracking_enabled": tracking_enabled,
-            "tracking_uri": tracking_uri,
-            "tracking_experiment": tracking_experiment,
-            "tracking_registered_model": tracking_registered_model,
-            "kubeflow_mode": kubeflow_mode,
-            "kubeflow_job_timeout_seconds": kubeflow_job_timeout_seconds,
-            "output_run_name": output_run_name,
-        },
+        parameters={p.name: values[p.name] for p in PARAMETERS},
     )
 
 
