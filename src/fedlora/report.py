@@ -52,7 +52,12 @@ def _plot_epsilon(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _fmt(value: Any) -> str:
+def _cell(value: Any) -> str:
+    """An HTML table cell's text: floats to 4 decimals (∞, – for NaN and None), anything else escaped.
+
+    Not :func:`fedlora.pipeline.cards.fmt` (4 significant digits, Markdown, no escaping): the report's
+    tables align decimals and hold text from the config.
+    """
     if value is None:
         return "–"
     if isinstance(value, float):
@@ -93,12 +98,12 @@ def _baselines_section(summary: dict[str, Any], directory: Path) -> str:
         return ""
     _plot_alone_vs_consortium(summary, directory / "alone_vs_consortium.png")
     rows = "".join(
-        f"<tr><td>{html.escape(b)}</td><td>{_fmt(v['alone_lr_auc'])}</td>"
-        f"<td>{_fmt(v['alone_dp_lr_auc']) if v['alone_dp_lr_auc'] is not None else '–'}</td>"
-        f"<td>{_fmt(v['epsilon']) if v['epsilon'] is not None else '∞'}</td><td>{_fmt(v['consortium_auc'])}</td></tr>"
+        f"<tr><td>{html.escape(b)}</td><td>{_cell(v['alone_lr_auc'])}</td>"
+        f"<td>{_cell(v['alone_dp_lr_auc']) if v['alone_dp_lr_auc'] is not None else '–'}</td>"
+        f"<td>{_cell(v['epsilon']) if v['epsilon'] is not None else '∞'}</td><td>{_cell(v['consortium_auc'])}</td></tr>"
         for b, v in summary["baselines"]["per_bank"].items()
     )
-    pooled = "".join(f"<li>{html.escape(k)}: {_fmt(v)}</li>" for k, v in summary["baselines"]["pooled"].items())
+    pooled = "".join(f"<li>{html.escape(k)}: {_cell(v)}</li>" for k, v in summary["baselines"]["pooled"].items())
     return f"""<h2>Alone vs consortium</h2><img src="alone_vs_consortium.png" alt="alone vs consortium">
 <table><tr><th>bank</th><th>alone: LR</th><th>alone: DP-LR</th><th>ε</th><th>consortium model</th></tr>{rows}</table>
 <p>AUC on each bank's own test rows, same splits. Pooled test AUC of the baselines:</p><ul>{pooled}</ul>"""
@@ -112,13 +117,13 @@ def write_report(summary: dict[str, Any], directory: Path) -> Path:
     banks = sorted({b for r in summary["rounds"] for b in r["epsilon"]})
     head = "".join(f"<th>ε {html.escape(b)}</th>" for b in banks)
     rows = "".join(
-        f"<tr><td>{r['round']}</td><td>{_fmt(_dp_auc(r))}</td><td>{_fmt(r['auc'])}</td><td>{_fmt(r['ks'])}</td>"
-        + "".join(f"<td>{_fmt(r['epsilon'].get(b, float('nan')))}</td>" for b in banks)
+        f"<tr><td>{r['round']}</td><td>{_cell(_dp_auc(r))}</td><td>{_cell(r['auc'])}</td><td>{_cell(r['ks'])}</td>"
+        + "".join(f"<td>{_cell(r['epsilon'].get(b, float('nan')))}</td>" for b in banks)
         + f"<td>{html.escape(', '.join(r['banks']))}</td></tr>"
         for r in summary["rounds"]
     )
     privacy_rows = "".join(
-        f"<tr><td>{html.escape(b)}</td>" + "".join(f"<td>{_fmt(v)}</td>" for v in info.values()) + "</tr>"
+        f"<tr><td>{html.escape(b)}</td>" + "".join(f"<td>{_cell(v)}</td>" for v in info.values()) + "</tr>"
         for b, info in summary.get("privacy", {}).items()
     )
     privacy_head = "".join(f"<th>{html.escape(k)}</th>" for k in next(iter(summary.get("privacy", {}).values()), {}))
@@ -129,8 +134,8 @@ def write_report(summary: dict[str, Any], directory: Path) -> Path:
 td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:right}}</style></head><body>
 <h1>FedLoRA run</h1><p>{html.escape(summary["run_dir"])} — aggregation: {html.escape(summary["aggregation"])},
 privacy: {html.escape(summary["privacy_mode"])}</p>
-<h2>Final adapter</h2><p>pooled test AUC {_fmt(final["auc"])}, KS {_fmt(final["metrics"]["ks"])},
-accuracy {_fmt(final["metrics"]["accuracy"])}, Brier {_fmt(final["metrics"]["brier"])}</p>
+<h2>Final adapter</h2><p>pooled test AUC {_cell(final["auc"])}, KS {_cell(final["metrics"]["ks"])},
+accuracy {_cell(final["metrics"]["accuracy"])}, Brier {_cell(final["metrics"]["brier"])}</p>
 <img src="auc.png" alt="AUC by round"> <img src="epsilon.png" alt="epsilon by round">
 <h2>Rounds</h2><table>
 <tr><th>round</th><th>DP AUC of the previous global</th><th>AUC</th><th>KS</th>{head}<th>banks</th></tr>{rows}</table>
