@@ -49,8 +49,8 @@ def run_point(config: Config, runtime: Runtime) -> dict[str, Any]:
     started = time.perf_counter()
     summary = simulate(config, runtime=runtime)
     return {
-        "val_auc": validation_auc(runtime, summary["run_dir"]),
-        "test_auc": summary["final"]["auc"],
+        "val_auc": validation_auc(runtime, summary.run_dir),
+        "test_auc": summary.final.auc,
         "seconds": time.perf_counter() - started,
     }
 

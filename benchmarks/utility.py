@@ -104,10 +104,10 @@ def main() -> None:
             run = f"output.run_name=u{stamp}-s{seed}-{len(aucs[name])}-{name.split()[-1]}"
             summary = simulate(load_config(args.config, [*base, f"seed={seed}", *sets, run]), runtime=runtime)
             seconds[name].append(time.perf_counter() - started)
-            aucs[name].append(summary["final"]["auc"])
-            for bank, metrics in summary["final"]["per_bank_test"].items():
+            aucs[name].append(summary.final.auc)
+            for bank, metrics in summary.final.per_bank_test.items():
                 aucs[f"{bank} in consortium, {name} (own test)"].append(metrics["auc"])
-            print(f"seed {seed} {name}: AUC {summary['final']['auc']:.4f} ({seconds[name][-1]:.0f}s)", flush=True)
+            print(f"seed {seed} {name}: AUC {summary.final.auc:.4f} ({seconds[name][-1]:.0f}s)", flush=True)
     print("\n| setting | pooled test AUC, mean ± 95% CI | seeds | s/run |\n|---|---|---|---|")
     for name, values in aucs.items():
         mean, half = mean_interval(values)

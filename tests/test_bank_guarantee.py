@@ -96,8 +96,8 @@ def test_two_default_runs_with_the_same_seed_release_different_adapters(tiny_ove
     from fedlora.simulate import simulate
 
     one = [*[o for o in tiny_overrides if not o.startswith("federation.rounds")], "federation.rounds=1"]
-    a = simulate(load_config(None, one))
-    b = simulate(load_config(None, [*one, "output.run_name=again"]))
+    a = simulate(load_config(None, one)).to_json()
+    b = simulate(load_config(None, [*one, "output.run_name=again"])).to_json()
     assert a["final"]["sha256"] != b["final"]["sha256"]  # same config, same seed: noise not replayable
 
 

@@ -234,7 +234,7 @@ def test_simulate_with_baselines_reports_alone_vs_consortium(tmp_path: Path) -> 
             "output.run_name=b",
         ],
     )
-    summary = simulate(config, baselines=True)
+    summary = simulate(config, baselines=True).to_json()
     per_bank = summary["baselines"]["per_bank"]
     assert set(per_bank) == {"bank-a", "bank-b", "bank-c"}
     for bank, row in per_bank.items():

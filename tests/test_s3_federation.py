@@ -458,7 +458,7 @@ class Background:
 
     def _run(self, config: Config, sink: PauseAfterRound, resume: str | None) -> None:
         try:
-            self.result = simulate(config, progress=sink, resume=resume)
+            self.result = simulate(config, progress=sink, resume=resume).to_json()
         except BaseException as exc:
             self.error = exc
 
@@ -558,7 +558,7 @@ def test_run_fails_clearly_when_s3_stays_down_and_resumes_afterwards(
     assert not store.exists("summary.json")
 
     # Once S3 is back, the run resumes from round 1 and completes.
-    summary = simulate(config, resume="down")
+    summary = simulate(config, resume="down").to_json()
     assert summary["resumed_after_round"] == 1
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
     _verify_rounds(store, [1, 2])

@@ -53,7 +53,7 @@ def test_cli_simulate_writes_summary_run_dir_and_report(tiny_overrides: list[str
 
 def test_epsilon_grows_each_round_and_ends_below_target(tiny_config) -> None:  # type: ignore[no-untyped-def]
     config = tiny_config.model_copy(update={"privacy": tiny_config.privacy.model_copy(update={"target_epsilon": 2.0})})
-    summary = simulate(config)
+    summary = simulate(config).to_json()
     first, second = summary["rounds"]
     for bank, eps in second["epsilon"].items():
         assert first["epsilon"][bank] < eps <= 2.0
@@ -71,7 +71,7 @@ def test_epsilon_grows_each_round_and_ends_below_target(tiny_config) -> None:  #
     ],
 )
 def test_simulate_variants(tiny_overrides: list[str], extra: list[str]) -> None:
-    summary = simulate(load_config(None, [*tiny_overrides, *extra]))
+    summary = simulate(load_config(None, [*tiny_overrides, *extra])).to_json()
     assert len(summary["rounds"]) == 2
     assert all(math.isfinite(r["auc"]) for r in summary["rounds"])
     if "privacy.enabled=false" in extra:
@@ -85,8 +85,8 @@ def test_simulate_variants(tiny_overrides: list[str], extra: list[str]) -> None:
 
 def test_seeded_runs_are_reproducible(tiny_overrides: list[str], tmp_path: Path) -> None:
     seeded = [*tiny_overrides, "privacy.insecure_seeded_noise=true"]  # research setting: replayable noise
-    a = simulate(load_config(None, seeded))
-    b = simulate(load_config(None, [*seeded, "output.run_name=again"]))
+    a = simulate(load_config(None, seeded)).to_json()
+    b = simulate(load_config(None, [*seeded, "output.run_name=again"])).to_json()
     assert [r["auc"] for r in a["rounds"]] == [r["auc"] for r in b["rounds"]]
     assert a["final"]["sha256"] == b["final"]["sha256"]
 
@@ -102,7 +102,7 @@ def test_a_failing_bank_does_not_end_the_round(tiny_overrides: list[str], monkey
         return real(config, bank=bank, **kwargs)
 
     monkeypatch.setattr(sim, "run_bank_round", flaky)
-    summary = simulate(load_config(None, tiny_overrides))
+    summary = simulate(load_config(None, tiny_overrides)).to_json()
     for record in summary["rounds"]:
         assert "bank-b" in record["failed"] and "GPU fell off the bus" in record["failed"]["bank-b"]
         assert record["banks"] == ["bank-a", "bank-c"]
@@ -171,7 +171,7 @@ def _one_round_config(tmp_path: Path, run_name: str, *overrides: str) -> Config:
 
 @pytest.mark.slow
 def test_real_minilm_federation(tmp_path: Path) -> None:
-    summary = simulate(_one_round_config(tmp_path, "minilm", "data.max_rows=300", "training.local_steps=2"))
+    summary = simulate(_one_round_config(tmp_path, "minilm", "data.max_rows=300", "training.local_steps=2")).to_json()
     assert summary["model"] == "minilm"
     assert 0 < summary["final"]["auc"] < 1
     # the recipe: FFA-LoRA (B only), rank 4, q and v of the top layer only, plus the 2-class head
@@ -182,7 +182,7 @@ def test_mlflow_local_tracking(tiny_overrides: list[str], tmp_path: Path) -> Non
     import mlflow
 
     overrides = [o for o in tiny_overrides if not o.startswith("tracking.")] + ["tracking.experiment=t"]
-    summary = simulate(load_config(None, overrides))
+    summary = simulate(load_config(None, overrides)).to_json()
     uri = f"sqlite:///{(tmp_path / 'runs' / 'mlflow.db').resolve()}"
     client = mlflow.MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("t").experiment_id])
@@ -203,7 +203,7 @@ def test_real_smollm2_causal_lm_path(tmp_path: Path) -> None:
     """The SmolLM2 preset: GGUF converted once to a cached checkpoint, then a Llama classifier."""
     from fedlora.model.loading import smollm2_checkpoint
 
-    summary = simulate(_one_round_config(tmp_path, "smol", *_SMALL_REAL_RUN, "model.name=smollm2"))
+    summary = simulate(_one_round_config(tmp_path, "smol", *_SMALL_REAL_RUN, "model.name=smollm2")).to_json()
     assert (smollm2_checkpoint() / "config.json").exists()
     assert summary["model"] == "smollm2"
     assert math.isfinite(summary["final"]["auc"])
@@ -216,6 +216,8 @@ def test_real_smollm2_causal_lm_path(tmp_path: Path) -> None:
 @pytest.mark.parametrize("bits", ["4", "8"])
 def test_quantized_minilm_trains_with_dp(bits: str, tmp_path: Path) -> None:
     """bitsandbytes NF4 / int8 base weights, LoRA and head in full precision, DP-SGD on CPU."""
-    summary = simulate(_one_round_config(tmp_path, f"q{bits}", *_SMALL_REAL_RUN, f"model.quantization={bits}"))
+    summary = simulate(
+        _one_round_config(tmp_path, f"q{bits}", *_SMALL_REAL_RUN, f"model.quantization={bits}")
+    ).to_json()
     assert math.isfinite(summary["final"]["auc"])
     assert all(0 < e <= 8 for e in summary["final"]["epsilon"].values())

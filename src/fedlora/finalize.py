@@ -6,6 +6,7 @@ it runs in any process after the last round, like every other step.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,7 +16,7 @@ from fedlora.config import Config
 from fedlora.errors import FederationError
 from fedlora.model.lora import load_adapter_state, trainable_names
 from fedlora.privacy.bank_side import load_bank_privacy
-from fedlora.records import RoundRecord
+from fedlora.records import FinalAdapter, RoundRecord, RunSummary
 from fedlora.report import write_report
 from fedlora.runtime import Runtime
 from fedlora.store.adapters import get_json, load_adapter, put_json, save_adapter
@@ -34,9 +35,7 @@ def _publish_dir(store: Store, local: Path, key_prefix: str) -> None:
         store.put(f"{key_prefix}/{path.relative_to(local).as_posix()}", path.read_bytes())
 
 
-def finalize(
-    config: Config, *, run: str, runtime: Runtime | None = None, local_dir: Path | None = None
-) -> dict[str, Any]:
+def finalize(config: Config, *, run: str, runtime: Runtime | None = None, local_dir: Path | None = None) -> RunSummary:
     """Write the final adapter (ours and PEFT's format), the summary and the report; register in MLflow.
 
     Raises:
@@ -65,37 +64,36 @@ def finalize(
         shutil.rmtree(peft_dir, ignore_errors=True)
         tmp.replace(peft_dir)
         _publish_dir(store, peft_dir, "final/peft")
-    privacy = _privacy_summary(config, store)
-    stopped = next((r.stopped_early for r in rounds if r.stopped_early), None)
-    summary: dict[str, Any] = {
-        "run": run,
-        "run_dir": str(work),
-        "store_uri": store.uri(""),
-        "model": config.model.name,
-        "dataset": config.data.dataset,
-        "aggregation": "fedavg-ffa-lora (exact)" if config.lora.ffa else "fedavg-lora (A and B averaged separately)",
-        "privacy_mode": f"dp-sgd per-example ({config.privacy.accountant})" if config.privacy.enabled else "none",
-        "trainable_parameters": sum(runtime.model.get_parameter(n).numel() for n in trainable_names(runtime.model)),
-        "final": {
-            "auc": last.auc,
-            "metrics": last.metrics,
-            "per_bank_test": last.per_bank_test,
-            "epsilon": last.epsilon,
-            "adapter": store.uri("final/adapter.safetensors"),
-            "peft_adapter": str(peft_dir),
-            "sha256": meta["sha256"],
-        },
-        "rounds": [r.to_json() for r in ([r for r in rounds if not r.stopped_early] or rounds)],
-        "privacy": privacy,
-        "stopped_early": stopped,
-    }
-    if all(r.get("auc") is not None for r in summary["rounds"]):
+    kept = [r for r in rounds if not r.stopped_early] or rounds
+    summary = RunSummary(
+        run=run,
+        run_dir=str(work),
+        store_uri=store.uri(""),
+        model=config.model.name,
+        dataset=config.data.dataset,
+        aggregation="fedavg-ffa-lora (exact)" if config.lora.ffa else "fedavg-lora (A and B averaged separately)",
+        privacy_mode=f"dp-sgd per-example ({config.privacy.accountant})" if config.privacy.enabled else "none",
+        trainable_parameters=sum(runtime.model.get_parameter(n).numel() for n in trainable_names(runtime.model)),
+        final=FinalAdapter(
+            auc=last.auc,
+            metrics=last.metrics,
+            per_bank_test=last.per_bank_test,
+            epsilon=last.epsilon,
+            adapter=store.uri("final/adapter.safetensors"),
+            peft_adapter=str(peft_dir),
+            sha256=meta["sha256"],
+        ),
+        rounds=kept,
+        privacy=_privacy_summary(config, store),
+        stopped_early=next((r.stopped_early for r in rounds if r.stopped_early), None),
+    )
+    if all(r.auc is not None for r in summary.rounds):
         report = write_report(summary, work / "report")
-        summary["report"] = str(report)
+        summary = dataclasses.replace(summary, report=str(report))
         _publish_dir(store, work / "report", "report")
-    register_final(config, open_tracker(config, store, run=run, runtime=runtime), run, summary, work)
-    summary["timings"] = dict(runtime.timer.seconds)
-    put_json(store, "summary.json", summary)
+    registered = register_final(config, open_tracker(config, store, run=run, runtime=runtime), run, summary, work)
+    summary = dataclasses.replace(summary, registered_model=registered, timings=dict(runtime.timer.seconds))
+    put_json(store, "summary.json", summary.to_json())
     return summary
 
 

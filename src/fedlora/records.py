@@ -1,9 +1,10 @@
-"""The records the steps hand each other and store: a bank's outcome and a committed round.
+"""The records the steps hand each other and store: a bank's outcome, a committed round, the run's summary.
 
-Both are JSON-able dataclasses (``to_json`` / ``from_json``): a :class:`BankOutcome` travels
+All are JSON-able dataclasses (``to_json`` / ``from_json``): a :class:`BankOutcome` travels
 between pipeline tasks and is stored as ``updates/NNNN/<bank>/outcome.json``; a
-:class:`RoundRecord` is a round's ``rounds/NNNN/MANIFEST.json``. ``from_json`` accepts
-documents written by older versions (missing fields take their defaults).
+:class:`RoundRecord` is a round's ``rounds/NNNN/MANIFEST.json``; a :class:`RunSummary` is the
+run's ``summary.json``. ``from_json`` accepts documents written by older versions (missing
+fields take their defaults).
 
 ε of a bank that trains without differential privacy (``privacy.enabled: false``) is
 :data:`NOT_PRIVATE` (``None``, shown as ∞ by :func:`format_epsilon`); ``0.0`` means a private
@@ -17,7 +18,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-__all__ = ["NOT_PRIVATE", "BankOutcome", "BankStatus", "RoundRecord", "format_epsilon", "round_metrics"]
+__all__ = [
+    "NOT_PRIVATE",
+    "BankOutcome",
+    "BankStatus",
+    "FinalAdapter",
+    "RoundRecord",
+    "RunSummary",
+    "format_epsilon",
+    "round_metrics",
+]
 
 BankStatus = Literal["ok", "budget_exhausted", "not_selected", "refused", "failed"]
 """What became of a bank in a round: trained, out of budget, not sampled, refused by its policy, failed."""
@@ -105,6 +115,76 @@ class RoundRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RoundRecord:
+        return _from_json(cls, data)
+
+
+@dataclass(frozen=True)
+class FinalAdapter:
+    """The run's final adapter and its last round's central evaluation (``summary.json``'s ``final``)."""
+
+    auc: float | None
+    metrics: dict[str, Any]
+    per_bank_test: dict[str, dict[str, Any]]
+    epsilon: dict[str, float | None]
+    adapter: str
+    peft_adapter: str
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FinalAdapter:
+        return _from_json(cls, data)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A finished run (``summary.json``): what was trained, the final adapter, every round, each bank's ε.
+
+    ``privacy`` holds each bank's published plan and spent ε (from its own report), ``rounds``
+    the committed rounds (only those before an early stop, when one stopped early).
+    ``report``, ``registered_model`` and ``baselines`` are left out of the JSON when absent;
+    ``wall_seconds`` and ``resumed_after_round`` are written by ``fedlora simulate`` only
+    (both or neither: ``resumed_after_round`` is ``null`` for a run that was not resumed).
+    """
+
+    run: str
+    run_dir: str
+    store_uri: str
+    model: str
+    dataset: str
+    aggregation: str
+    privacy_mode: str
+    trainable_parameters: int
+    final: FinalAdapter
+    rounds: list[RoundRecord]
+    privacy: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stopped_early: str | None = None
+    report: str | None = None
+    registered_model: dict[str, Any] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    baselines: dict[str, Any] | None = None
+    wall_seconds: float | None = None
+    resumed_after_round: int | None = None
+
+    _OMITTED_WHEN_NONE = ("report", "registered_model", "baselines")
+
+    def to_json(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["final"] = self.final.to_json()
+        data["rounds"] = [r.to_json() for r in self.rounds]
+        for key in self._OMITTED_WHEN_NONE:
+            if data[key] is None:
+                del data[key]
+        if self.wall_seconds is None:  # not a simulation: neither of its two keys
+            del data["wall_seconds"], data["resumed_after_round"]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunSummary:
+        data = {**data, "final": FinalAdapter.from_json(data["final"])}
+        data["rounds"] = [RoundRecord.from_json(r) for r in data["rounds"]]
         return _from_json(cls, data)
 
 

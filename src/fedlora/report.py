@@ -13,11 +13,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
+from fedlora.records import RoundRecord, RunSummary
 
-def _plot_auc(summary: dict[str, Any], path: Path) -> None:
-    rounds = summary["rounds"]
+
+def _number(value: float | None) -> float:
+    """``None`` as NaN (a gap in the plot), as matplotlib draws it."""
+    return math.nan if value is None else value
+
+
+def _plot_auc(summary: RunSummary, path: Path) -> None:
+    rounds = summary.rounds
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["round"] for r in rounds], [r["auc"] for r in rounds], marker="o", label="global adapter, pooled test")
+    ax.plot(
+        [r.round for r in rounds], [_number(r.auc) for r in rounds], marker="o", label="global adapter, pooled test"
+    )
     ax.set_xlabel("round")
     ax.set_ylabel("AUC")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -29,14 +38,14 @@ def _plot_auc(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_epsilon(summary: dict[str, Any], path: Path) -> None:
+def _plot_epsilon(summary: RunSummary, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    banks = sorted({b for r in summary["rounds"] for b in r["epsilon"]})
+    banks = sorted({b for r in summary.rounds for b in r.epsilon})
     for bank in banks:
-        xs = [r["round"] for r in summary["rounds"] if bank in r["epsilon"]]
-        ys = [r["epsilon"][bank] for r in summary["rounds"] if bank in r["epsilon"]]
+        xs = [r.round for r in summary.rounds if bank in r.epsilon]
+        ys = [_number(r.epsilon[bank]) for r in summary.rounds if bank in r.epsilon]
         ax.plot(xs, ys, marker="o", label=bank)
-    for info in summary.get("privacy", {}).values():
+    for info in summary.privacy.values():
         target = info.get("target_epsilon")
         if target is not None and math.isfinite(target):
             ax.axhline(target, linestyle="--", linewidth=0.8, color="gray")
@@ -65,12 +74,12 @@ def _cell(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _dp_auc(record: dict[str, Any]) -> Any:
-    return (record.get("dp_evaluation") or {}).get("auc")
+def _dp_auc(record: RoundRecord) -> Any:
+    return (record.dp_evaluation or {}).get("auc")
 
 
-def _plot_alone_vs_consortium(summary: dict[str, Any], path: Path) -> None:
-    per_bank = summary["baselines"]["per_bank"]
+def _plot_alone_vs_consortium(baselines: dict[str, Any], path: Path) -> None:
+    per_bank = baselines["per_bank"]
     banks = list(per_bank)
     series = [
         ("alone, LR non-private", "alone_lr_auc"),
@@ -93,49 +102,50 @@ def _plot_alone_vs_consortium(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _baselines_section(summary: dict[str, Any], directory: Path) -> str:
-    if "baselines" not in summary:
+def _baselines_section(summary: RunSummary, directory: Path) -> str:
+    baselines = summary.baselines
+    if baselines is None:
         return ""
-    _plot_alone_vs_consortium(summary, directory / "alone_vs_consortium.png")
+    _plot_alone_vs_consortium(baselines, directory / "alone_vs_consortium.png")
     rows = "".join(
         f"<tr><td>{html.escape(b)}</td><td>{_cell(v['alone_lr_auc'])}</td>"
         f"<td>{_cell(v['alone_dp_lr_auc']) if v['alone_dp_lr_auc'] is not None else '–'}</td>"
         f"<td>{_cell(v['epsilon']) if v['epsilon'] is not None else '∞'}</td><td>{_cell(v['consortium_auc'])}</td></tr>"
-        for b, v in summary["baselines"]["per_bank"].items()
+        for b, v in baselines["per_bank"].items()
     )
-    pooled = "".join(f"<li>{html.escape(k)}: {_cell(v)}</li>" for k, v in summary["baselines"]["pooled"].items())
+    pooled = "".join(f"<li>{html.escape(k)}: {_cell(v)}</li>" for k, v in baselines["pooled"].items())
     return f"""<h2>Alone vs consortium</h2><img src="alone_vs_consortium.png" alt="alone vs consortium">
 <table><tr><th>bank</th><th>alone: LR</th><th>alone: DP-LR</th><th>ε</th><th>consortium model</th></tr>{rows}</table>
 <p>AUC on each bank's own test rows, same splits. Pooled test AUC of the baselines:</p><ul>{pooled}</ul>"""
 
 
-def write_report(summary: dict[str, Any], directory: Path) -> Path:
+def write_report(summary: RunSummary, directory: Path) -> Path:
     """Write ``auc.png``, ``epsilon.png`` and ``index.html`` into ``directory``; return the HTML path."""
     directory.mkdir(parents=True, exist_ok=True)
     _plot_auc(summary, directory / "auc.png")
     _plot_epsilon(summary, directory / "epsilon.png")
-    banks = sorted({b for r in summary["rounds"] for b in r["epsilon"]})
+    banks = sorted({b for r in summary.rounds for b in r.epsilon})
     head = "".join(f"<th>ε {html.escape(b)}</th>" for b in banks)
     rows = "".join(
-        f"<tr><td>{r['round']}</td><td>{_cell(_dp_auc(r))}</td><td>{_cell(r['auc'])}</td><td>{_cell(r['ks'])}</td>"
-        + "".join(f"<td>{_cell(r['epsilon'].get(b, float('nan')))}</td>" for b in banks)
-        + f"<td>{html.escape(', '.join(r['banks']))}</td></tr>"
-        for r in summary["rounds"]
+        f"<tr><td>{r.round}</td><td>{_cell(_dp_auc(r))}</td><td>{_cell(r.auc)}</td><td>{_cell(r.ks)}</td>"
+        + "".join(f"<td>{_cell(r.epsilon.get(b, float('nan')))}</td>" for b in banks)
+        + f"<td>{html.escape(', '.join(r.banks))}</td></tr>"
+        for r in summary.rounds
     )
     privacy_rows = "".join(
         f"<tr><td>{html.escape(b)}</td>" + "".join(f"<td>{_cell(v)}</td>" for v in info.values()) + "</tr>"
-        for b, info in summary.get("privacy", {}).items()
+        for b, info in summary.privacy.items()
     )
-    privacy_head = "".join(f"<th>{html.escape(k)}</th>" for k in next(iter(summary.get("privacy", {}).values()), {}))
-    final = summary["final"]
-    title = html.escape(summary["run_dir"])
+    privacy_head = "".join(f"<th>{html.escape(k)}</th>" for k in next(iter(summary.privacy.values()), {}))
+    final = summary.final
+    title = html.escape(summary.run_dir)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>FedLoRA run {title}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:60em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:right}}</style></head><body>
-<h1>FedLoRA run</h1><p>{html.escape(summary["run_dir"])} — aggregation: {html.escape(summary["aggregation"])},
-privacy: {html.escape(summary["privacy_mode"])}</p>
-<h2>Final adapter</h2><p>pooled test AUC {_cell(final["auc"])}, KS {_cell(final["metrics"]["ks"])},
-accuracy {_cell(final["metrics"]["accuracy"])}, Brier {_cell(final["metrics"]["brier"])}</p>
+<h1>FedLoRA run</h1><p>{html.escape(summary.run_dir)} — aggregation: {html.escape(summary.aggregation)},
+privacy: {html.escape(summary.privacy_mode)}</p>
+<h2>Final adapter</h2><p>pooled test AUC {_cell(final.auc)}, KS {_cell(final.metrics["ks"])},
+accuracy {_cell(final.metrics["accuracy"])}, Brier {_cell(final.metrics["brier"])}</p>
 <img src="auc.png" alt="AUC by round"> <img src="epsilon.png" alt="epsilon by round">
 <h2>Rounds</h2><table>
 <tr><th>round</th><th>DP AUC of the previous global</th><th>AUC</th><th>KS</th>{head}<th>banks</th></tr>{rows}</table>

@@ -8,12 +8,13 @@ round with a manifest written last.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from fedlora.aggregation import select_banks
 from fedlora.bank_round import run_bank_round
@@ -21,7 +22,7 @@ from fedlora.config import Config
 from fedlora.errors import FederationError, FedLoRAError
 from fedlora.federation import aggregate_round, initialize
 from fedlora.finalize import finalize
-from fedlora.records import BankOutcome, RoundRecord
+from fedlora.records import BankOutcome, RoundRecord, RunSummary
 from fedlora.report import write_report
 from fedlora.runtime import Runtime
 from fedlora.store.adapters import put_json
@@ -77,7 +78,7 @@ def _run_name(config: Config) -> str:
 
 
 class Simulation:
-    """One run of the local federation; :meth:`run` returns the summary dictionary."""
+    """One run of the local federation; :meth:`run` returns its :class:`~fedlora.records.RunSummary`."""
 
     def __init__(
         self,
@@ -109,7 +110,7 @@ class Simulation:
         self.runtime = runtime
         self.baselines = baselines
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> RunSummary:
         """Run every remaining round; write adapters, ledgers, summary and report; return the summary."""
         started = time.perf_counter()
         run = self.resume or _run_name(self.config)
@@ -152,15 +153,17 @@ class Simulation:
             self._mark_failed(config, store, run, runtime)
             raise
         if self.baselines:
-            add_baselines(config, runtime, summary)
-        summary["wall_seconds"] = time.perf_counter() - started
-        summary["resumed_after_round"] = done[-1] if done else None
-        put_json(store, "summary.json", summary)
+            summary = add_baselines(config, runtime, summary)
+        summary = dataclasses.replace(
+            summary, wall_seconds=time.perf_counter() - started, resumed_after_round=done[-1] if done else None
+        )
+        put_json(store, "summary.json", summary.to_json())
         local_dir = (Path(config.output.dir) / run).resolve()
         if store.local_path("summary.json") != local_dir / "summary.json":  # keep a local copy
             local = local_dir / "summary.json"
             local.parent.mkdir(parents=True, exist_ok=True)
-            local.write_text(json.dumps(summary, indent=2, sort_keys=True, default=float) + "\n", encoding="utf-8")
+            text = json.dumps(summary.to_json(), indent=2, sort_keys=True, default=float) + "\n"
+            local.write_text(text, encoding="utf-8")
         return summary
 
     def _bank(self, config: Config, run: str, runtime: Runtime, bank: str, r: int) -> BankOutcome:
@@ -183,8 +186,8 @@ class Simulation:
             log.debug("could not mark the MLflow run failed: %s", exc)
 
 
-def add_baselines(config: Config, runtime: Runtime, summary: dict[str, Any]) -> None:
-    """Add each bank's "alone" baselines (same splits, same ε) to the summary and redraw the report."""
+def add_baselines(config: Config, runtime: Runtime, summary: RunSummary) -> RunSummary:
+    """The summary with each bank's "alone" baselines (same splits, same ε); the report is redrawn with them."""
     from fedlora.baselines import bank_alone_baselines
     from fedlora.data.datasets import get_schema
 
@@ -197,8 +200,8 @@ def add_baselines(config: Config, runtime: Runtime, summary: dict[str, Any]) -> 
         )
         schema = get_schema(config.data.dataset)
         per_bank, pooled = bank_alone_baselines(banks, schema, epsilon=epsilon, seed=config.seed)
-    consortium = summary["final"]["per_bank_test"]
-    summary["baselines"] = {
+    consortium = summary.final.per_bank_test
+    baselines = {
         "pooled": pooled,
         "per_bank": {
             b.bank: {
@@ -210,8 +213,10 @@ def add_baselines(config: Config, runtime: Runtime, summary: dict[str, Any]) -> 
             for b in per_bank
         },
     }
-    if summary.get("report"):
-        write_report(summary, Path(summary["report"]).parent)
+    summary = dataclasses.replace(summary, baselines=baselines)
+    if summary.report:
+        write_report(summary, Path(summary.report).parent)
+    return summary
 
 
 def simulate(
@@ -221,6 +226,6 @@ def simulate(
     resume: str | None = None,
     runtime: Runtime | None = None,
     baselines: bool = False,
-) -> dict[str, Any]:
+) -> RunSummary:
     """Run (or, with ``resume``, continue) the local federation described by ``config``; return its summary."""
     return Simulation(config, progress=progress, resume=resume, runtime=runtime, baselines=baselines).run()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fedlora.errors import FederationError, FedLoRAError
+from fedlora.records import RunSummary
 from fedlora.store.adapters import get_json, put_json
 
 if TYPE_CHECKING:
@@ -244,31 +245,36 @@ def tracked(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return None
 
 
-def register_final(config: Config, tracker: Tracker, run: str, summary: dict[str, Any], work: Path) -> None:
-    """Log the final adapter and report to MLflow and register the adapter with its privacy guarantee."""
-    guarantee = {f"epsilon.{bank}": str(info["epsilon"]) for bank, info in summary["privacy"].items()} | {
-        f"delta.{bank}": str(info["delta"]) for bank, info in summary["privacy"].items()
+def register_final(
+    config: Config, tracker: Tracker, run: str, summary: RunSummary, work: Path
+) -> dict[str, Any] | None:
+    """Log the final adapter and report to MLflow and register the adapter with its privacy guarantee.
+
+    Returns:
+        The registered model's name and version, or None when none was registered.
+    """
+    guarantee = {f"epsilon.{bank}": str(info["epsilon"]) for bank, info in summary.privacy.items()} | {
+        f"delta.{bank}": str(info["delta"]) for bank, info in summary.privacy.items()
     }
     tags = guarantee | {
         "accountant": config.privacy.accountant if config.privacy.enabled else "none",
-        "aggregation": summary["aggregation"],
-        "privacy_mode": summary["privacy_mode"],
-        "rounds": str(len(summary["rounds"])),
+        "aggregation": summary.aggregation,
+        "privacy_mode": summary.privacy_mode,
+        "rounds": str(len(summary.rounds)),
         "fedlora.run": run,
     }
     tracked("log_artifact", tracker.log_artifact, work / "final", artifact_path="final_adapter")
     if (work / "report").exists():
         tracked("log_artifact", tracker.log_artifact, work / "report", artifact_path="report")
-    tracked(
-        "set_tags", tracker.set_tags, tags | {f"epsilon.{b}": str(e) for b, e in summary["final"]["epsilon"].items()}
-    )
+    tracked("set_tags", tracker.set_tags, tags | {f"epsilon.{b}": str(e) for b, e in summary.final.epsilon.items()})
+    registered: dict[str, Any] | None = None
     if config.tracking.registered_model:
         lines = [
-            f"FedLoRA adapter of run {run} ({summary['aggregation']}), {summary['privacy_mode']}.",
+            f"FedLoRA adapter of run {run} ({summary.aggregation}), {summary.privacy_mode}.",
             *[
                 f"{bank}: (ε={info['epsilon']}, δ={info['delta']:.3g})-DP per example, {info['accountant']} "
                 f"accountant, {info['steps']} steps, σ={info['noise_multiplier']:.4f}, C={info['max_grad_norm']}"
-                for bank, info in summary["privacy"].items()
+                for bank, info in summary.privacy.items()
             ],
         ]
         version = tracked(
@@ -280,5 +286,6 @@ def register_final(config: Config, tracker: Tracker, run: str, summary: dict[str
             description="\n".join(lines),
         )
         if version:
-            summary["registered_model"] = {"name": config.tracking.registered_model, "version": version}
+            registered = {"name": config.tracking.registered_model, "version": version}
     tracked("finish", tracker.finish, status="FINISHED")
+    return registered

@@ -17,7 +17,7 @@ from fedlora.errors import FedLoRAError
 from fedlora.records import format_epsilon
 
 if TYPE_CHECKING:
-    from fedlora.records import BankOutcome, RoundRecord
+    from fedlora.records import BankOutcome, RoundRecord, RunSummary
 
 __all__ = ["simulate_command"]
 
@@ -73,14 +73,14 @@ def _num(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
 
 
-def _summary_table(summary: dict[str, Any]) -> Table:
-    banks = list(summary["rounds"][0]["epsilon"]) if summary["rounds"] else []
-    table = Table(title=f"FedLoRA — {summary['aggregation']}, privacy: {summary['privacy_mode']}")
+def _summary_table(summary: RunSummary) -> Table:
+    banks = list(summary.rounds[0].epsilon) if summary.rounds else []
+    table = Table(title=f"FedLoRA — {summary.aggregation}, privacy: {summary.privacy_mode}")
     for col in ["round", "test AUC", "KS", *[f"ε {b}" for b in banks], "banks"]:
         table.add_column(col, justify="right", no_wrap=True)
-    for r in summary["rounds"]:
-        eps = [format_epsilon(r["epsilon"][b]) for b in banks]
-        table.add_row(str(r["round"]), _num(r["auc"]), _num(r["ks"]), *eps, str(len(r["banks"])))
+    for r in summary.rounds:
+        eps = [format_epsilon(r.epsilon[b]) for b in banks]
+        table.add_row(str(r.round), _num(r.auc), _num(r.ks), *eps, str(len(r.banks)))
     return table
 
 
@@ -156,11 +156,11 @@ def simulate_command(
     progress.stop()
     out = Console()
     out.print(_summary_table(summary))
-    final = summary["final"]
-    out.print(f"final pooled test AUC {final['auc']:.4f}; adapter {final['adapter']}")
-    out.print(f"report: {summary.get('report', '-')}   wall time {summary['wall_seconds']:.1f}s")
-    if summary.get("stopped_early"):
-        out.print(f"[yellow]{summary['stopped_early']}[/]")
+    final = summary.final
+    out.print(f"final pooled test AUC {final.auc:.4f}; adapter {final.adapter}")
+    out.print(f"report: {summary.report or '-'}   wall time {summary.wall_seconds:.1f}s")
+    if summary.stopped_early:
+        out.print(f"[yellow]{summary.stopped_early}[/]")
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
+        Path(json_path).write_text(json.dumps(summary.to_json(), indent=2, default=float) + "\n", encoding="utf-8")

@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from fedlora.config import Config
-from fedlora.records import BankOutcome, RoundRecord, format_epsilon
+from fedlora.records import BankOutcome, RoundRecord, RunSummary, format_epsilon
 
 __all__ = [
     "bank_card",
@@ -166,26 +166,26 @@ def rounds_card(records: list[RoundRecord]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def final_card(run: str, result: dict[str, Any]) -> str:
+def final_card(run: str, result: RunSummary) -> str:
     """The finalize task's card: the final adapter, its test AUC, the MLflow model and each bank's ε."""
-    final = result["final"]
-    registered = result.get("registered_model")
+    final = result.final
+    registered = result.registered_model
     lines = [
         f"## FedLoRA run `{run}`: final adapter",
         "",
-        f"- adapter: `{final['adapter']}` (sha256 `{final['sha256'][:16]}…`)",
-        f"- aggregation: {result['aggregation']}; privacy: {result['privacy_mode']}",
-        f"- final pooled test AUC: **{fmt(final.get('auc'))}** after {len(result['rounds'])} rounds",
+        f"- adapter: `{final.adapter}` (sha256 `{final.sha256[:16]}…`)",
+        f"- aggregation: {result.aggregation}; privacy: {result.privacy_mode}",
+        f"- final pooled test AUC: **{fmt(final.auc)}** after {len(result.rounds)} rounds",
         f"- MLflow model: {registered['name']} v{registered['version']}" if registered else "- MLflow: not registered",
         "",
         "| bank | ε | δ | σ | steps |",
         "|---|---|---|---|---|",
     ]
-    for bank, info in result.get("privacy", {}).items():
+    for bank, info in result.privacy.items():
         lines.append(
             f"| {bank} | {fmt(info['epsilon'])} | {fmt(info['delta'], 3)} | "
             f"{fmt(info['noise_multiplier'])} | {info['steps']} |"
         )
-    if result.get("stopped_early"):
-        lines += ["", f"**{result['stopped_early']}**"]
+    if result.stopped_early:
+        lines += ["", f"**{result.stopped_early}**"]
     return "\n".join(lines) + "\n"

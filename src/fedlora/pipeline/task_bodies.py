@@ -258,10 +258,10 @@ def finalize_step(*, config_yaml: str, run: str, metrics: MetricsOutput, summary
     _setup_logging()
     config = load_config_text(config_yaml, source="pipeline config")
     result = finalize(config, run=run)
-    final = result["final"]
-    values: dict[str, Any] = {f"test_{k}": v for k, v in (final.get("metrics") or {}).items() if k != "n"}
-    values |= {f"epsilon_{bank}": eps for bank, eps in (final.get("epsilon") or {}).items()}
-    values["rounds"] = len(result["rounds"])
+    final = result.final
+    values: dict[str, Any] = {f"test_{k}": v for k, v in (final.metrics or {}).items() if k != "n"}
+    values |= {f"epsilon_{bank}": eps for bank, eps in (final.epsilon or {}).items()}
+    values["rounds"] = len(result.rounds)
     _log_metrics(metrics, values)
     _write(summary, final_card(run, result))
-    return str(final["adapter"])
+    return str(final.adapter)
