@@ -3,6 +3,10 @@
 The same dotted names (``privacy.target_epsilon``, ``federation.rounds``, ...) are used in
 the YAML config, on the command line (``--set section.key=value``), and later in pipeline
 parameters and Helm values. Unknown keys and wrong types are errors that name the key.
+
+(Over 400 lines on purpose: every section's fields carry their descriptions, which are the
+``fedlora simulate --help`` field list; the loading and ``--set`` functions below are the only
+other code, and they exist for these models.)
 """
 
 from __future__ import annotations
