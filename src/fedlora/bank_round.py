@@ -85,6 +85,35 @@ class _Schedule:
     delta: float | None = None
     message: str = ""
 
+    @classmethod
+    def private(cls, plan: PrivacyPlan, epsilon: float) -> _Schedule:
+        """DP-SGD as the bank's plan says; the outcome declares the run's ε so far and δ."""
+        dp = DPSettings(
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=plan.max_grad_norm,
+            sample_rate=plan.sample_rate,
+            expected_batch_size=plan.sample_rate * plan.declared_examples,
+        )
+        return cls(
+            steps=plan.steps_per_round,
+            sample_rate=plan.sample_rate,
+            dp=dp,
+            num_examples=plan.declared_examples,
+            epsilon=epsilon,
+            delta=plan.delta,
+        )
+
+    @classmethod
+    def not_private(cls, config: Config, num_rows: int) -> _Schedule:
+        """The non-private baseline (simulation only): no clipping, no noise."""
+        return cls(
+            steps=steps_per_round(num_examples=num_rows, config=config.training),
+            sample_rate=min(1.0, config.training.batch_size / num_rows),
+            dp=None,
+            num_examples=declared_count(num_rows),
+            message="not private (privacy.enabled=false)",
+        )
+
 
 def run_bank_round(
     config: Config,
@@ -122,14 +151,7 @@ def run_bank_round(
     ledger_store = side.ledger_store_for(job.store, bank)
     fingerprint = dataset_fingerprint(runtime.bank_data(bank).frames.values())
     if not config.privacy.enabled:  # a non-private simulation baseline (a bank's Job refused it above)
-        n = len(sets.train)
-        baseline = _Schedule(
-            steps=steps_per_round(num_examples=n, config=config.training),
-            sample_rate=min(1.0, config.training.batch_size / n),
-            dp=None,
-            num_examples=declared_count(n),
-            message="not private (privacy.enabled=false)",
-        )
+        baseline = _Schedule.not_private(config, len(sets.train))
         return _train_and_publish(job, sets, incoming, baseline, bank_randomness(config, bank, round_index))
     plan = _plan_or_refuse(job, policy, len(sets.train), in_job=side.job)
     if isinstance(plan, BankOutcome):
@@ -145,24 +167,11 @@ def run_bank_round(
         if policy.release_metrics
         else None
     )
-    private = _Schedule(
-        steps=plan.steps_per_round,
-        sample_rate=plan.sample_rate,
-        dp=DPSettings(
-            noise_multiplier=plan.noise_multiplier,
-            max_grad_norm=plan.max_grad_norm,
-            sample_rate=plan.sample_rate,
-            expected_batch_size=plan.sample_rate * plan.declared_examples,
-        ),
-        num_examples=plan.declared_examples,
-        epsilon=epsilon,
-        delta=plan.delta,
-    )
     return _train_and_publish(
         job,
         sets,
         incoming,
-        private,
+        _Schedule.private(plan, epsilon),
         randomness,
         release=release,
         keep=lambda result: ledger.keep_report(run, round_index, _private_report(result)),
