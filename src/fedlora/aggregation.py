@@ -147,11 +147,12 @@ def fedavg(updates: list[Update]) -> AdapterState:
 
 @dataclass(frozen=True)
 class AggregationResult:
-    """The new global adapter and which updates were used or rejected (with reasons)."""
+    """The new global adapter, which updates were used or rejected (with reasons), and why a round stopped."""
 
     adapter: AdapterState
     accepted: list[str]
     rejected: dict[str, str]
+    stopped: str | None = None
 
 
 def aggregate(updates: list[Update], reference: AdapterState, *, min_banks: int) -> AggregationResult:

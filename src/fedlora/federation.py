@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
 from typing import Any
 
-from fedlora.aggregation import AggregationError, Update, aggregate, max_update_norm
+from fedlora.aggregation import AggregationError, AggregationResult, Update, aggregate, max_update_norm
 from fedlora.config import Config, config_to_yaml
 from fedlora.errors import FederationError
 from fedlora.model import AdapterState
@@ -205,16 +204,6 @@ def _carry_epsilon(config: Config, before: RoundRecord | None, selected: list[Ba
     return epsilon
 
 
-@dataclass(frozen=True)
-class _Averaged:
-    """The round's new global adapter, whose updates went into it, which were rejected and why it stopped."""
-
-    adapter: AdapterState
-    accepted: list[str]
-    rejected: dict[str, str]
-    stopped: str | None = None
-
-
 def _aggregate_or_stop(
     config: Config,
     runtime: Runtime,
@@ -222,7 +211,7 @@ def _aggregate_or_stop(
     round_index: int,
     selected: list[BankOutcome],
     previous: AdapterState,
-) -> _Averaged:
+) -> AggregationResult:
     """Average the valid updates; keep ``previous`` (and stop) when every selected bank's budget is spent.
 
     Raises:
@@ -233,7 +222,7 @@ def _aggregate_or_stop(
     exhausted = [o.bank for o in selected if o.status == "budget_exhausted"]
     if not trained and exhausted and len(exhausted) == len(selected):
         stopped = f"round {round_index}: every selected bank's privacy budget is spent; stopping"
-        return _Averaged(adapter=previous, accepted=[], rejected={}, stopped=stopped)
+        return AggregationResult(adapter=previous, accepted=[], rejected={}, stopped=stopped)
     with runtime.timer.phase("store"):
         updates, rejected = _read_updates(config, store, round_index, trained, previous)
     with runtime.timer.phase("aggregate"):
@@ -245,7 +234,7 @@ def _aggregate_or_stop(
                 f"round {round_index} failed: {exc}; failed banks: {failed or 'none'}, "
                 f"rejected: {rejected or 'none'}, budget spent: {exhausted or 'none'}"
             ) from exc
-    return _Averaged(adapter=agg.adapter, accepted=agg.accepted, rejected=rejected | agg.rejected)
+    return AggregationResult(adapter=agg.adapter, accepted=agg.accepted, rejected=rejected | agg.rejected)
 
 
 def _evaluate_centrally(config: Config, runtime: Runtime, record: RoundRecord, adapter: AdapterState) -> RoundRecord:
