@@ -81,6 +81,11 @@ class ModelConfig(_Section):
     )
     quantization: Literal["none", "8", "4"] = Field("none", description="bitsandbytes quantization of the base model.")
     max_length: int = Field(64, ge=8, le=4096, description="Tokens per serialized row (truncated/padded).")
+    centre_features: bool = Field(
+        True,
+        description="Subtract the mean pooled representation of public rows (drawn from the dataset's schema, "
+        "no bank data, no privacy cost) before the head; encoder presets only (fedlora.model.centring).",
+    )
     cache_frozen_layers: bool = Field(
         True,
         description="Compute the frozen layers below the lowest adapter once per bank and train on the cached "
