@@ -75,6 +75,17 @@ def baseline_rows(config: Config, runtime: Runtime, epsilons: list[float]) -> di
     return out
 
 
+def _print_paired(aucs: dict[str, list[float]]) -> None:
+    """Each ablation row minus its DP-FedLoRA row, seed by seed (mean ± 95% CI of the difference)."""
+    for name, values in aucs.items():
+        base, sep, _ = name.partition(", ")
+        if not name.startswith("DP-FedLoRA") or not sep or " in consortium" in name or base not in aucs:
+            continue
+        diffs = [v - b for v, b in zip(values, aucs[base], strict=False)]
+        mean, half = mean_interval(diffs)
+        print(f"paired: {name} minus {base}: {mean:+.4f} ± {half:.4f} over {len(diffs)} seeds")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config")
@@ -83,6 +94,15 @@ def main() -> None:
     parser.add_argument("--banks", type=int, default=3)
     parser.add_argument("--epsilons", type=float, nargs="*", default=[1.0, 3.0, 8.0])
     parser.add_argument("--skip-nonprivate-fedlora", action="store_true")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=KEY=VALUE[,KEY=VALUE]",
+        help="An ablation row: DP-FedLoRA at every ε with these overrides too, on the same seeds and splits "
+        "(e.g. 'no centring=model.centre_features=false'). Printed with its paired difference.",
+    )
+    parser.add_argument("--skip-baselines", action="store_true", help="Skip the logistic-regression rows.")
     parser.add_argument("--json", help="Write every per-seed number here.")
     args = parser.parse_args()
     banks = [f"federation.banks=[{', '.join('{name: bank-' + chr(97 + i) + '}' for i in range(args.banks))}]"]
@@ -94,15 +114,25 @@ def main() -> None:
         config = load_config(args.config, [*base, f"seed={seed}"])
         runtime = Runtime(config)
         started = time.perf_counter()
-        for name, auc in baseline_rows(config, runtime, args.epsilons).items():
-            aucs[name].append(auc)
-        seconds["baselines"].append(time.perf_counter() - started)
+        if not args.skip_baselines:
+            for name, auc in baseline_rows(config, runtime, args.epsilons).items():
+                aucs[name].append(auc)
+            seconds["baselines"].append(time.perf_counter() - started)
         runs = [] if args.skip_nonprivate_fedlora else [("FedLoRA, non-private", ["privacy.enabled=false"])]
         runs += [(f"DP-FedLoRA ε={eps:g}", [f"privacy.target_epsilon={eps}"]) for eps in args.epsilons]
-        for name, sets in runs:
+        for variant in args.variant:
+            label, _, sets = variant.partition("=")
+            runs += [
+                (f"DP-FedLoRA ε={eps:g}, {label}", [f"privacy.target_epsilon={eps}", *sets.split(",")])
+                for eps in args.epsilons
+            ]
+        for index, (name, sets) in enumerate(runs):
             started = time.perf_counter()
-            run = f"output.run_name=u{stamp}-s{seed}-{len(aucs[name])}-{name.split()[-1]}"
-            summary = simulate(load_config(args.config, [*base, f"seed={seed}", *sets, run]), runtime=runtime)
+            run = f"output.run_name=u{stamp}-s{seed}-r{index}"
+            run_config = load_config(args.config, [*base, f"seed={seed}", *sets, run])
+            if not runtime.serves(run_config):  # an ablation of the model or LoRA needs its own runtime
+                runtime = Runtime(run_config)
+            summary = simulate(run_config, runtime=runtime)
             seconds[name].append(time.perf_counter() - started)
             aucs[name].append(summary.final.auc)
             for bank, metrics in summary.final.per_bank_test.items():
@@ -113,6 +143,7 @@ def main() -> None:
         mean, half = mean_interval(values)
         wall = seconds.get(name, seconds["baselines"] if "LR" in name else [math.nan])
         print(f"| {name} | {mean:.4f} ± {half:.4f} | {len(values)} | {np.mean(wall):.0f} |")
+    _print_paired(aucs)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"overrides": args.overrides, "aucs": aucs, "seconds": seconds}, f, indent=1)

@@ -86,6 +86,11 @@ class ModelConfig(_Section):
     )
     quantization: Literal["none", "8", "4"] = Field("none", description="bitsandbytes quantization of the base model.")
     max_length: int = Field(64, ge=8, le=4096, description="Tokens per serialized row (truncated/padded).")
+    centre_features: bool = Field(
+        True,
+        description="Subtract the mean pooled representation of public rows (drawn from the dataset's schema, "
+        "no bank data, no privacy cost) before the head; encoder presets only (fedlora.model.centring).",
+    )
     cache_frozen_layers: bool = Field(
         True,
         description="Compute the frozen layers below the lowest adapter once per bank and train on the cached "
@@ -178,6 +183,17 @@ class FederationConfig(_Section):
     rounds: int = Field(5, ge=1, description="Number of federated rounds.")
     fraction_fit: float = Field(1.0, gt=0, le=1, description="Share of banks sampled each round (seeded).")
     min_banks: int = Field(2, ge=1, description="A round needs at least this many valid updates.")
+    server_optimizer: Literal["fedavg", "fedavgm", "fedadam"] = Field(
+        "fedavg",
+        description="Coordinator's optimizer on the averaged update (Reddi et al., 2021; post-processing, free in "
+        "privacy): fedavg, fedavgm (server momentum) or fedadam.",
+    )
+    server_learning_rate: float = Field(
+        1.0, gt=0, description="Server step size η (fedavg with η=1 is plain FedAvg; FedAdam wants ~0.01-0.1)."
+    )
+    server_momentum: float = Field(
+        0.9, ge=0, lt=1, description="Server momentum β (fedavgm) or first-moment decay β₁ (fedadam)."
+    )
     banks: list[BankConfig] = Field(
         default_factory=lambda: [BankConfig.model_validate({"name": n}) for n in ("bank-a", "bank-b", "bank-c")],
         description="The consortium's banks.",

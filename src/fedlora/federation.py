@@ -35,6 +35,7 @@ from fedlora.privacy.dp_evaluation import ScoreHistograms, pooled_metrics
 from fedlora.privacy.policy import BankPolicy
 from fedlora.records import NOT_PRIVATE, BankOutcome, BankStatus, RoundRecord, round_metrics
 from fedlora.runtime import Runtime
+from fedlora.server_optimizer import apply_server_optimizer
 from fedlora.store.adapters import get_json, load_adapter, put_json, save_adapter
 from fedlora.store.base import Store, StoreError, global_prefix, round_prefix, update_prefix
 from fedlora.store.run import committed_rounds, open_run_store, semantic_config, stored_config
@@ -212,7 +213,9 @@ def _aggregate_or_stop(
     selected: list[BankOutcome],
     previous: AdapterState,
 ) -> AggregationResult:
-    """Average the valid updates; keep ``previous`` (and stop) when every selected bank's budget is spent.
+    """Average the valid updates and take the server optimizer's step (:mod:`fedlora.server_optimizer`).
+
+    Keeps ``previous`` (and stops) when every selected bank's budget is spent.
 
     Raises:
         FederationError: fewer than ``federation.min_banks`` valid updates.
@@ -234,7 +237,9 @@ def _aggregate_or_stop(
                 f"round {round_index} failed: {exc}; failed banks: {failed or 'none'}, "
                 f"rejected: {rejected or 'none'}, budget spent: {exhausted or 'none'}"
             ) from exc
-    return AggregationResult(adapter=agg.adapter, accepted=agg.accepted, rejected=rejected | agg.rejected)
+    with runtime.timer.phase("aggregate"):
+        adapter = apply_server_optimizer(config.federation, store, round_index, previous, agg.adapter)
+    return AggregationResult(adapter=adapter, accepted=agg.accepted, rejected=rejected | agg.rejected)
 
 
 def _evaluate_centrally(config: Config, runtime: Runtime, record: RoundRecord, adapter: AdapterState) -> RoundRecord:

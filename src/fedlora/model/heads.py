@@ -9,6 +9,8 @@
   that DP-SGD must first undo (cf. LP-FT, Kumar et al. 2022; Tobaben et al. 2023 on DP heads).
   Dropout is switched off: DP noise is the regulariser, and deterministic frozen layers make the
   activation cache (:mod:`fedlora.model.cache`) exact.
+  The head subtracts a fixed public offset first, ``W·(h̄ − μ) + b`` (:class:`CentredLinear`;
+  ``μ`` from public rows, :mod:`fedlora.model.centring`; zero until set).
 * **Decoders (Llama family):** the score head is initialised from the language-model head's rows
   for the words "good" and "bad" (label 0 = good, 1 = bad), so training starts from the model's
   own next-word preference instead of a random projection (Li et al., 2022, "Large Language
@@ -26,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F  # noqa: N812
 from transformers import BertConfig, BertModel, BertPreTrainedModel, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import SequenceClassifierOutput
@@ -37,15 +40,36 @@ def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
+class CentredLinear(nn.Linear):
+    """``y = W·(x − offset) + b`` with ``offset`` a fixed (non-trained, saved) buffer, zero by default."""
+
+    offset: torch.Tensor
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self.register_buffer("offset", torch.zeros(in_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The linear map of the centred input."""
+        return F.linear(x - self.offset.to(x.dtype), self.weight, self.bias)
+
+
 class MeanPooledBertForSequenceClassification(BertPreTrainedModel):
-    """BERT encoder + masked mean pooling + a (zero-initialised) linear head; no pooler."""
+    """BERT encoder + masked mean pooling + a (zero-initialised, centred) linear head; no pooler."""
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__(config)
         self.num_labels = config.num_labels
         self.bert = BertModel(config, add_pooling_layer=False)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels or 2)
+        self.classifier = CentredLinear(config.hidden_size, config.num_labels or 2)
         self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """BERT's initialisation, and a zero offset for the centred head (not in any checkpoint)."""
+        super()._init_weights(module)
+        if isinstance(module, CentredLinear):
+            with torch.no_grad():
+                module.offset.zero_()
 
     @property
     def num_layers(self) -> int:

@@ -63,6 +63,9 @@ def initialize_run(
     training_optimizer: Optional[str] = None,
     federation_fraction_fit: Optional[float] = None,
     federation_min_banks: Optional[int] = None,
+    federation_server_optimizer: Optional[str] = None,
+    federation_server_learning_rate: Optional[float] = None,
+    federation_server_momentum: Optional[float] = None,
     federation_banks: Optional[list[str]] = None,
     store_uri: Optional[str] = None,
     store_endpoint_url: Optional[str] = None,
@@ -110,6 +113,9 @@ def initialize_run(
         training_optimizer: Config field training.optimizer.
         federation_fraction_fit: Config field federation.fraction_fit.
         federation_min_banks: Config field federation.min_banks.
+        federation_server_optimizer: Config field federation.server_optimizer.
+        federation_server_learning_rate: Config field federation.server_learning_rate.
+        federation_server_momentum: Config field federation.server_momentum.
         federation_banks: Names of the banks of base_config that take part.
         store_uri: Config field store.uri.
         store_endpoint_url: Config field store.endpoint_url.

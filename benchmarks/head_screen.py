@@ -1,0 +1,187 @@
+"""Screen recipe levers in seconds: the recipe's federation, head only, on frozen mean-pooled features.
+
+An approximation of `fedlora simulate` for screening, not a substitute for `utility.py`: the
+model is frozen (no LoRA), so each row's pooled representation ``h̄(x)`` is computed once and
+every variant trains only the linear head, in numpy, with the recipe's mechanism: Poisson
+sampling at ``q = B/n_declared``, per-example clipping at C = 1, Gaussian noise with σ from the
+same PRV calibration (:func:`fedlora.privacy.accounting.plan_privacy`), SGD with momentum 0.9
+restarted every round, FedAvg by declared count, optionally a server momentum. The public centre
+``μ`` is the product's (:func:`fedlora.model.centring.public_centre`). Noise here is numpy's
+seeded generator: this is a research harness, never a bank's mechanism.
+
+Selection uses the pooled **validation** AUC; test AUC is printed for the record.
+
+    python benchmarks/head_screen.py --seeds 10 --points '{}' '{"dp": false, "steps": 40}'
+    python benchmarks/head_screen.py --max-length 128 --transforms raw centred --points '{"batch": 128, "steps": 10}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from fedlora.baselines import mean_interval
+from fedlora.config import Config
+from fedlora.data.banks import build_bank_data
+from fedlora.data.datasets import get_schema
+from fedlora.model.centring import public_centre
+from fedlora.model.heads import masked_mean
+from fedlora.model.loading import load_base_model
+from fedlora.privacy.accounting import declared_count, plan_privacy
+
+Array = np.ndarray
+
+
+class Embedder:
+    """Mean-pooled last hidden states of the frozen MiniLM, memoised per text."""
+
+    def __init__(self, max_length: int) -> None:
+        self.loaded = load_base_model("minilm", quantization="none", seed=0)
+        self.loaded.model.eval()
+        self.max_length = max_length
+        self.memo: dict[str, Array] = {}
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str]) -> Array:
+        todo = [t for t in dict.fromkeys(texts) if t not in self.memo]
+        bert = self.loaded.model.bert  # type: ignore[attr-defined]
+        for start in range(0, len(todo), 128):
+            chunk = todo[start : start + 128]
+            enc = self.loaded.tokenizer(
+                chunk, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"
+            )
+            hidden = bert(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+            for text, row in zip(chunk, masked_mean(hidden, enc["attention_mask"]).numpy(), strict=True):
+                self.memo[text] = row.astype(np.float64)
+        return np.stack([self.memo[t] for t in texts])
+
+
+@functools.cache
+def _sigma(n: int, eps: float, batch: int, steps: int, rounds: int) -> tuple[float, float]:
+    plan = plan_privacy(
+        bank="screen",
+        num_examples=n,
+        target_epsilon=eps,
+        delta=None,
+        batch_size=batch,
+        steps_per_round=steps,
+        rounds=rounds,
+        max_grad_norm=1.0,
+        noise_multiplier=None,
+        accountant="prv",
+    )
+    return plan.noise_multiplier, plan.sample_rate
+
+
+def federate(
+    banks: list[tuple[Array, Array]],
+    rng: np.random.Generator,
+    *,
+    lr: float = 3.0,
+    steps: int = 6,
+    rounds: int = 5,
+    batch: int = 64,
+    eps: float = 8.0,
+    dp: bool = True,
+    server_lr: float = 1.0,
+    server_momentum: float = 0.0,
+) -> tuple[Array, Array]:
+    """The recipe's federation of a 2-logit linear head; returns ``(W, b)``."""
+    dim = banks[0][0].shape[1]
+    weight, bias = np.zeros((2, dim)), np.zeros(2)
+    vel_w, vel_b = np.zeros_like(weight), np.zeros_like(bias)
+    plans = [_sigma(len(y), eps, batch, steps, rounds) if dp else (0.0, min(1.0, batch / len(y))) for _, y in banks]
+    for _ in range(rounds):
+        new_w, new_b, counts = [], [], []
+        for (x, y), (sigma, q) in zip(banks, plans, strict=True):
+            w, b = weight.copy(), bias.copy()
+            mom_w, mom_b = np.zeros_like(w), np.zeros_like(b)
+            for _ in range(steps):
+                idx = np.nonzero(rng.random(len(y)) < q)[0]
+                xb, yb = x[idx], y[idx]
+                z = xb @ w.T + b
+                p1 = 1 / (1 + np.exp(-(z[:, 1] - z[:, 0])))
+                g = (p1 - yb)[:, None]
+                gz = np.concatenate([-g, g], axis=1)  # dCE/dlogits
+                gw = gz[:, :, None] * xb[:, None, :]
+                if dp:
+                    norms = np.sqrt((gw**2).sum(axis=(1, 2)) + (gz**2).sum(axis=1))
+                    factor = np.minimum(1.0, 1.0 / (norms + 1e-6))
+                    expected = q * len(y)
+                    step_w = ((gw * factor[:, None, None]).sum(0) + rng.normal(0, sigma, w.shape)) / expected
+                    step_b = ((gz * factor[:, None]).sum(0) + rng.normal(0, sigma, 2)) / expected
+                elif len(idx):
+                    step_w, step_b = gw.mean(0), gz.mean(0)
+                else:
+                    continue
+                mom_w, mom_b = 0.9 * mom_w + step_w, 0.9 * mom_b + step_b
+                w, b = w - lr * mom_w, b - lr * mom_b
+            new_w.append(w)
+            new_b.append(b)
+            counts.append(declared_count(len(y)))
+        shares = np.array(counts, dtype=np.float64) / sum(counts)
+        avg_w = sum(s * w for s, w in zip(shares, new_w, strict=True))
+        avg_b = sum(s * b for s, b in zip(shares, new_b, strict=True))
+        vel_w, vel_b = server_momentum * vel_w + (weight - avg_w), server_momentum * vel_b + (bias - avg_b)
+        weight, bias = weight - server_lr * vel_w, bias - server_lr * vel_b
+    return weight, bias
+
+
+def _auc(transform: Callable[[Array], Array], w: Array, b: Array, x: Array, y: Array) -> float:
+    z = transform(x) @ w.T + b
+    return float(roc_auc_score(y, z[:, 1] - z[:, 0]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="german_credit")
+    parser.add_argument("--max-rows", type=int)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--transforms", nargs="+", default=["raw", "centred"], choices=["raw", "centred"])
+    parser.add_argument("--points", nargs="+", default=["{}"], help="JSON keyword sets for federate().")
+    args = parser.parse_args()
+    embed = Embedder(args.max_length)
+    schema = get_schema(args.dataset)
+    mu = public_centre(
+        embed.loaded.model.bert,  # type: ignore[attr-defined]
+        embed.loaded.tokenizer,
+        schema,
+        max_length=args.max_length,
+        device=torch.device("cpu"),
+    ).numpy()
+    transforms: dict[str, Callable[[Array], Array]] = {"raw": lambda x: x, "centred": lambda x: x - mu}
+    points: list[dict[str, Any]] = [json.loads(p) for p in args.points]
+    results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for seed in range(args.seeds):
+        data = {"dataset": args.dataset, "max_rows": args.max_rows}
+        banks = build_bank_data(Config.model_validate({"seed": seed, "data": data}))
+        train = [(embed(d.train.texts), d.train.labels) for d in banks.values()]
+        val_x = np.concatenate([embed(d.val.texts) for d in banks.values()])
+        val_y = np.concatenate([d.val.labels for d in banks.values()])
+        test_x = np.concatenate([embed(d.test.texts) for d in banks.values()])
+        test_y = np.concatenate([d.test.labels for d in banks.values()])
+        for point in points:
+            for name in args.transforms:
+                tf = transforms[name]
+                w, b = federate([(tf(x), y) for x, y in train], np.random.default_rng(1000 + seed), **point)
+                key = (name, json.dumps(point))
+                results.setdefault(key, []).append((_auc(tf, w, b, val_x, val_y), _auc(tf, w, b, test_x, test_y)))
+        print(f"seed {seed} done", flush=True)
+    print(f"\n{args.dataset}, max_length {args.max_length}, {args.seeds} seeds (mean ± 95% CI)")
+    print("| features | point | validation AUC (selects) | test AUC (record) |\n|---|---|---|---|")
+    for (name, point), values in results.items():
+        val_mean, val_half = mean_interval([v for v, _ in values])
+        test_mean, test_half = mean_interval([t for _, t in values])
+        print(f"| {name} | `{point}` | {val_mean:.4f} ± {val_half:.4f} | {test_mean:.4f} ± {test_half:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
