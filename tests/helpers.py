@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from fedlora.cli import main
 from fedlora.config import Config, load_config
+from fedlora.runtime import Runtime
 
 
 def tiny_overrides_for(out_dir: Path, run: str = "test") -> list[str]:
@@ -25,6 +26,15 @@ def tiny_overrides_for(out_dir: Path, run: str = "test") -> list[str]:
         f"output.dir={out_dir}",
         f"output.run_name={run}",
     ]
+
+
+def tiny_runtime(out_dir: Path, *extra: str) -> Runtime:
+    """A runtime on the tiny random encoder and a 200-row sample (model, data and caches load on use)."""
+    config = load_config(
+        None,
+        ["model.name=tiny-bert", "data.max_rows=200", "tracking.enabled=false", f"output.dir={out_dir}", *extra],
+    )
+    return Runtime(config)
 
 
 def set_args(overrides: list[str]) -> list[str]:

@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedlora.config import load_config
 from fedlora.data.datasets import get_schema
 from fedlora.data.public_rows import public_rows
 from fedlora.data.schema import validate_frame
@@ -19,6 +18,7 @@ from fedlora.model.centring import PUBLIC_ROWS, PUBLIC_SEED
 from fedlora.model.heads import CentredLinear, masked_mean
 from fedlora.model.lora import adapter_state
 from fedlora.runtime import Runtime
+from helpers import tiny_runtime
 
 CPU = torch.device("cpu")
 
@@ -45,16 +45,8 @@ def _head(runtime: Runtime) -> CentredLinear:
     return head
 
 
-def _runtime(tmp_path: Path, *extra: str) -> Runtime:
-    config = load_config(
-        None,
-        ["model.name=tiny-bert", "data.max_rows=200", "tracking.enabled=false", f"output.dir={tmp_path}", *extra],
-    )
-    return Runtime(config)
-
-
 def test_the_head_subtracts_the_mean_of_public_rows_and_nothing_else(tmp_path: Path) -> None:
-    runtime = _runtime(tmp_path, "model.cache_frozen_layers=false")
+    runtime = tiny_runtime(tmp_path, "model.cache_frozen_layers=false")
     core = splittable_core(runtime.model)
     assert core is not None
     head = _head(runtime)
@@ -86,16 +78,16 @@ def test_the_head_subtracts_the_mean_of_public_rows_and_nothing_else(tmp_path: P
 
 
 def test_every_party_computes_the_same_offset_and_it_can_be_switched_off(tmp_path: Path) -> None:
-    first = _head(_runtime(tmp_path / "a"))
-    second = _head(_runtime(tmp_path / "b", "data.max_rows=120", "federation.rounds=2"))  # other rows, same μ
-    off = _head(_runtime(tmp_path / "c", "model.centre_features=false"))
+    first = _head(tiny_runtime(tmp_path / "a"))
+    second = _head(tiny_runtime(tmp_path / "b", "data.max_rows=120", "federation.rounds=2"))  # other rows, same μ
+    off = _head(tiny_runtime(tmp_path / "c", "model.centre_features=false"))
     assert torch.equal(first.offset, second.offset)
     assert float(first.offset.abs().max()) > 0
     assert float(off.offset.abs().max()) == 0.0
 
 
 def test_the_saved_peft_head_carries_the_offset(tmp_path: Path) -> None:
-    runtime = _runtime(tmp_path)
+    runtime = tiny_runtime(tmp_path)
     head = _head(runtime)
     runtime.model.save_pretrained(tmp_path / "peft")
     saved = load_file(str(tmp_path / "peft" / "adapter_model.safetensors"))

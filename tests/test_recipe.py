@@ -22,8 +22,8 @@ from fedlora.model.loading import load_base_model
 from fedlora.model.lora import attach_lora
 from fedlora.privacy.per_sample import PerExampleGradients
 from fedlora.privacy.randomness import SeededRandomness
-from fedlora.runtime import Runtime
 from fedlora.training import DPSettings, dp_gradient
+from helpers import tiny_runtime
 
 CPU = torch.device("cpu")
 
@@ -45,16 +45,8 @@ def test_more_top_layers_than_the_model_has_is_an_error() -> None:
         attach_lora(loaded, load_config(None, ["lora.top_layers=3"]).lora, seed=0)
 
 
-def _runtime(tmp_path: Path, *extra: str) -> Runtime:
-    config = load_config(
-        None,
-        ["model.name=tiny-bert", "data.max_rows=200", "tracking.enabled=false", f"output.dir={tmp_path}", *extra],
-    )
-    return Runtime(config)
-
-
 def test_encoder_head_is_zero_and_reads_the_masked_mean(tmp_path: Path) -> None:
-    runtime = _runtime(tmp_path, "model.cache_frozen_layers=false")
+    runtime = tiny_runtime(tmp_path, "model.cache_frozen_layers=false")
     model, data = runtime.model, runtime.bank("bank-a").train
     core = splittable_core(model)
     assert core is not None
@@ -76,7 +68,7 @@ def test_encoder_head_is_zero_and_reads_the_masked_mean(tmp_path: Path) -> None:
 
 
 def test_only_the_top_layers_are_adapted_and_the_rest_is_cached(tmp_path: Path) -> None:
-    runtime = _runtime(tmp_path, "lora.top_layers=1")
+    runtime = tiny_runtime(tmp_path, "lora.top_layers=1")
     trainable = [n for n, p in runtime.model.named_parameters() if p.requires_grad]
     assert trainable and all(".layer.1." in n or "classifier" in n for n in trainable)
     cached = runtime.bank("bank-a").train
@@ -84,7 +76,7 @@ def test_only_the_top_layers_are_adapted_and_the_rest_is_cached(tmp_path: Path) 
 
 
 def test_cached_activations_give_the_same_loss_and_per_example_gradients(tmp_path: Path) -> None:
-    runtime = _runtime(tmp_path, "lora.top_layers=1", "model.cache_frozen_layers=false")
+    runtime = tiny_runtime(tmp_path, "lora.top_layers=1", "model.cache_frozen_layers=false")
     model = runtime.model
     with torch.no_grad():  # B = 0 and a zero head give zero LoRA gradients; make them informative
         for p in model.parameters():
@@ -194,7 +186,7 @@ def test_bad_taiwan_bank_files_are_refused(taiwan_csv: Path, mutate, expected: s
 
 
 def test_head_only_ablation_trains_no_adapter(tmp_path: Path) -> None:
-    runtime = _runtime(tmp_path, "lora.enabled=false")
+    runtime = tiny_runtime(tmp_path, "lora.enabled=false")
     trainable = [n for n, p in runtime.model.named_parameters() if p.requires_grad]
     assert trainable and all("classifier" in n for n in trainable)
 
