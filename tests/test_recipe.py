@@ -22,7 +22,7 @@ from fedlora.model.loading import load_base_model
 from fedlora.model.lora import attach_lora
 from fedlora.privacy.per_sample import PerExampleGradients
 from fedlora.privacy.randomness import SeededRandomness
-from fedlora.training import DPSettings, dp_gradient
+from fedlora.training import DPSettings, dp_gradient, make_optimizer
 from helpers import tiny_runtime
 
 CPU = torch.device("cpu")
@@ -264,3 +264,17 @@ def test_decoder_score_head_starts_from_the_lm_heads_good_and_bad_rows() -> None
     assert torch.equal(model.score.weight, model.get_input_embeddings().weight[ids])
     untied = LlamaForSequenceClassification(config.__class__(**{**config.to_dict(), "tie_word_embeddings": False}))
     assert not init_score_from_lm_head(untied, tokenizer)
+
+
+def test_lora_learning_rate_applies_to_the_adapter_only(tmp_path: Path) -> None:
+    runtime = tiny_runtime(tmp_path, "training.lora_learning_rate=0.01")
+    model, training = runtime.model, runtime.config.training
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    lora = frozenset(p for n, p in model.named_parameters() if "lora_" in n and p.requires_grad)
+    assert lora and len(lora) < len(trainable)
+    rates = {id(p): g["lr"] for g in make_optimizer(trainable, training, lora=lora).param_groups for p in g["params"]}
+    assert {rates[id(p)] for p in lora} == {0.01}
+    assert {rates[id(p)] for p in trainable if p not in lora} == {training.learning_rate}
+    default = tiny_runtime(tmp_path / "default").config.training  # None: one rate for every parameter
+    rates = {g["lr"] for g in make_optimizer(trainable, default, lora=lora).param_groups}
+    assert rates == {default.learning_rate}

@@ -169,6 +169,12 @@ class TrainingConfig(_Section):
     learning_rate: float = Field(
         3.0, gt=0, description="Learning rate of the local optimizer (3 suits DP-SGD with momentum on the recipe)."
     )
+    lora_learning_rate: float | None = Field(
+        None,
+        gt=0,
+        description="Learning rate of the LoRA parameters (None = training.learning_rate; the head keeps "
+        "learning_rate). The noised gradient is the same; only its use differs (post-processing, free in privacy).",
+    )
     optimizer: Literal["adam", "sgd"] = Field(
         "sgd",
         description="Local optimizer (re-created every round): sgd (momentum 0.9) or adam (non-private runs only; "

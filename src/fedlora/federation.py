@@ -97,7 +97,7 @@ def _update_bound(config: Config, store: Store, outcome: BankOutcome, num_params
     plan = report["plan"] if report else {}
     bound = max_update_norm(
         optimizer=config.training.optimizer,
-        learning_rate=config.training.learning_rate,
+        learning_rate=max(config.training.learning_rate, config.training.lora_learning_rate or 0.0),
         steps=outcome.steps,
         num_params=num_params,
         max_grad_norm=plan.get("max_grad_norm"),

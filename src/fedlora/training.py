@@ -16,6 +16,7 @@ The non-private baseline takes the same batches and the plain mean gradient.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,11 +59,22 @@ def steps_per_round(*, num_examples: int, config: TrainingConfig) -> int:
     return max(1, int(np.ceil(config.local_epochs * num_examples / config.batch_size)))
 
 
-def make_optimizer(params: list[nn.Parameter], config: TrainingConfig) -> torch.optim.Optimizer:
-    """Adam or SGD over ``params`` with the configured learning rate."""
+def make_optimizer(
+    params: list[nn.Parameter], config: TrainingConfig, *, lora: frozenset[nn.Parameter] = frozenset()
+) -> torch.optim.Optimizer:
+    """Adam or SGD over ``params``: those in ``lora`` at ``lora_learning_rate``, the rest at ``learning_rate``.
+
+    Both groups step on the same privatised gradient, so the split is post-processing (free in privacy).
+    """
+    lora_rate = config.lora_learning_rate or config.learning_rate
+    groups: list[dict[str, Any]] = [
+        {"params": [p for p in params if p not in lora], "lr": config.learning_rate},
+        {"params": [p for p in params if p in lora], "lr": lora_rate},
+    ]
+    groups = [g for g in groups if g["params"]]
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.learning_rate)
-    return torch.optim.SGD(params, lr=config.learning_rate, momentum=0.9)
+        return torch.optim.Adam(groups, lr=config.learning_rate)
+    return torch.optim.SGD(groups, lr=config.learning_rate, momentum=0.9)
 
 
 def dp_gradient(
@@ -135,7 +147,8 @@ def train_local(
     model.train()
     collector = PerExampleGradients(model) if dp is not None else None
     params = collector.parameters() if collector is not None else [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, config)
+    lora = frozenset(p for n, p in model.named_parameters() if "lora_" in n and p.requires_grad)
+    optimizer = make_optimizer(params, config, lora=lora)
     loss_sum, seen, norm_sum, clipped = 0.0, 0, 0.0, 0
     for _ in range(steps):
         index = torch.nonzero(randomness.poisson_mask(len(data), sample_rate)).flatten()

@@ -60,6 +60,7 @@ def initialize_run(
     training_batch_size: Optional[int] = None,
     training_physical_batch_size: Optional[int] = None,
     training_learning_rate: Optional[float] = None,
+    training_lora_learning_rate: Optional[float] = None,
     training_optimizer: Optional[str] = None,
     federation_fraction_fit: Optional[float] = None,
     federation_min_banks: Optional[int] = None,
@@ -110,6 +111,7 @@ def initialize_run(
         training_batch_size: Config field training.batch_size.
         training_physical_batch_size: Config field training.physical_batch_size.
         training_learning_rate: Config field training.learning_rate.
+        training_lora_learning_rate: Config field training.lora_learning_rate.
         training_optimizer: Config field training.optimizer.
         federation_fraction_fit: Config field federation.fraction_fit.
         federation_min_banks: Config field federation.min_banks.

@@ -53,6 +53,7 @@ FIELDS: tuple[str, ...] = (
     "training.batch_size",
     "training.physical_batch_size",
     "training.learning_rate",
+    "training.lora_learning_rate",
     "training.optimizer",
     "federation.fraction_fit",
     "federation.min_banks",
