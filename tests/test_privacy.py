@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from fedlora.config import LoraConfig
+from fedlora.data.datasets import get_schema
+from fedlora.model.centring import centre_head_on_public_rows
 from fedlora.model.loading import load_base_model
 from fedlora.model.lora import attach_lora
 from fedlora.privacy.accounting import (
@@ -165,10 +167,12 @@ def _loop_reference(
     return [torch.stack([g[j] for g in grads]) for j in range(len(params))], summed
 
 
-@pytest.mark.parametrize("preset", ["tiny-bert", "tiny-llama"])
+@pytest.mark.parametrize(("preset", "centred"), [("tiny-bert", False), ("tiny-bert", True), ("tiny-llama", False)])
 @pytest.mark.parametrize("ffa", [False, True])
-def test_per_example_gradients_match_a_per_example_loop(preset: str, ffa: bool) -> None:
+def test_per_example_gradients_match_a_per_example_loop(preset: str, centred: bool, ffa: bool) -> None:
     loaded = load_base_model(preset, seed=0, device=torch.device("cpu"))
+    if centred:  # the head multiplies x − μ, not its input x: the gradient must follow
+        assert centre_head_on_public_rows(loaded, get_schema("german_credit"), max_length=32)
     model = attach_lora(loaded, LoraConfig(rank=4, ffa=ffa), seed=0)
     with torch.no_grad():  # make B non-zero so A gets a gradient too
         for name, p in model.named_parameters():

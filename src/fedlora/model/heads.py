@@ -49,9 +49,13 @@ class CentredLinear(nn.Linear):
         super().__init__(in_features, out_features, bias=bias)
         self.register_buffer("offset", torch.zeros(in_features))
 
+    def weight_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x − offset``: what the weight multiplies (read by :mod:`fedlora.privacy.per_sample`)."""
+        return x - self.offset.to(x.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The linear map of the centred input."""
-        return F.linear(x - self.offset.to(x.dtype), self.weight, self.bias)
+        return F.linear(self.weight_input(x), self.weight, self.bias)
 
 
 class MeanPooledBertForSequenceClassification(BertPreTrainedModel):

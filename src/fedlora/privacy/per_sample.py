@@ -29,6 +29,18 @@ class UnsupportedLayerError(FedLoRAError, TypeError):
     """A trainable parameter lives in a layer for which per-example gradients are not implemented."""
 
 
+def weight_input(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What the layer's weight multiplies: ``x``, or ``module.weight_input(x)`` for a layer that transforms it.
+
+    The centred head (:class:`fedlora.model.heads.CentredLinear`) multiplies ``x − μ``.
+
+    ``∇_W L_i = g_iᵀ·u_i`` holds for the vector ``u_i`` the weight actually multiplies; using the raw input
+    of a layer that centres it would give ``g_iᵀ·x_i``, a different (wrong) gradient.
+    """
+    transform = getattr(module, "weight_input", None)
+    return transform(x) if callable(transform) else x
+
+
 @dataclass
 class _Record:
     module: nn.Linear
@@ -92,7 +104,7 @@ class PerExampleGradients:
     def _save(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         if torch.is_grad_enabled():
             assert isinstance(module, nn.Linear)
-            self._records.append(_Record(module, inputs[0].detach(), output))
+            self._records.append(_Record(module, weight_input(module, inputs[0].detach()), output))
 
     def compute(self, summed_loss: torch.Tensor) -> dict[torch.Tensor, torch.Tensor]:
         """Per-example gradients ``{param: tensor of shape (batch, *param.shape)}``.
