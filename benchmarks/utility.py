@@ -75,6 +75,11 @@ def baseline_rows(config: Config, runtime: Runtime, epsilons: list[float]) -> di
     return out
 
 
+def _write_json(path: str, overrides: list[str], aucs: dict[str, list[float]], seconds: dict[str, list[float]]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"overrides": overrides, "aucs": aucs, "seconds": seconds}, f, indent=1)
+
+
 def _print_paired(aucs: dict[str, list[float]]) -> None:
     """Each ablation row minus its DP-FedLoRA row, seed by seed (mean ± 95% CI of the difference)."""
     for name, values in aucs.items():
@@ -138,15 +143,14 @@ def main() -> None:
             for bank, metrics in summary.final.per_bank_test.items():
                 aucs[f"{bank} in consortium, {name} (own test)"].append(metrics["auc"])
             print(f"seed {seed} {name}: AUC {summary.final.auc:.4f} ({seconds[name][-1]:.0f}s)", flush=True)
+        if args.json:  # after every seed: a stopped run keeps what it measured
+            _write_json(args.json, args.overrides, aucs, seconds)
     print("\n| setting | pooled test AUC, mean ± 95% CI | seeds | s/run |\n|---|---|---|---|")
     for name, values in aucs.items():
         mean, half = mean_interval(values)
         wall = seconds.get(name, seconds["baselines"] if "LR" in name else [math.nan])
         print(f"| {name} | {mean:.4f} ± {half:.4f} | {len(values)} | {np.mean(wall):.0f} |")
     _print_paired(aucs)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"overrides": args.overrides, "aucs": aucs, "seconds": seconds}, f, indent=1)
 
 
 if __name__ == "__main__":
