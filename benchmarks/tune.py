@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import tempfile
 import time
 from typing import Any
 
@@ -71,9 +72,10 @@ def main() -> None:
     if args.points:
         points = [dict(kv.split("=", 1) for kv in p.split(";") if kv) for p in args.points]
     stamp = int(time.time())
+    out = tempfile.mkdtemp(prefix="fedlora-tune-")  # one directory per invocation: concurrent runs never share
     results: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(points))}
     for seed in args.seeds:
-        base = [*args.overrides, f"seed={seed}", "tracking.enabled=false", "output.dir=/tmp/fedlora-tune"]
+        base = [*args.overrides, f"seed={seed}", "tracking.enabled=false", f"output.dir={out}"]
         runtimes = [Runtime(load_config(args.config, base))]
         for i, point in enumerate(points):
             sets = [f"{k}={v}" for k, v in point.items()]

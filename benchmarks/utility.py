@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import tempfile
 import time
 from collections import defaultdict
 
@@ -111,7 +112,8 @@ def main() -> None:
     parser.add_argument("--json", help="Write every per-seed number here.")
     args = parser.parse_args()
     banks = [f"federation.banks=[{', '.join('{name: bank-' + chr(97 + i) + '}' for i in range(args.banks))}]"]
-    base = [*banks, *args.overrides, "tracking.enabled=false", "output.dir=/tmp/fedlora-utility"]
+    out = tempfile.mkdtemp(prefix="fedlora-utility-")  # one directory per invocation: concurrent runs never share
+    base = [*banks, *args.overrides, "tracking.enabled=false", f"output.dir={out}"]
     stamp = int(time.time())
     aucs: dict[str, list[float]] = defaultdict(list)
     seconds: dict[str, list[float]] = defaultdict(list)
