@@ -31,8 +31,7 @@ from fedlora.baselines import mean_interval
 from fedlora.config import Config
 from fedlora.data.banks import build_bank_data
 from fedlora.data.datasets import get_schema
-from fedlora.model.centring import public_centre
-from fedlora.model.heads import masked_mean
+from fedlora.model.centring import pooled_representation, public_centre
 from fedlora.model.loading import load_base_model
 from fedlora.privacy.accounting import declared_count, plan_privacy
 
@@ -48,17 +47,18 @@ class Embedder:
         self.max_length = max_length
         self.memo: dict[str, Array] = {}
 
-    @torch.no_grad()
     def __call__(self, texts: list[str]) -> Array:
         todo = [t for t in dict.fromkeys(texts) if t not in self.memo]
-        bert = self.loaded.model.bert  # type: ignore[attr-defined]
-        for start in range(0, len(todo), 128):
-            chunk = todo[start : start + 128]
-            enc = self.loaded.tokenizer(
-                chunk, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"
+        if todo:
+            pooled = pooled_representation(
+                self.loaded.model.bert,  # type: ignore[attr-defined]
+                self.loaded.tokenizer,
+                todo,
+                max_length=self.max_length,
+                device=torch.device("cpu"),
+                batch_size=128,
             )
-            hidden = bert(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-            for text, row in zip(chunk, masked_mean(hidden, enc["attention_mask"]).numpy(), strict=True):
+            for text, row in zip(todo, pooled.numpy(), strict=True):
                 self.memo[text] = row.astype(np.float64)
         return np.stack([self.memo[t] for t in texts])
 

@@ -30,6 +30,11 @@ FEDADAM_BETA2 = 0.99
 FEDADAM_TAU = 1e-3
 
 
+def is_plain_fedavg(federation: FederationConfig) -> bool:
+    """FedAvg with ``η = 1``: the new global adapter is the average itself, and there is no state."""
+    return federation.server_optimizer == "fedavg" and federation.server_learning_rate == 1.0
+
+
 def server_state_prefix(round_index: int) -> str:
     """Where the server optimizer's state after ``round_index`` lives (``rounds/NNNN/server``)."""
     return f"{round_prefix(round_index)}/server"
@@ -48,7 +53,7 @@ def server_step(
 
     """
     kind, lr, beta = federation.server_optimizer, federation.server_learning_rate, federation.server_momentum
-    if kind == "fedavg" and lr == 1.0:
+    if is_plain_fedavg(federation):
         return dict(averaged), {}
     adapter: AdapterState = {}
     new_state: AdapterState = {}
@@ -74,7 +79,7 @@ def apply_server_optimizer(
     federation: FederationConfig, store: Store, round_index: int, previous: AdapterState, averaged: AdapterState
 ) -> AdapterState:
     """Read the previous round's state, take one :func:`server_step`, write the new state; return ``θ'``."""
-    if federation.server_optimizer == "fedavg" and federation.server_learning_rate == 1.0:
+    if is_plain_fedavg(federation):
         return averaged
     before = server_state_prefix(round_index - 1)
     state = load_adapter(store, before).tensors if store.exists(f"{before}/{ADAPTER_FILE}") else {}

@@ -31,7 +31,7 @@ from transformers import PreTrainedTokenizerBase
 from fedlora.data.public_rows import public_rows
 from fedlora.data.schema import DatasetSchema
 from fedlora.data.serialize import serialize_frame
-from fedlora.model.heads import CentredLinear, MeanPooledBertForSequenceClassification, masked_mean
+from fedlora.model.heads import MeanPooledBertForSequenceClassification, masked_mean
 from fedlora.model.loading import LoadedModel
 
 PUBLIC_ROWS = 256
@@ -39,32 +39,29 @@ PUBLIC_SEED = 20240517  # fixed: every party draws the same public rows
 
 
 @torch.no_grad()
-def public_centre(
+def pooled_representation(
     encoder: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
-    schema: DatasetSchema,
+    texts: list[str],
     *,
     max_length: int,
     device: torch.device,
-    rows: int = PUBLIC_ROWS,
     batch_size: int = 64,
 ) -> torch.Tensor:
-    """``μ = mean_i h̄(x_i)`` over ``rows`` public rows of ``schema`` (float32, on CPU).
+    """``h̄(x)`` for every text: the masked mean of the encoder's last hidden states (float32, on CPU).
 
     Args:
         encoder: A BERT-style model returning ``last_hidden_state`` (the frozen base encoder).
         tokenizer: Its tokenizer.
-        schema: The dataset schema the rows are drawn from (public).
+        texts: Serialized rows.
         max_length: Tokens per row, as in training.
         device: Where the encoder runs.
-        rows: How many public rows to average.
         batch_size: Rows per forward pass.
 
     """
-    texts = serialize_frame(public_rows(schema, rows, seed=PUBLIC_SEED), schema)
-    total = torch.zeros(0)
     was_training = encoder.training
     encoder.eval()
+    pooled: list[torch.Tensor] = []
     for start in range(0, len(texts), batch_size):
         batch = tokenizer(
             texts[start : start + batch_size],
@@ -74,10 +71,23 @@ def public_centre(
             return_tensors="pt",
         ).to(device)
         hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        pooled = masked_mean(hidden.float(), batch["attention_mask"]).sum(dim=0).cpu()
-        total = pooled if total.numel() == 0 else total + pooled
+        pooled.append(masked_mean(hidden.float(), batch["attention_mask"]).cpu())
     encoder.train(was_training)
-    return total / len(texts)
+    return torch.cat(pooled)
+
+
+def public_centre(
+    encoder: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    schema: DatasetSchema,
+    *,
+    max_length: int,
+    device: torch.device,
+    rows: int = PUBLIC_ROWS,
+) -> torch.Tensor:
+    """``μ = mean_i h̄(x_i)`` over ``rows`` public rows of ``schema`` (:func:`pooled_representation`)."""
+    texts = serialize_frame(public_rows(schema, rows, seed=PUBLIC_SEED), schema)
+    return pooled_representation(encoder, tokenizer, texts, max_length=max_length, device=device).mean(dim=0)
 
 
 def centre_head_on_public_rows(loaded: LoadedModel, schema: DatasetSchema, *, max_length: int) -> bool:
@@ -87,9 +97,7 @@ def centre_head_on_public_rows(loaded: LoadedModel, schema: DatasetSchema, *, ma
     starts from the LM head's rows instead, :func:`fedlora.model.heads.init_score_from_lm_head`).
     """
     model = loaded.model
-    if not isinstance(model, MeanPooledBertForSequenceClassification) or not isinstance(
-        model.classifier, CentredLinear
-    ):
+    if not isinstance(model, MeanPooledBertForSequenceClassification):
         return False
     centre = public_centre(model.bert, loaded.tokenizer, schema, max_length=max_length, device=loaded.device)
     with torch.no_grad():
