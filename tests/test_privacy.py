@@ -61,6 +61,20 @@ def test_composition_across_rounds_equals_one_long_run() -> None:
     assert more > compute_epsilon(split, delta=1e-4)
 
 
+def test_remembered_answers_equal_opacus_and_are_keyed_on_every_argument() -> None:
+    from opacus.accountants import PRVAccountant
+
+    run = MechanismRun(0.8, 0.1, 40)
+    first = compute_epsilon([run], delta=1e-4)
+    fresh = PRVAccountant()
+    fresh.history = [(0.8, 0.1, 40)]
+    assert first == float(fresh.get_epsilon(delta=1e-4))
+    assert compute_epsilon([run], delta=1e-5) > first
+    assert compute_epsilon([run], delta=1e-4, accountant="rdp") != first
+    assert compute_epsilon([MechanismRun(0.8, 0.1, 41)], delta=1e-4) > first
+    assert compute_epsilon([run], delta=1e-4) == first
+
+
 def test_calibration_meets_the_target_tightly() -> None:
     sigma = calibrate_noise_multiplier(target_epsilon=3.0, delta=1e-4, sample_rate=0.1, steps=40)
     assert sigma == pytest.approx(1.14501953125)

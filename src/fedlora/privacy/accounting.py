@@ -17,6 +17,7 @@ times the local steps per round.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -63,8 +64,20 @@ def compute_epsilon(history: list[MechanismRun], *, delta: float, accountant: st
     merged = _merged(history)
     if not merged:
         return 0.0
+    return _epsilon_of(tuple(merged), delta, accountant)
+
+
+# The accountant is a pure function of its arguments, and one PRV evaluation costs ~0.5 s on a CPU core
+# (Opacus bounds the PRV domain with an RDP pass over ~150 orders). A process asks the same question
+# many times: the ledger's check before a claim and its report after it, every bank of a simulation
+# with the same (σ, q), every row of a benchmark. Remembering answers changes no value.
+_MEMO_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=_MEMO_SIZE)
+def _epsilon_of(merged: tuple[tuple[float, float, int], ...], delta: float, accountant: str) -> float:
     acct = create_accountant(mechanism=accountant)
-    acct.history = merged
+    acct.history = list(merged)
     return float(acct.get_epsilon(delta=delta))
 
 
@@ -78,20 +91,28 @@ def calibrate_noise_multiplier(
 
     """
     try:
-        return float(
-            get_noise_multiplier(
-                target_epsilon=target_epsilon,
-                target_delta=delta,
-                sample_rate=sample_rate,
-                steps=steps,
-                accountant=accountant,
-                epsilon_tolerance=0.01,
-            )
-        )
+        return _noise_multiplier_for(target_epsilon, delta, sample_rate, steps, accountant)
     except ValueError as exc:
         raise PrivacyConfigError(
             f"cannot reach ε={target_epsilon} at δ={delta:g} with {steps} steps at sample rate {sample_rate:.4g}: {exc}"
         ) from exc
+
+
+@functools.lru_cache(maxsize=_MEMO_SIZE)
+def _noise_multiplier_for(
+    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str
+) -> float:
+    """Opacus' bisection (a pure function, remembered like :func:`_epsilon_of`; failures are not cached)."""
+    return float(
+        get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant,
+            epsilon_tolerance=0.01,
+        )
+    )
 
 
 def declared_count(num_examples: int) -> int:
