@@ -13,6 +13,11 @@ Selection uses the pooled **validation** AUC; test AUC is printed for the record
 
     python benchmarks/head_screen.py --seeds 10 --points '{}' '{"dp": false, "steps": 40}'
     python benchmarks/head_screen.py --max-length 128 --transforms raw centred --points '{"batch": 128, "steps": 10}'
+    python benchmarks/head_screen.py --seeds 10 --ceiling      # + the representation's linear-probe ceiling
+
+``--ceiling`` adds a row no federation can beat with this frozen representation: a non-private,
+L2-regularised logistic regression (scikit-learn, converged) on every bank's training rows pooled,
+centred features, its regularisation chosen on the pooled validation AUC.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from fedlora.baselines import mean_interval
@@ -51,7 +57,7 @@ class Embedder:
         todo = [t for t in dict.fromkeys(texts) if t not in self.memo]
         if todo:
             pooled = pooled_representation(
-                self.loaded.model.bert,  # type: ignore[attr-defined]
+                self.loaded.model.bert,  # type: ignore[attr-defined,arg-type]
                 self.loaded.tokenizer,
                 todo,
                 max_length=self.max_length,
@@ -139,6 +145,21 @@ def _auc(transform: Callable[[Array], Array], w: Array, b: Array, x: Array, y: A
     return float(roc_auc_score(y, z[:, 1] - z[:, 0]))
 
 
+def probe_ceiling(
+    train: tuple[Array, Array], val: tuple[Array, Array], test: tuple[Array, Array]
+) -> tuple[float, float]:
+    """(validation, test) AUC of the pooled non-private linear probe, L2 strength chosen on validation."""
+    best = (-1.0, 0.0)
+    for strength in (1e-3, 1e-2, 1e-1, 1.0, 10.0):
+        model = LogisticRegression(C=strength, max_iter=5000).fit(*train)
+        scores = (
+            roc_auc_score(val[1], model.decision_function(val[0])),
+            roc_auc_score(test[1], model.decision_function(test[0])),
+        )
+        best = max(best, scores, key=lambda pair: pair[0])
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="german_credit")
@@ -147,11 +168,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--transforms", nargs="+", default=["raw", "centred"], choices=["raw", "centred"])
     parser.add_argument("--points", nargs="+", default=["{}"], help="JSON keyword sets for federate().")
+    parser.add_argument("--ceiling", action="store_true", help="Also the pooled non-private linear-probe ceiling.")
     args = parser.parse_args()
     embed = Embedder(args.max_length)
     schema = get_schema(args.dataset)
     mu = public_centre(
-        embed.loaded.model.bert,  # type: ignore[attr-defined]
+        embed.loaded.model.bert,  # type: ignore[attr-defined,arg-type]
         embed.loaded.tokenizer,
         schema,
         max_length=args.max_length,
@@ -168,6 +190,10 @@ def main() -> None:
         val_y = np.concatenate([d.val.labels for d in banks.values()])
         test_x = np.concatenate([embed(d.test.texts) for d in banks.values()])
         test_y = np.concatenate([d.test.labels for d in banks.values()])
+        if args.ceiling:
+            pooled = (np.concatenate([x for x, _ in train]) - mu, np.concatenate([y for _, y in train]))
+            key = ("centred", "pooled non-private linear probe (ceiling)")
+            results.setdefault(key, []).append(probe_ceiling(pooled, (val_x - mu, val_y), (test_x - mu, test_y)))
         for point in points:
             for name in args.transforms:
                 tf = transforms[name]
@@ -177,10 +203,10 @@ def main() -> None:
         print(f"seed {seed} done", flush=True)
     print(f"\n{args.dataset}, max_length {args.max_length}, {args.seeds} seeds (mean ± 95% CI)")
     print("| features | point | validation AUC (selects) | test AUC (record) |\n|---|---|---|---|")
-    for (name, point), values in results.items():
+    for (name, label), values in results.items():
         val_mean, val_half = mean_interval([v for v, _ in values])
         test_mean, test_half = mean_interval([t for _, t in values])
-        print(f"| {name} | `{point}` | {val_mean:.4f} ± {val_half:.4f} | {test_mean:.4f} ± {test_half:.4f} |")
+        print(f"| {name} | `{label}` | {val_mean:.4f} ± {val_half:.4f} | {test_mean:.4f} ± {test_half:.4f} |")
 
 
 if __name__ == "__main__":
