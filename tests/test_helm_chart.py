@@ -824,3 +824,13 @@ def test_agent_with_a_macro_schedule_renders() -> None:
     assert cronjob["spec"]["schedule"] == "@hourly"
     args = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args == ["bank-agent", "--bank", "bank-m", "--once"]
+
+
+def test_chart_and_default_image_carry_the_package_version() -> None:
+    """Chart.yaml's appVersion and the default trainer tag are written by hand: they must follow fedlora.__version__."""
+    from fedlora import __version__
+
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))
+    values = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+    assert chart["appVersion"] == __version__
+    assert values["image"]["tag"] == __version__
