@@ -370,3 +370,17 @@ def test_a_schedule_that_breaks_on_the_banks_own_rows_is_refused_without_reveali
     outcome = _job(request, tmp_path)  # a 200-row file: about 140 training rows
     assert outcome["status"] == "refused" and rule in outcome["message"]
     assert not any(str(n) in outcome["message"] for n in range(120, 161))  # the exact n stays in the bank
+
+
+def test_a_small_bank_runs_with_its_own_batch(tiny_overrides: list[str], tmp_path: Path) -> None:
+    _consortium(tmp_path, tiny_overrides)  # the run exists
+    banks = "federation.banks=[{name: bank-a, data: /data/only-bank-a-sees-this.csv, batch_size: 32}, {name: bank-b}]"
+    request = load_config(
+        None, [*tiny_overrides, "training.batch_size=1000", banks, f"store.uri={tmp_path / 'exchange'}"]
+    )
+    assert request.training_for("bank-a").batch_size == 32
+    assert request.training_for("bank-b").batch_size == 1000
+    outcome = _job(request, tmp_path)  # ~140 training rows: the consortium's batch of 1000 is refused (test above)
+    assert outcome["status"] == "ok", outcome["output"]
+    plan = json.loads((tmp_path / "exchange/r1/privacy/bank-a.json").read_text())["plan"]
+    assert plan["sample_rate"] == pytest.approx(32 / plan["declared_examples"])

@@ -104,11 +104,12 @@ class _Schedule:
         )
 
     @classmethod
-    def not_private(cls, config: Config, num_rows: int) -> _Schedule:
+    def not_private(cls, config: Config, bank: str, num_rows: int) -> _Schedule:
         """The non-private baseline (simulation only): no clipping, no noise."""
+        training = config.training_for(bank)
         return cls(
-            steps=steps_per_round(num_examples=num_rows, config=config.training),
-            sample_rate=min(1.0, config.training.batch_size / num_rows),
+            steps=steps_per_round(num_examples=num_rows, config=training),
+            sample_rate=min(1.0, training.batch_size / num_rows),
             dp=None,
             num_examples=declared_count(num_rows),
             message="not private (privacy.enabled=false)",
@@ -151,7 +152,7 @@ def run_bank_round(
     ledger_store = side.ledger_store_for(job.store, bank)
     fingerprint = dataset_fingerprint(runtime.bank_data(bank).frames.values())
     if not config.privacy.enabled:  # a non-private simulation baseline (a bank's Job refused it above)
-        baseline = _Schedule.not_private(config, len(sets.train))
+        baseline = _Schedule.not_private(config, bank, len(sets.train))
         return _train_and_publish(job, sets, incoming, baseline, bank_randomness(config, bank, round_index))
     plan = _plan_or_refuse(job, policy, len(sets.train), in_job=side.job)
     if isinstance(plan, BankOutcome):

@@ -67,6 +67,12 @@ class BankConfig(_Section):
         None, description="The bank's own CSV/Parquet file or directory; None = its partition of data.dataset."
     )
     target_epsilon: float | None = Field(None, gt=0, description="Overrides privacy.target_epsilon for this bank.")
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Overrides training.batch_size for this bank (a bank with fewer training rows than the "
+        "consortium's batch needs its own; q = batch/n follows).",
+    )
     namespace: str | None = Field(
         None,
         pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
@@ -326,6 +332,13 @@ class Config(_Section):
     store: StoreConfig = Field(default_factory=StoreConfig)  # type: ignore[arg-type]
     kubeflow: KubeflowConfig = Field(default_factory=KubeflowConfig)  # type: ignore[arg-type]
     output: OutputConfig = Field(default_factory=OutputConfig)  # type: ignore[arg-type]
+
+    def training_for(self, bank: str) -> TrainingConfig:
+        """The training section as ``bank`` runs it: ``training`` with the bank's own overrides (``batch_size``)."""
+        spec = next((b for b in self.federation.banks if b.name == bank), None)
+        if spec is None or spec.batch_size is None:
+            return self.training
+        return self.training.model_copy(update={"batch_size": spec.batch_size})
 
     @model_validator(mode="after")
     def _dp_optimizer(self) -> Config:

@@ -80,11 +80,12 @@ def plan_bank(config: Config, bank: str, num_examples: int, *, policy: BankPolic
     delta = config.privacy.delta
     if delta is None and policy.max_delta is not None:
         delta = min(policy.max_delta, default_delta(declared_count(num_examples)))
+    training = config.training_for(bank)
     key = (
         spec.target_epsilon or config.privacy.target_epsilon,
         delta,
         num_examples,
-        config.training.model_dump_json(),
+        training.model_dump_json(),
         config.federation.rounds,
         config.privacy.max_grad_norm,
         config.privacy.noise_multiplier,
@@ -97,9 +98,9 @@ def plan_bank(config: Config, bank: str, num_examples: int, *, policy: BankPolic
             num_examples=num_examples,
             target_epsilon=key[0],
             delta=delta,
-            batch_size=config.training.batch_size,
+            batch_size=training.batch_size,
             # the schedule follows the declared n: the published step count must not reveal the exact n
-            steps_per_round=steps_per_round(num_examples=declared_count(num_examples), config=config.training),
+            steps_per_round=steps_per_round(num_examples=declared_count(num_examples), config=training),
             rounds=config.federation.rounds,
             max_grad_norm=config.privacy.max_grad_norm,
             noise_multiplier=config.privacy.noise_multiplier,
