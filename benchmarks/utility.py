@@ -11,6 +11,10 @@ layers) serves every FedLoRA row, so the rows differ only in what they train.
     python benchmarks/utility.py --seeds 5 --set data.partition=dirichlet --set data.dirichlet_alpha=0.5 \\
         --banks 5 ...                                                         # 5 banks, label skew, unequal sizes
 
+``--fit-batch``: a bank with fewer than twice ``training.batch_size`` training rows runs with half its
+rows as its batch (``federation.banks[].batch_size``), as a small bank would choose for itself; the
+others keep the consortium's batch. Without it, such a bank is refused (batch > rows).
+
 Bank-alone rows are logistic regression on the bank's own training rows, scored on the bank's own
 test rows ("alone"), beside the DP-FedLoRA model on the same rows ("consortium").
 """
@@ -35,6 +39,7 @@ from fedlora.baselines import (
     schema_features,
 )
 from fedlora.config import Config, load_config
+from fedlora.data.banks import build_bank_data
 from fedlora.data.datasets import get_schema
 from fedlora.evaluation import compute_metrics
 from fedlora.privacy.randomness import SeededRandomness
@@ -76,6 +81,19 @@ def baseline_rows(config: Config, runtime: Runtime, epsilons: list[float]) -> di
     return out
 
 
+def fitted_banks(config: Config) -> str:
+    """A ``federation.banks`` override giving each bank with < 2 batches of training rows a batch of half its rows."""
+    sizes = {name: len(bank.train) for name, bank in build_bank_data(config).items()}
+    batch = config.training.batch_size
+    specs = [
+        f"{{name: {b.name}, batch_size: {max(1, sizes[b.name] // 2)}}}"
+        if sizes[b.name] < 2 * batch
+        else f"{{name: {b.name}}}"
+        for b in config.federation.banks
+    ]
+    return f"federation.banks=[{', '.join(specs)}]"
+
+
 def _write_json(path: str, overrides: list[str], aucs: dict[str, list[float]], seconds: dict[str, list[float]]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump({"overrides": overrides, "aucs": aucs, "seconds": seconds}, f, indent=1)
@@ -109,6 +127,7 @@ def main() -> None:
         "(e.g. 'no centring=model.centre_features=false'). Printed with its paired difference.",
     )
     parser.add_argument("--skip-baselines", action="store_true", help="Skip the logistic-regression rows.")
+    parser.add_argument("--fit-batch", action="store_true", help="Small banks get a batch of half their rows.")
     parser.add_argument("--json", help="Write every per-seed number here.")
     args = parser.parse_args()
     banks = [f"federation.banks=[{', '.join('{name: bank-' + chr(97 + i) + '}' for i in range(args.banks))}]"]
@@ -119,6 +138,11 @@ def main() -> None:
     seconds: dict[str, list[float]] = defaultdict(list)
     for seed in range(args.seeds):
         config = load_config(args.config, [*base, f"seed={seed}"])
+        seeded = [f"seed={seed}"]
+        if args.fit_batch:
+            seeded.append(fitted_banks(config))
+            config = load_config(args.config, [*base, *seeded])
+            print(f"seed {seed} {seeded[-1]}", flush=True)
         runtime = Runtime(config)
         started = time.perf_counter()
         if not args.skip_baselines:
@@ -136,15 +160,15 @@ def main() -> None:
         for index, (name, sets) in enumerate(runs):
             started = time.perf_counter()
             run = f"output.run_name=u{stamp}-s{seed}-r{index}"
-            run_config = load_config(args.config, [*base, f"seed={seed}", *sets, run])
+            run_config = load_config(args.config, [*base, *seeded, *sets, run])
             if not runtime.serves(run_config):  # an ablation of the model or LoRA needs its own runtime
                 runtime = Runtime(run_config)
             summary = simulate(run_config, runtime=runtime)
             seconds[name].append(time.perf_counter() - started)
-            aucs[name].append(summary.final.auc)
+            aucs[name].append(math.nan if summary.final.auc is None else summary.final.auc)
             for bank, metrics in summary.final.per_bank_test.items():
                 aucs[f"{bank} in consortium, {name} (own test)"].append(metrics["auc"])
-            print(f"seed {seed} {name}: AUC {summary.final.auc:.4f} ({seconds[name][-1]:.0f}s)", flush=True)
+            print(f"seed {seed} {name}: AUC {aucs[name][-1]:.4f} ({seconds[name][-1]:.0f}s)", flush=True)
         if args.json:  # after every seed: a stopped run keeps what it measured
             _write_json(args.json, args.overrides, aucs, seconds)
     print("\n| setting | pooled test AUC, mean ± 95% CI | seeds | s/run |\n|---|---|---|---|")
