@@ -247,8 +247,8 @@ def plan_privacy(
     if batch_size > num_examples:
         fix = f"give this bank its own batch (federation.banks[name={bank}].batch_size) or lower training.batch_size"
         raise PrivacyConfigError(
-            f"bank {bank}: batch size {batch_size} exceeds its {num_examples} training rows; {fix}",
-            f"bank {bank}: batch size {batch_size} exceeds this bank's training rows; {fix}",
+            f"bank {bank}: batch_size={batch_size} exceeds its {num_examples} training rows; {fix}",
+            f"bank {bank}: batch_size={batch_size} exceeds this bank's training rows; {fix}",
         )
     sample_rate = min(1.0, batch_size / declared)
     planned = rounds * steps_per_round
