@@ -1,0 +1,64 @@
+"""Per (seed, bank) comparison from a ``utility.py --json`` file: the consortium's model against each bank alone.
+
+``utility.py`` prints per-bank rows by bank *name*; under a Dirichlet or quantity partition the bank
+called ``bank-a`` is large in one seed and small in the next. This script rebuilds every seed's
+partition from the overrides stored in the JSON (the data layer only, no training) and pairs, for each
+(seed, bank) whose test rows hold both classes, the consortium's DP model on the bank's own test rows
+with the bank alone (DP-LR at the same ε, and non-private LR), overall and for banks holding at most
+``--small`` of the training rows. Pairs within a seed share a partition, so the intervals are optimistic.
+
+    python benchmarks/per_bank.py taiwan_dirichlet.json --epsilon 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+from fedlora.baselines import mean_interval
+from fedlora.config import load_config
+from fedlora.data.banks import build_bank_data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("json_path")
+    parser.add_argument("--epsilon", default="8")
+    parser.add_argument("--small", type=float, default=0.2, help="Share of training rows that makes a bank small.")
+    args = parser.parse_args()
+    with open(args.json_path, encoding="utf-8") as f:
+        stored = json.load(f)
+    aucs: dict[str, list[float]] = stored["aucs"]
+    banks = sorted({key.split(" ")[0] for key in aucs if key.startswith("bank-")})
+    spec = "federation.banks=[" + ", ".join(f"{{name: {b}}}" for b in banks) + "]"
+    consortium = f"DP-FedLoRA ε={args.epsilon}"
+    diffs: dict[str, list[float]] = {"alone DP-LR": [], "alone DP-LR, small": [], "alone LR, small": []}
+    for seed in range(len(aucs[consortium])):
+        data = build_bank_data(load_config(None, [spec, *stored["overrides"], f"seed={seed}"]))
+        total = sum(len(d.train) for d in data.values())
+        for bank in banks:
+            share = len(data[bank].train) / total
+            ours = aucs[f"{bank} in consortium, {consortium} (own test)"][seed]
+            dp_lr = aucs[f"{bank} alone, DP-LR ε={args.epsilon} (own test)"][seed]
+            lr = aucs[f"{bank} alone, LR non-private (own test)"][seed]
+            print(
+                f"seed {seed} {bank}: share {share:.2f}, test rows {len(data[bank].test)} "
+                f"({int(data[bank].test.labels.sum())} defaults), consortium {ours:.4f}, "
+                f"alone DP-LR {dp_lr:.4f}, alone LR {lr:.4f}"
+            )
+            if any(v is None or math.isnan(v) for v in (ours, dp_lr, lr)):
+                continue  # one class in the bank's test rows: no AUC
+            diffs["alone DP-LR"].append(ours - dp_lr)
+            if share <= args.small:
+                diffs["alone DP-LR, small"].append(ours - dp_lr)
+                diffs["alone LR, small"].append(ours - lr)
+    for name, values in diffs.items():
+        mean, half = mean_interval(values)
+        print(
+            f"consortium ε={args.epsilon} minus {name}: {mean:+.4f} ± {half:.4f} over {len(values)} (seed, bank) pairs"
+        )
+
+
+if __name__ == "__main__":
+    main()
