@@ -99,15 +99,39 @@ def _write_json(path: str, overrides: list[str], aucs: dict[str, list[float]], s
         json.dump({"overrides": overrides, "aucs": aucs, "seconds": seconds}, f, indent=1)
 
 
-def _print_paired(aucs: dict[str, list[float]]) -> None:
-    """Each ablation row minus its DP-FedLoRA row, seed by seed (mean ± 95% CI of the difference)."""
-    for name, values in aucs.items():
+def _pairs(aucs: dict[str, list[float]]) -> list[tuple[str, str]]:
+    """The (row, reference) pairs worth a paired difference: ablations, DP vs non-private and vs DP-LR, banks."""
+    pairs = []
+    for name in aucs:
         base, sep, _ = name.partition(", ")
-        if not name.startswith("DP-FedLoRA") or not sep or " in consortium" in name or base not in aucs:
-            continue
-        diffs = [v - b for v, b in zip(values, aucs[base], strict=False)]
+        if name.startswith("DP-FedLoRA") and sep and " in consortium" not in name:
+            pairs.append((name, base))  # an ablation row against its DP-FedLoRA row
+        elif name.startswith("DP-FedLoRA ε="):
+            eps = name.removeprefix("DP-FedLoRA ε=")
+            pairs += [(name, "FedLoRA, non-private"), (name, f"DP-LR ε={eps}, each bank then averaged")]
+        elif " in consortium, DP-FedLoRA ε=" in name:
+            bank, rest = name.split(" in consortium, DP-FedLoRA ε=")
+            eps = rest.removesuffix(" (own test)")
+            if "," not in eps:  # the recipe's row, not an ablation's
+                pairs.append((name, f"{bank} alone, DP-LR ε={eps} (own test)"))
+    return [(row, ref) for row, ref in pairs if ref in aucs]
+
+
+def _print_paired(aucs: dict[str, list[float]]) -> None:
+    """Each pair of :func:`_pairs`, seed by seed (mean ± 95% CI of the difference; seeds without both skipped)."""
+    for name, base in _pairs(aucs):
+        diffs = [v - b for v, b in zip(aucs[name], aucs[base], strict=False)]
         mean, half = mean_interval(diffs)
         print(f"paired: {name} minus {base}: {mean:+.4f} ± {half:.4f} over {len(diffs)} seeds")
+
+
+def _print_table(aucs: dict[str, list[float]], seconds: dict[str, list[float]]) -> None:
+    print("\n| setting | pooled test AUC, mean ± 95% CI | seeds | s/run |\n|---|---|---|---|")
+    for name, values in aucs.items():
+        mean, half = mean_interval(values)
+        wall = seconds.get(name, seconds.get("baselines", [math.nan]) if "LR" in name else [math.nan])
+        print(f"| {name} | {mean:.4f} ± {half:.4f} | {len(values)} | {np.mean(wall):.0f} |")
+    _print_paired(aucs)
 
 
 def main() -> None:
@@ -129,7 +153,13 @@ def main() -> None:
     parser.add_argument("--skip-baselines", action="store_true", help="Skip the logistic-regression rows.")
     parser.add_argument("--fit-batch", action="store_true", help="Small banks get a batch of half their rows.")
     parser.add_argument("--json", help="Write every per-seed number here.")
+    parser.add_argument("--summarize", metavar="JSON", help="Only print the table and paired rows of a stored --json.")
     args = parser.parse_args()
+    if args.summarize:
+        with open(args.summarize, encoding="utf-8") as f:
+            stored = json.load(f)
+        _print_table(stored["aucs"], stored["seconds"])
+        return
     banks = [f"federation.banks=[{', '.join('{name: bank-' + chr(97 + i) + '}' for i in range(args.banks))}]"]
     out = tempfile.mkdtemp(prefix="fedlora-utility-")  # one directory per invocation: concurrent runs never share
     base = [*banks, *args.overrides, "tracking.enabled=false", f"output.dir={out}"]
@@ -171,12 +201,7 @@ def main() -> None:
             print(f"seed {seed} {name}: AUC {aucs[name][-1]:.4f} ({seconds[name][-1]:.0f}s)", flush=True)
         if args.json:  # after every seed: a stopped run keeps what it measured
             _write_json(args.json, args.overrides, aucs, seconds)
-    print("\n| setting | pooled test AUC, mean ± 95% CI | seeds | s/run |\n|---|---|---|---|")
-    for name, values in aucs.items():
-        mean, half = mean_interval(values)
-        wall = seconds.get(name, seconds["baselines"] if "LR" in name else [math.nan])
-        print(f"| {name} | {mean:.4f} ± {half:.4f} | {len(values)} | {np.mean(wall):.0f} |")
-    _print_paired(aucs)
+    _print_table(aucs, seconds)
 
 
 if __name__ == "__main__":
