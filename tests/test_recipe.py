@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import logging
 from importlib import resources
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from fedlora.model.loading import load_base_model
 from fedlora.model.lora import attach_lora
 from fedlora.privacy.per_sample import PerExampleGradients
 from fedlora.privacy.randomness import SeededRandomness
+from fedlora.runtime import CacheProgress
 from fedlora.training import DPSettings, dp_gradient, make_optimizer
 from helpers import tiny_runtime
 
@@ -65,6 +67,34 @@ def test_encoder_head_is_zero_and_reads_the_masked_mean(tmp_path: Path) -> None:
     # padding does not change a row's mean: the same row alone and in a padded batch agree
     alone, _ = data.logits(model, index[:1], CPU)
     assert torch.allclose(alone, data.logits(model, index, CPU)[0][:1], atol=1e-5)
+
+
+def test_a_long_frozen_layer_pass_logs_its_progress_without_row_counts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime = tiny_runtime(tmp_path, "lora.top_layers=1", "model.cache_frozen_layers=false")
+    tokens = runtime.bank("bank-a").train
+    calls: list[tuple[int, int]] = []
+    cached = cache_frozen_layers(
+        runtime.model, tokens, batch_size=7, device=CPU, progress=lambda d, t: calls.append((d, t))
+    )
+    assert isinstance(cached, CachedSet)
+    assert calls[-1] == (len(tokens), len(tokens)) and [d for d, _ in calls] == sorted({d for d, _ in calls})
+    # a pass longer than quiet_seconds is reported; percentages only, never the bank's row count
+    progress = CacheProgress("bank-a", total=3 * len(tokens), quiet_seconds=0.0, every_seconds=0.0)
+    with caplog.at_level(logging.INFO, logger="fedlora.runtime"):
+        for offset in progress.offsets([tokens, tokens, tokens]):
+            cache_frozen_layers(runtime.model, tokens, batch_size=len(tokens), device=CPU, progress=progress.at(offset))
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(" for ")[1].split("%")[0] for line in lines] == ["33", "66", "100"]
+    assert all(line.startswith("bank-a: frozen layers computed once") for line in lines)
+    assert not any(str(len(tokens)) in line.split("(")[0] for line in lines)
+    # a short pass stays silent
+    caplog.clear()
+    quiet = CacheProgress("bank-a", total=len(tokens))
+    with caplog.at_level(logging.INFO, logger="fedlora.runtime"):
+        cache_frozen_layers(runtime.model, tokens, batch_size=7, device=CPU, progress=quiet.at(0))
+    assert caplog.records == []
 
 
 def test_only_the_top_layers_are_adapted_and_the_rest_is_cached(tmp_path: Path) -> None:

@@ -8,8 +8,9 @@ another bank's files.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ from fedlora.privacy.accounting import PrivacyPlan
 from fedlora.tracking import Tracker
 from fedlora.training import predict_default_probability
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class PhaseTimer:
@@ -49,6 +52,50 @@ class PhaseTimer:
 
     def add(self, name: str, seconds: float) -> None:
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+
+class CacheProgress:
+    """Logs the one-off frozen-layer pass over a bank's rows when it takes long: percent and seconds.
+
+    Silent for a pass shorter than ``quiet_seconds``; after that a line at most every
+    ``every_seconds`` and one when the pass ends. Only percentages and seconds are logged, never
+    a row count: a bank's log may be read outside the bank (:mod:`fedlora.kube.job_watch`), and
+    its ``n`` is published only rounded.
+    """
+
+    def __init__(self, bank: str, *, total: int, quiet_seconds: float = 5.0, every_seconds: float = 30.0) -> None:
+        self.bank = bank
+        self.total = max(total, 1)
+        self.quiet_seconds = quiet_seconds
+        self.every_seconds = every_seconds
+        self.started = time.perf_counter()
+        self.last_line: float | None = None
+
+    @staticmethod
+    def offsets(parts: list[EncodedSet]) -> list[int]:
+        """Where each split's rows start in the bank's whole pass (train, then val, then test)."""
+        return [int(v) for v in np.cumsum([0] + [len(p) for p in parts[:-1]])]
+
+    def at(self, offset: int) -> Callable[[int, int], None]:
+        """The callback of one split whose rows start at ``offset`` of the bank's pass."""
+
+        def report(done: int, _total: int) -> None:
+            now = time.perf_counter()
+            elapsed = now - self.started
+            finished = offset + done >= self.total
+            due = self.last_line is None and elapsed >= self.quiet_seconds
+            due = due or (self.last_line is not None and (finished or now - self.last_line >= self.every_seconds))
+            if due:
+                percent = 100 * (offset + done) // self.total
+                log.info(
+                    "%s: frozen layers computed once for %d%% of its rows (%.0f s; training then runs the top layers)",
+                    self.bank,
+                    percent,
+                    elapsed,
+                )
+                self.last_line = now
+
+        return report
 
 
 @dataclass(frozen=True)
@@ -181,16 +228,20 @@ class Runtime:
                     for part in (data.train, data.val, data.test)
                 ]
             with self.timer.phase("cache"):
-                sets = [self._cached(e) for e in encoded]
+                progress = CacheProgress(name, total=sum(len(e) for e in encoded))
+                sets = [
+                    self._cached(e, progress.at(offset))
+                    for e, offset in zip(encoded, progress.offsets(encoded), strict=True)
+                ]
             self._sets[name] = EncodedSplits(train=sets[0], val=sets[1], test=sets[2])
         return self._sets[name]
 
-    def _cached(self, encoded: EncodedSet) -> RowSet:
+    def _cached(self, encoded: EncodedSet, progress: Callable[[int, int], None]) -> RowSet:
         """The frozen layers' activations, computed once (``model.cache_frozen_layers``), else the tokens."""
         if not self.config.model.cache_frozen_layers:
             return encoded
         return cache_frozen_layers(
-            self.model, encoded, batch_size=self.config.training.eval_batch_size, device=self.device
+            self.model, encoded, batch_size=self.config.training.eval_batch_size, device=self.device, progress=progress
         )
 
     def all_readable(self) -> bool:

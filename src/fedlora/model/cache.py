@@ -16,6 +16,7 @@ nothing about it leaves the bank, and clipping, noise and accounting are untouch
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -68,12 +69,18 @@ class CachedSet:
 
 @torch.no_grad()
 def cache_frozen_layers(
-    model: nn.Module, data: EncodedSet, *, batch_size: int, device: torch.device
+    model: nn.Module,
+    data: EncodedSet,
+    *,
+    batch_size: int,
+    device: torch.device,
+    progress: Callable[[int, int], None] | None = None,
 ) -> EncodedSet | CachedSet:
     """``data`` with the frozen layers below the lowest trained layer precomputed, when the model allows it.
 
     Returns ``data`` unchanged for models without a split forward or with adapters in layer 0
-    (nothing to save).
+    (nothing to save). ``progress(rows_done, rows_total)`` is called after every chunk (the pass
+    over a large bank's rows takes minutes on a CPU).
     """
     core = splittable_core(model)
     if core is None:
@@ -90,6 +97,8 @@ def cache_frozen_layers(
             input_ids, mask, _ = data.batch(chunk, device)
             out = core.prefix(input_ids, mask, start).float().cpu()
             hidden[chunk, : out.shape[1]] = out
+            if progress is not None:
+                progress(int(chunk[-1]) + 1, len(data))
     finally:
         core.train(was_training)
     return CachedSet(
