@@ -88,3 +88,11 @@ def test_every_field_is_described() -> None:
     assert all(description for _, _, description in rows)
     assert len(rows) == len(names)
     assert isinstance(Config(), Config)
+
+
+def test_a_banks_own_epsilon_and_batch_override_the_consortium_defaults() -> None:
+    banks = "federation.banks=[{name: a, target_epsilon: 3, batch_size: 16}, {name: b}]"
+    config = load_config(None, [banks, "privacy.target_epsilon=8", "training.batch_size=64"])
+    assert [config.target_epsilon_for(b) for b in ("a", "b")] == [3.0, 8.0]
+    assert [config.training_for(b).batch_size for b in ("a", "b")] == [16, 64]
+    assert config.training_for("a").learning_rate == config.training.learning_rate  # only the batch is the bank's

@@ -333,6 +333,11 @@ class Config(_Section):
     kubeflow: KubeflowConfig = Field(default_factory=KubeflowConfig)  # type: ignore[arg-type]
     output: OutputConfig = Field(default_factory=OutputConfig)  # type: ignore[arg-type]
 
+    def target_epsilon_for(self, bank: str) -> float:
+        """The ε the consortium asks of ``bank``: its own ``target_epsilon``, else ``privacy.target_epsilon``."""
+        spec = next((b for b in self.federation.banks if b.name == bank), None)
+        return (spec.target_epsilon if spec is not None else None) or self.privacy.target_epsilon
+
     def training_for(self, bank: str) -> TrainingConfig:
         """The training section as ``bank`` runs it: ``training`` with the bank's own overrides (``batch_size``)."""
         spec = next((b for b in self.federation.banks if b.name == bank), None)

@@ -194,7 +194,7 @@ def add_baselines(config: Config, runtime: Runtime, summary: RunSummary) -> RunS
     with runtime.timer.phase("baselines"):
         banks = {b.name: runtime.bank_data(b.name) for b in config.federation.banks}
         epsilon = (
-            {b.name: b.target_epsilon or config.privacy.target_epsilon for b in config.federation.banks}
+            {b.name: config.target_epsilon_for(b.name) for b in config.federation.banks}
             if config.privacy.enabled
             else None
         )

@@ -76,13 +76,12 @@ def plan_bank(config: Config, bank: str, num_examples: int, *, policy: BankPolic
     evaluation releases are reserved up front when the policy releases metrics. Plans are
     cached in the runtime (a deterministic search of seconds with the PRV accountant).
     """
-    spec = next(b for b in config.federation.banks if b.name == bank)
     delta = config.privacy.delta
     if delta is None and policy.max_delta is not None:
         delta = min(policy.max_delta, default_delta(declared_count(num_examples)))
     training = config.training_for(bank)
     key = (
-        spec.target_epsilon or config.privacy.target_epsilon,
+        config.target_epsilon_for(bank),
         delta,
         num_examples,
         training.model_dump_json(),

@@ -72,7 +72,7 @@ class BankPolicy(BaseModel):
     @classmethod
     def for_simulation(cls, config: Config, bank: str) -> BankPolicy:
         """The policy of a bank in ``fedlora simulate``: the user is every bank, the config is its policy."""
-        target = _requested_epsilon(config, bank)
+        target = config.target_epsilon_for(bank)
         return cls(
             max_epsilon_per_run=target,
             lifetime_epsilon=math.inf,
@@ -96,7 +96,7 @@ class BankPolicy(BaseModel):
         reasons: list[str] = []
         if not p.enabled:
             reasons.append("the request turns privacy off (privacy.enabled=false); this bank trains only with DP")
-        target = _requested_epsilon(config, bank)
+        target = config.target_epsilon_for(bank)
         if target > self.max_epsilon_per_run:
             reasons.append(
                 f"the request asks for ε={target:g} for this run; the bank's policy allows at most "
@@ -122,7 +122,3 @@ class BankPolicy(BaseModel):
             )
         return reasons
 
-
-def _requested_epsilon(config: Config, bank: str) -> float:
-    spec = next((b for b in config.federation.banks if b.name == bank), None)
-    return (spec.target_epsilon if spec and spec.target_epsilon else None) or config.privacy.target_epsilon
