@@ -179,6 +179,19 @@ def _print_paired(aucs: dict[str, list[float]]) -> None:
         print(f"paired: {name} minus {base}: {mean:+.4f} ± {half:.4f} over {len(diffs)} seeds")
 
 
+def _print_comparison(path_a: str, path_b: str) -> None:
+    """B − A for every pooled row both runs hold, seed by seed (both runs must share seeds and splits)."""
+    stored = []
+    for path in (path_a, path_b):
+        with open(path, encoding="utf-8") as f:
+            stored.append(json.load(f)["aucs"])
+    a, b = stored
+    for name in [n for n in b if n in a and " (own test)" not in n]:
+        diffs = [vb - va for va, vb in zip(a[name], b[name], strict=False)]
+        mean, half = mean_interval(diffs)
+        print(f"paired: {name}: B minus A {mean:+.4f} ± {half:.4f} over {len(diffs)} seeds")
+
+
 def _print_table(aucs: dict[str, list[float]], seconds: dict[str, list[float]]) -> None:
     print("\n| setting | pooled test AUC, mean ± 95% CI | seeds | s/run |\n|---|---|---|---|")
     for name, values in aucs.items():
@@ -213,7 +226,16 @@ def main() -> None:
     parser.add_argument("--fit-batch", action="store_true", help="Small banks get a batch of half their rows.")
     parser.add_argument("--json", help="Write every per-seed number here.")
     parser.add_argument("--summarize", metavar="JSON", help="Only print the table and paired rows of a stored --json.")
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A", "B"),
+        help="Only print B minus A, paired by seed, for every row two stored --json runs share (same seeds, splits).",
+    )
     args = parser.parse_args()
+    if args.compare:
+        _print_comparison(*args.compare)
+        return
     if args.summarize:
         with open(args.summarize, encoding="utf-8") as f:
             stored = json.load(f)
