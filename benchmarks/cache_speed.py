@@ -15,6 +15,7 @@ import time
 
 from fedlora.config import load_config
 from fedlora.model.cache import cache_frozen_layers
+from fedlora.model.encoding import EncodedSet
 from fedlora.model.lora import adapter_state, load_adapter_state
 from fedlora.privacy.randomness import SeededRandomness
 from fedlora.runtime import Runtime
@@ -43,6 +44,8 @@ def main() -> None:
     runtime = Runtime(config)
     model, device = runtime.model, runtime.device
     tokens = runtime.bank("bank-a").train
+    if not isinstance(tokens, EncodedSet):
+        raise SystemExit("cache_speed needs the token rows: run it with model.cache_frozen_layers=false")
     init = adapter_state(model)
     started = time.perf_counter()
     cached = cache_frozen_layers(model, tokens, batch_size=128, device=device)
@@ -65,9 +68,10 @@ def main() -> None:
         results[name] = (time.perf_counter() - started, adapter_state(model))
     diff = max(float((results["tokens"][1][k] - results["cached"][1][k]).abs().max()) for k in init)
     t_tok, t_cache = results["tokens"][0], results["cached"][0]
+    layers = int(model.config.num_hidden_layers)  # type: ignore[union-attr,arg-type]
     print(
         f"rows {len(tokens)}, batch {config.training.batch_size}, {args.steps} DP steps, top {args.top_layers} "
-        f"of {model.config.num_hidden_layers} layers adapted\n"
+        f"of {layers} layers adapted\n"
         f"tokens: {t_tok:.1f}s ({t_tok / args.steps:.3f} s/step)   cached: {t_cache:.1f}s "
         f"({t_cache / args.steps:.3f} s/step)   cache build (once per bank): {cache_seconds:.1f}s\n"
         f"speed-up per step {t_tok / t_cache:.2f}x; max |Δθ| after training, tokens vs cached: {diff:.2e}"

@@ -51,7 +51,7 @@ SIGMA, CLIP = 1.0, 1.0
 def build(args: argparse.Namespace) -> tuple[torch.nn.Module, EncodedSet, torch.device]:
     device = torch.device(args.device)
     loaded = load_base_model(args.model, quantization=args.quantization, seed=0, device=device)
-    model = attach_lora(loaded, LoraConfig(rank=8, alpha=16), seed=0)
+    model = attach_lora(loaded, LoraConfig.model_validate({"rank": 8, "alpha": 16}), seed=0)
     if args.bf16:
         model = model.to(torch.bfloat16)
     model.train()  # training mode as in real training (Opacus hooks only capture in train mode)
@@ -69,7 +69,7 @@ def make_steps(
     *,
     secure_rng: bool = False,
 ) -> dict[str, Callable[[], None]]:
-    config = TrainingConfig(physical_batch_size=10_000)
+    config = TrainingConfig.model_validate({"physical_batch_size": 10_000})
     index = torch.arange(len(data))
     ids, mask, labels = data.batch(index, device)
     rng: Randomness = SecureRandomness() if secure_rng else SeededRandomness(0)
@@ -102,8 +102,9 @@ def make_steps(
             for p in params:
                 per_example[p].append(p.grad.detach().clone())  # type: ignore[union-attr]
         clipped = clip_and_sum({p: torch.stack(g) for p, g in per_example.items()}, max_grad_norm=CLIP)
-        for p, s in clipped.summed.items():
-            p.grad = ((s + rng.normal(s.shape, SIGMA * CLIP, device=s.device, dtype=s.dtype)) / len(labels)).to(p.dtype)
+        for tensor, s in clipped.summed.items():
+            noised = (s + rng.normal(s.shape, SIGMA * CLIP, device=s.device, dtype=s.dtype)) / len(labels)
+            tensor.grad = noised.to(tensor.dtype)
         opt.step()
 
     steps = {k: v for k, v in {"plain": plain, "dp": ours, "naive": naive}.items() if k in include}

@@ -121,4 +121,3 @@ class BankPolicy(BaseModel):
                 "draws noise only from the OS CSPRNG"
             )
         return reasons
-
