@@ -45,11 +45,11 @@ from fedlora.baselines import (
     logistic_regression_scores,
     logistic_scores,
     mean_interval,
-    schema_features,
 )
 from fedlora.config import Config, load_config
 from fedlora.data.banks import build_bank_data
 from fedlora.data.datasets import get_schema
+from fedlora.data.features import schema_features
 from fedlora.evaluation import compute_metrics
 from fedlora.model.cache import CachedSet, cache_frozen_layers
 from fedlora.model.encoding import EncodedSet, RowSet
@@ -85,7 +85,7 @@ class RowMemo:
         hidden = torch.zeros(len(encoded), width, next(iter(self.rows.values())).shape[-1])
         for i, key in enumerate(keys):
             hidden[i, : self.rows[key].shape[0]] = self.rows[key]
-        return CachedSet(hidden, encoded.attention_mask[:, :width], encoded.labels, self.start_layer)
+        return CachedSet(hidden, encoded.attention_mask[:, :width], encoded.labels, self.start_layer, encoded.features)
 
 
 class MemoRuntime(Runtime):
@@ -202,7 +202,8 @@ def _print_table(aucs: dict[str, list[float]], seconds: dict[str, list[float]]) 
 
 
 def _runtime(config: Config, memos: dict[str, RowMemo]) -> Runtime:
-    layout = json.dumps([config.model.model_dump(mode="json"), config.lora.model_dump(mode="json")], sort_keys=True)
+    model = config.model.model_dump(mode="json", exclude={"schema_features"})  # the frozen layers do not read them
+    layout = json.dumps([model, config.lora.model_dump(mode="json")], sort_keys=True)
     return MemoRuntime(config, memos[layout])
 
 

@@ -16,38 +16,15 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 from sklearn.linear_model import LogisticRegression
 
 from fedlora.data.banks import BankData
+from fedlora.data.features import schema_features
 from fedlora.data.schema import DatasetSchema
 from fedlora.evaluation import compute_metrics
 from fedlora.privacy.accounting import calibrate_noise_multiplier, default_delta
 from fedlora.privacy.randomness import Randomness, SeededRandomness
-
-
-def _signed_log(x: np.ndarray) -> np.ndarray:
-    return np.asarray(np.sign(x) * np.log1p(np.abs(x)), dtype=np.float64)
-
-
-def schema_features(frame: pd.DataFrame, schema: DatasetSchema) -> np.ndarray:
-    """Public-only featurisation: one-hot categoricals (+ unknown), numerics scaled by the schema bounds."""
-    blocks: list[np.ndarray] = []
-    for column in schema.columns:
-        values = frame[column.name]
-        if column.kind == "numeric":
-            lo, hi = _signed_log(np.array([column.minimum or 0.0, column.maximum or 1.0], dtype=np.float64))
-            x = _signed_log(pd.to_numeric(values, errors="coerce").fillna(0.0).to_numpy(dtype=np.float64))
-            blocks.append(((x - lo) / max(hi - lo, 1e-12))[:, None])
-        else:
-            categories = list(column.categories or sorted({str(v) for v in values.dropna()}))
-            index = {c: i for i, c in enumerate(categories)}
-            onehot = np.zeros((len(values), len(categories) + 1))
-            for row, value in enumerate(values.tolist()):
-                onehot[row, index.get(str(value).strip(), len(categories)) if value is not None else -1] = 1.0
-            blocks.append(onehot)
-    return np.hstack(blocks)
 
 
 def logistic_regression_scores(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray) -> np.ndarray:

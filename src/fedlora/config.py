@@ -97,6 +97,12 @@ class ModelConfig(_Section):
         description="Subtract the mean pooled representation of public rows (drawn from the dataset's schema, "
         "no bank data, no privacy cost) before the head; encoder presets only (fedlora.model.centring).",
     )
+    schema_features: bool = Field(
+        False,
+        description="Also feed the row's columns to the head beside the pooled text: one-hot categories and "
+        "numbers scaled by the schema's public bounds (fedlora.data.features), logits = W·[h̄ − μ, f − μ_f] + b. "
+        "Encoder presets only; every categorical column must list its categories.",
+    )
     cache_frozen_layers: bool = Field(
         True,
         description="Compute the frozen layers below the lowest adapter once per bank and train on the cached "

@@ -22,11 +22,13 @@ from sklearn.metrics import roc_curve
 from fedlora.config import Config
 from fedlora.data.banks import BankData, build_bank_data
 from fedlora.data.datasets import get_schema
+from fedlora.data.features import SchemaFeaturesError, head_feature_width
 from fedlora.evaluation import Metrics, compute_metrics
 from fedlora.model import AdapterState
 from fedlora.model.cache import cache_frozen_layers
 from fedlora.model.centring import centre_head_on_public_rows
 from fedlora.model.encoding import EncodedSet, RowSet, encode
+from fedlora.model.heads import MeanPooledBertForSequenceClassification, add_feature_inputs
 from fedlora.model.loading import load_base_model
 from fedlora.model.lora import adapter_state, attach_lora, load_adapter_state
 from fedlora.privacy.accounting import PrivacyPlan
@@ -189,6 +191,13 @@ class Runtime:
             cfg = self.config
             with self.timer.phase("load"):
                 loaded = load_base_model(cfg.model.name, quantization=cfg.model.quantization, seed=cfg.seed)
+                if cfg.model.schema_features:
+                    if not isinstance(loaded.model, MeanPooledBertForSequenceClassification):
+                        raise SchemaFeaturesError(
+                            f"model.schema_features needs an encoder preset (minilm, tiny-bert); "
+                            f"model {cfg.model.name!r} has no mean-pooled head to widen"
+                        )
+                    add_feature_inputs(loaded.model, head_feature_width(get_schema(cfg.data.dataset)))
                 if cfg.model.centre_features:
                     centre_head_on_public_rows(loaded, get_schema(cfg.data.dataset), max_length=cfg.model.max_length)
                 self._device = loaded.device

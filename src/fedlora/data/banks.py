@@ -6,9 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from sklearn.model_selection import train_test_split
 
 from fedlora.config import Config
 from fedlora.data.datasets import get_schema, load_dataset
+from fedlora.data.features import head_feature_width, head_features
 from fedlora.data.files import read_bank_file
 from fedlora.data.partition import partition, stratified_split
 from fedlora.data.schema import DatasetSchema
@@ -21,15 +23,21 @@ class TextSet:
 
     texts: list[str]
     labels: np.ndarray
+    features: np.ndarray | None = None
+    """The rows' columns for the head (``fedlora.data.features.head_features``), when the model reads them."""
 
     def __len__(self) -> int:
         return len(self.texts)
 
     @staticmethod
     def concat(parts: list[TextSet]) -> TextSet:
+        with_features = [p.features for p in parts if p.features is not None]
+        if with_features and len(with_features) != len(parts):
+            raise ValueError("cannot concatenate text sets with and without head features")
         return TextSet(
             texts=[t for p in parts for t in p.texts],
             labels=np.concatenate([p.labels for p in parts]).astype(np.int64),
+            features=np.concatenate(with_features) if with_features else None,
         )
 
 
@@ -44,18 +52,28 @@ class BankData:
     frames: dict[str, pd.DataFrame]
 
 
-def _to_textset(frame: pd.DataFrame, schema: DatasetSchema) -> TextSet:
-    return TextSet(texts=serialize_frame(frame, schema), labels=frame["label"].to_numpy(dtype=np.int64))
+def _to_textset(frame: pd.DataFrame, schema: DatasetSchema, *, with_features: bool) -> TextSet:
+    return TextSet(
+        texts=serialize_frame(frame, schema),
+        labels=frame["label"].to_numpy(dtype=np.int64),
+        features=head_features(frame, schema) if with_features else None,
+    )
 
 
 def _sample_rows(frame: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
+    """A seeded sample of ``max_rows`` rows, stratified by label (unstratified when a class is too rare).
+
+    The same draw as the "rest" part of :func:`stratified_split` with ``test_fraction = 1 − max_rows/n``,
+    so samples drawn before this function stopped going through ``stratified_split`` are unchanged.
+    """
     if len(frame) <= max_rows:
         return frame
-    split = stratified_split(
-        frame["label"].to_numpy(), val_fraction=0.01, test_fraction=1 - max_rows / len(frame), seed=seed
+    labels = frame["label"].to_numpy()
+    stratify = labels if np.bincount(labels, minlength=2).min() >= 3 else None
+    keep, _ = train_test_split(
+        np.arange(len(frame)), test_size=1 - max_rows / len(frame), random_state=seed, stratify=stratify
     )
-    keep = np.sort(np.concatenate([split.train, split.val]))
-    return frame.iloc[keep].reset_index(drop=True)
+    return frame.iloc[np.sort(keep)].reset_index(drop=True)
 
 
 def build_bank_data(config: Config, *, only: list[str] | None = None) -> dict[str, BankData]:
@@ -67,6 +85,9 @@ def build_bank_data(config: Config, *, only: list[str] | None = None) -> dict[st
     files of other banks are not read (a bank's Job sees only its own data).
     """
     schema = get_schema(config.data.dataset)
+    with_features = config.model.schema_features
+    if with_features:
+        head_feature_width(schema)  # a schema the head cannot read stops the run before any file is read
     wanted = {b.name for b in config.federation.banks} if only is None else set(only)
     own = {
         b.name: read_bank_file(b.data, schema)
@@ -103,9 +124,9 @@ def build_bank_data(config: Config, *, only: list[str] | None = None) -> dict[st
         pieces = {"train": frame.iloc[split.train], "val": frame.iloc[split.val], "test": frame.iloc[split.test]}
         banks[b.name] = BankData(
             name=b.name,
-            train=_to_textset(pieces["train"], schema),
-            val=_to_textset(pieces["val"], schema),
-            test=_to_textset(pieces["test"], schema),
+            train=_to_textset(pieces["train"], schema, with_features=with_features),
+            val=_to_textset(pieces["val"], schema, with_features=with_features),
+            test=_to_textset(pieces["test"], schema, with_features=with_features),
             frames={k: v.reset_index(drop=True) for k, v in pieces.items()},
         )
     return banks

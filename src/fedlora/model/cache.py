@@ -51,6 +51,8 @@ class CachedSet:
     attention_mask: torch.Tensor
     labels: torch.Tensor
     start_layer: int
+    features: torch.Tensor | None = None
+    """The rows' columns for the head (``model.schema_features``), else None."""
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -63,7 +65,8 @@ class CachedSet:
         mask = self.attention_mask[index]
         width = max(int(mask.sum(dim=1).max()), 1) if len(index) else 1
         hidden = self.hidden[index, :width].to(device)
-        out = core.head_from(hidden, mask[:, :width].to(device), self.start_layer)
+        features = None if self.features is None else self.features[index].to(device)
+        out = core.head_from(hidden, mask[:, :width].to(device), self.start_layer, features=features)
         return out.float(), self.labels[index].to(device)
 
 
@@ -102,5 +105,9 @@ def cache_frozen_layers(
     finally:
         core.train(was_training)
     return CachedSet(
-        hidden=hidden, attention_mask=data.attention_mask[:, :width], labels=data.labels, start_layer=start
+        hidden=hidden,
+        attention_mask=data.attention_mask[:, :width],
+        labels=data.labels,
+        start_layer=start,
+        features=data.features,
     )

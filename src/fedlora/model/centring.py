@@ -20,6 +20,9 @@ trained parameter: the adapter and FedAvg are unchanged, and PEFT's saved head c
 The change of variables is exact: ``W·(h̄ − μ) + b = W·h̄ + (b − W·μ)``; only the optimisation
 path differs. Across devices, ``μ`` can differ in the last float bits; the head's output moves by
 ``|W·δμ|``, far below anything the noise does.
+
+With ``model.schema_features`` the head also reads the row's columns ``f``; their part of the
+offset, ``μ_f``, is the mean of :func:`fedlora.data.features.head_features` over the same public rows.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from fedlora.data.features import head_features
 from fedlora.data.public_rows import public_rows
 from fedlora.data.schema import DatasetSchema
 from fedlora.data.serialize import serialize_frame
@@ -100,6 +104,9 @@ def centre_head_on_public_rows(loaded: LoadedModel, schema: DatasetSchema, *, ma
     if not isinstance(model, MeanPooledBertForSequenceClassification):
         return False
     centre = public_centre(model.bert, loaded.tokenizer, schema, max_length=max_length, device=loaded.device)
+    if model.feature_count:
+        rows = public_rows(schema, PUBLIC_ROWS, seed=PUBLIC_SEED)
+        centre = torch.cat([centre, torch.as_tensor(head_features(rows, schema).mean(axis=0), dtype=centre.dtype)])
     with torch.no_grad():
         model.classifier.offset.copy_(centre.to(model.classifier.offset.device))
     return True

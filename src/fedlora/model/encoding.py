@@ -35,6 +35,8 @@ class EncodedSet:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
+    features: torch.Tensor | None = None
+    """The rows' columns for the head (``model.schema_features``), else None."""
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -52,16 +54,18 @@ class EncodedSet:
     def logits(self, model: nn.Module, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Float logits and labels of rows ``index`` (a full forward pass)."""
         input_ids, mask, labels = self.batch(index, device)
-        out = model(input_ids=input_ids, attention_mask=mask)
+        extra = {} if self.features is None else {"features": self.features[index].to(device)}
+        out = model(input_ids=input_ids, attention_mask=mask, **extra)
         return out.logits.float(), labels
 
 
 def encode(texts: TextSet, tokenizer: PreTrainedTokenizerBase, *, max_length: int) -> EncodedSet:
-    """Tokenize (right padding, truncation at ``max_length``)."""
+    """Tokenize (right padding, truncation at ``max_length``); the head features, if any, travel along."""
     tokenizer.padding_side = "right"
     enc = tokenizer(texts.texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
     return EncodedSet(
         input_ids=enc["input_ids"],
         attention_mask=enc["attention_mask"],
         labels=torch.tensor(np.asarray(texts.labels, dtype=np.int64)),
+        features=None if texts.features is None else torch.as_tensor(texts.features, dtype=torch.float32),
     )

@@ -11,6 +11,8 @@
   activation cache (:mod:`fedlora.model.cache`) exact.
   The head subtracts a fixed public offset first, ``W·(h̄ − μ) + b`` (:class:`CentredLinear`;
   ``μ`` from public rows, :mod:`fedlora.model.centring`; zero until set).
+  With ``model.schema_features`` the head also reads the row's columns as numbers beside the
+  text, ``W·[h̄ − μ, f − μ_f] + b`` (:func:`add_feature_inputs`, :mod:`fedlora.data.features`).
 * **Decoders (Llama family):** the score head is initialised from the language-model head's rows
   for the words "good" and "bad" (label 0 = good, 1 = bad), so training starts from the model's
   own next-word preference instead of a random projection (Li et al., 2022, "Large Language
@@ -90,12 +92,30 @@ class MeanPooledBertForSequenceClassification(BertPreTrainedModel):
             hidden = layer(hidden, mask)
         return hidden
 
-    def head_from(self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int) -> torch.Tensor:
-        """Logits from the hidden states entering layer ``start``: layers ``≥ start``, mean pool, head."""
+    @property
+    def feature_count(self) -> int:
+        """How many schema features the head reads beside the pooled text (0 = text only)."""
+        return int(self.classifier.in_features - self.config.hidden_size)
+
+    def head_from(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits from the hidden states entering layer ``start``: layers ``≥ start``, mean pool, head.
+
+        With schema features (:func:`add_feature_inputs`), the head reads ``[h̄, f]``.
+        """
         mask = self._mask(hidden, attention_mask)
         for layer in self.bert.encoder.layer[start:]:
             hidden = layer(hidden, mask)
-        logits: torch.Tensor = self.classifier(masked_mean(hidden, attention_mask))
+        pooled = masked_mean(hidden, attention_mask)
+        if self.feature_count:
+            if features is None or features.shape[-1] != self.feature_count:
+                got = "none" if features is None else str(features.shape[-1])
+                raise ValueError(f"the head reads {self.feature_count} schema features per row; got {got}")
+            pooled = torch.cat([pooled, features.to(pooled.dtype)], dim=-1)
+        elif features is not None:
+            raise ValueError("schema features given to a head that reads text only (model.schema_features is off)")
+        logits: torch.Tensor = self.classifier(pooled)
         return logits
 
     def forward(
@@ -103,16 +123,38 @@ class MeanPooledBertForSequenceClassification(BertPreTrainedModel):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        features: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> SequenceClassifierOutput:
-        """Logits of every row (``labels`` given: also the mean cross-entropy)."""
+        """Logits of every row (``labels`` given: also the mean cross-entropy); ``features``: the schema features."""
         if input_ids is None:
             raise ValueError("input_ids are required")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        logits = self.head_from(self.prefix(input_ids, attention_mask, 0), attention_mask, 0)
+        logits = self.head_from(self.prefix(input_ids, attention_mask, 0), attention_mask, 0, features=features)
         loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def add_feature_inputs(model: MeanPooledBertForSequenceClassification, count: int) -> None:
+    """Widen the (zero) head to read ``[h̄, f]`` with ``f`` the row's ``count`` schema features.
+
+    ``logits = W_t·(h̄ − μ) + W_f·(f − μ_f) + b``, one linear map of the concatenation, so the
+    per-example gradient, clipping and the adapter exchange treat it like the text-only head.
+    The new head is zero-initialised; the text part of the offset is kept, the feature part
+    starts at 0 (set it with :func:`fedlora.model.centring.centre_head_on_public_rows`).
+    Call before LoRA is attached (PEFT copies the head into the trained modules).
+    """
+    old = model.classifier
+    if model.feature_count:
+        raise ValueError("the head already reads schema features")
+    head = CentredLinear(old.in_features + count, old.out_features, bias=old.bias is not None)
+    head.to(device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        head.offset.zero_()
+        head.offset[: old.in_features] = old.offset
+    model.classifier = head
+    zero_head(model)
 
 
 def zero_head(model: nn.Module) -> None:
