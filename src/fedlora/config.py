@@ -103,6 +103,12 @@ class ModelConfig(_Section):
         "numbers scaled by the schema's public bounds (fedlora.data.features), logits = W·[h̄ − μ, f − μ_f] + b. "
         "Encoder presets only; every categorical column must list its categories.",
     )
+    schema_feature_scale: float = Field(
+        4.0,
+        gt=0,
+        description="Length bound of the head's column vector f (‖f‖ ≤ this; the pooled, centred text is about 1). "
+        "4 was chosen on validation AUC (Taiwan, benchmarks/README.md).",
+    )
     cache_frozen_layers: bool = Field(
         True,
         description="Compute the frozen layers below the lowest adapter once per bank and train on the cached "

@@ -199,7 +199,12 @@ class Runtime:
                         )
                     add_feature_inputs(loaded.model, head_feature_width(get_schema(cfg.data.dataset)))
                 if cfg.model.centre_features:
-                    centre_head_on_public_rows(loaded, get_schema(cfg.data.dataset), max_length=cfg.model.max_length)
+                    centre_head_on_public_rows(
+                        loaded,
+                        get_schema(cfg.data.dataset),
+                        max_length=cfg.model.max_length,
+                        feature_scale=cfg.model.schema_feature_scale,
+                    )
                 self._device = loaded.device
                 self._tokenizer = loaded.tokenizer
                 self._model = attach_lora(loaded, cfg.lora, seed=cfg.seed)

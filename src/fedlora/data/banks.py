@@ -52,11 +52,11 @@ class BankData:
     frames: dict[str, pd.DataFrame]
 
 
-def _to_textset(frame: pd.DataFrame, schema: DatasetSchema, *, with_features: bool) -> TextSet:
+def _to_textset(frame: pd.DataFrame, schema: DatasetSchema, *, feature_scale: float | None) -> TextSet:
     return TextSet(
         texts=serialize_frame(frame, schema),
         labels=frame["label"].to_numpy(dtype=np.int64),
-        features=head_features(frame, schema) if with_features else None,
+        features=None if feature_scale is None else head_features(frame, schema, scale=feature_scale),
     )
 
 
@@ -85,8 +85,8 @@ def build_bank_data(config: Config, *, only: list[str] | None = None) -> dict[st
     files of other banks are not read (a bank's Job sees only its own data).
     """
     schema = get_schema(config.data.dataset)
-    with_features = config.model.schema_features
-    if with_features:
+    feature_scale = config.model.schema_feature_scale if config.model.schema_features else None
+    if feature_scale is not None:
         head_feature_width(schema)  # a schema the head cannot read stops the run before any file is read
     wanted = {b.name for b in config.federation.banks} if only is None else set(only)
     own = {
@@ -124,9 +124,9 @@ def build_bank_data(config: Config, *, only: list[str] | None = None) -> dict[st
         pieces = {"train": frame.iloc[split.train], "val": frame.iloc[split.val], "test": frame.iloc[split.test]}
         banks[b.name] = BankData(
             name=b.name,
-            train=_to_textset(pieces["train"], schema, with_features=with_features),
-            val=_to_textset(pieces["val"], schema, with_features=with_features),
-            test=_to_textset(pieces["test"], schema, with_features=with_features),
+            train=_to_textset(pieces["train"], schema, feature_scale=feature_scale),
+            val=_to_textset(pieces["val"], schema, feature_scale=feature_scale),
+            test=_to_textset(pieces["test"], schema, feature_scale=feature_scale),
             frames={k: v.reset_index(drop=True) for k, v in pieces.items()},
         )
     return banks

@@ -11,10 +11,12 @@ Two users:
 
 * the logistic-regression baselines (:mod:`fedlora.baselines`) fit on :func:`schema_features`;
 * the model's head, when ``model.schema_features`` is on, reads :func:`head_features` beside the
-  pooled text (:mod:`fedlora.model.heads`). Each column contributes at most 1 to ``‖f‖²`` (one
-  one-hot entry, or one value in ``[0, 1]`` for a row inside the bounds), so dividing by
-  ``√(number of columns)`` gives ``‖f‖ ≤ 1`` and a per-example gradient of the head's feature
-  weights ``(p − y)·f`` of norm at most 1, the clipping bound's scale.
+  pooled text (:mod:`fedlora.model.heads`). Each column contributes at most 1 to the squared
+  length (one one-hot entry, or one value in ``[0, 1]`` for a row inside the bounds), so
+  ``f = s·x/√(number of columns)`` has ``‖f‖ ≤ s`` whatever the schema. The scale ``s``
+  (``model.schema_feature_scale``) sets how fast the columns' weights move against the text's
+  under the same clipping bound: the per-example gradient of the feature weights is
+  ``(p − y)·(f − μ_f)``, and the pooled, centred text vector has length about 1 for MiniLM.
 """
 
 from __future__ import annotations
@@ -82,8 +84,8 @@ def head_feature_width(schema: DatasetSchema) -> int:
     return width
 
 
-def head_features(frame: pd.DataFrame, schema: DatasetSchema) -> np.ndarray:
-    """``schema_features(frame) / √(number of columns)`` as float32: ``‖f‖ ≤ 1`` for rows inside the bounds."""
+def head_features(frame: pd.DataFrame, schema: DatasetSchema, *, scale: float = 1.0) -> np.ndarray:
+    """``scale · schema_features(frame) / √(number of columns)`` as float32: ``‖f‖ ≤ scale`` inside the bounds."""
     head_feature_width(schema)  # refuses schemas whose layout would depend on the data
-    features = schema_features(frame, schema) / math.sqrt(max(len(schema.columns), 1))
+    features = scale * schema_features(frame, schema) / math.sqrt(max(len(schema.columns), 1))
     return np.asarray(features, dtype=np.float32)

@@ -94,7 +94,9 @@ def public_centre(
     return pooled_representation(encoder, tokenizer, texts, max_length=max_length, device=device).mean(dim=0)
 
 
-def centre_head_on_public_rows(loaded: LoadedModel, schema: DatasetSchema, *, max_length: int) -> bool:
+def centre_head_on_public_rows(
+    loaded: LoadedModel, schema: DatasetSchema, *, max_length: int, feature_scale: float = 1.0
+) -> bool:
     """Set the head's offset to the public centre ``μ`` (:func:`public_centre`), before LoRA is attached.
 
     Returns False (model unchanged) for models without a centred head (decoders: their score head
@@ -106,7 +108,8 @@ def centre_head_on_public_rows(loaded: LoadedModel, schema: DatasetSchema, *, ma
     centre = public_centre(model.bert, loaded.tokenizer, schema, max_length=max_length, device=loaded.device)
     if model.feature_count:
         rows = public_rows(schema, PUBLIC_ROWS, seed=PUBLIC_SEED)
-        centre = torch.cat([centre, torch.as_tensor(head_features(rows, schema).mean(axis=0), dtype=centre.dtype)])
+        columns = head_features(rows, schema, scale=feature_scale).mean(axis=0)
+        centre = torch.cat([centre, torch.as_tensor(columns, dtype=centre.dtype)])
     with torch.no_grad():
         model.classifier.offset.copy_(centre.to(model.classifier.offset.device))
     return True
