@@ -92,6 +92,14 @@ def test_build_bank_data_splits_every_bank() -> None:
     assert all(set(np.unique(b.train.labels)) == {0, 1} for b in banks.values())
 
 
+def test_a_sample_below_one_percent_of_the_data_is_drawn_stratified() -> None:
+    # 200 of Taiwan's 30,000 rows once crashed in the split (validation share above 1)
+    banks = build_bank_data(load_config(None, ["data.dataset=taiwan_credit", "data.max_rows=200"]))
+    labels = np.concatenate([np.concatenate([b.train.labels, b.val.labels, b.test.labels]) for b in banks.values()])
+    assert len(labels) == 200
+    assert abs(labels.mean() - 0.2212) < 0.01  # the data set's default rate, kept by stratification
+
+
 def test_unknown_dataset() -> None:
     with pytest.raises(UnknownDatasetError, match="unknown dataset 'nope'"):
         get_schema("nope")
