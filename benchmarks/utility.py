@@ -201,6 +201,11 @@ def _print_table(aucs: dict[str, list[float]], seconds: dict[str, list[float]]) 
     _print_paired(aucs)
 
 
+_MEMOS: dict[str, RowMemo] = defaultdict(RowMemo)
+"""One memo per model and LoRA layout, kept for the process: a driver calling :func:`main` again
+(another partition of the same rows) reuses the frozen-layer pass."""
+
+
 def _runtime(config: Config, memos: dict[str, RowMemo]) -> Runtime:
     model = config.model.model_dump(mode="json", exclude={"schema_features"})  # the frozen layers do not read them
     layout = json.dumps([model, config.lora.model_dump(mode="json")], sort_keys=True)
@@ -246,7 +251,7 @@ def main() -> None:
     out = tempfile.mkdtemp(prefix="fedlora-utility-")  # one directory per invocation: concurrent runs never share
     base = [*banks, *args.overrides, "tracking.enabled=false", f"output.dir={out}"]
     stamp = int(time.time())
-    memos: dict[str, RowMemo] = defaultdict(RowMemo)  # one per model and LoRA layout
+    memos = _MEMOS
     aucs: dict[str, list[float]] = defaultdict(list)
     seconds: dict[str, list[float]] = defaultdict(list)
     for seed in range(args.seeds):
