@@ -206,10 +206,10 @@ _MEMOS: dict[str, RowMemo] = defaultdict(RowMemo)
 (another partition of the same rows) reuses the frozen-layer pass."""
 
 
-def _runtime(config: Config, memos: dict[str, RowMemo]) -> Runtime:
+def _runtime(config: Config) -> Runtime:
     model = config.model.model_dump(mode="json", exclude={"schema_features"})  # the frozen layers do not read them
     layout = json.dumps([model, config.lora.model_dump(mode="json")], sort_keys=True)
-    return MemoRuntime(config, memos[layout])
+    return MemoRuntime(config, _MEMOS[layout])
 
 
 def main() -> None:
@@ -251,7 +251,6 @@ def main() -> None:
     out = tempfile.mkdtemp(prefix="fedlora-utility-")  # one directory per invocation: concurrent runs never share
     base = [*banks, *args.overrides, "tracking.enabled=false", f"output.dir={out}"]
     stamp = int(time.time())
-    memos = _MEMOS
     aucs: dict[str, list[float]] = defaultdict(list)
     seconds: dict[str, list[float]] = defaultdict(list)
     for seed in range(args.seeds):
@@ -261,7 +260,7 @@ def main() -> None:
             seeded.append(fitted_banks(config))
             config = load_config(args.config, [*base, *seeded])
             print(f"seed {seed} {seeded[-1]}", flush=True)
-        runtime = _runtime(config, memos)
+        runtime = _runtime(config)
         started = time.perf_counter()
         if not args.skip_baselines:
             for name, auc in baseline_rows(config, runtime, args.epsilons).items():
@@ -280,7 +279,7 @@ def main() -> None:
             run = f"output.run_name=u{stamp}-s{seed}-r{index}"
             run_config = load_config(args.config, [*base, *seeded, *sets, run])
             if not runtime.serves(run_config):  # an ablation of the model or LoRA needs its own runtime
-                runtime = _runtime(run_config, memos)
+                runtime = _runtime(run_config)
             summary = simulate(run_config, runtime=runtime)
             seconds[name].append(time.perf_counter() - started)
             aucs[name].append(math.nan if summary.final.auc is None else summary.final.auc)

@@ -105,8 +105,15 @@ def test_only_the_top_layers_are_adapted_and_the_rest_is_cached(tmp_path: Path) 
     assert isinstance(cached, CachedSet) and cached.start_layer == 1
 
 
-def test_cached_activations_give_the_same_loss_and_per_example_gradients(tmp_path: Path) -> None:
-    runtime = tiny_runtime(tmp_path, "lora.top_layers=1", "model.cache_frozen_layers=false")
+@pytest.mark.parametrize(
+    "extra",
+    [(), ("data.dataset=taiwan_credit", "model.max_length=96", "model.schema_features=true")],
+    ids=["text", "text+columns"],
+)
+def test_cached_activations_give_the_same_loss_and_per_example_gradients(
+    tmp_path: Path, extra: tuple[str, ...]
+) -> None:
+    runtime = tiny_runtime(tmp_path, "lora.top_layers=1", "model.cache_frozen_layers=false", *extra)
     model = runtime.model
     with torch.no_grad():  # B = 0 and a zero head give zero LoRA gradients; make them informative
         for p in model.parameters():
@@ -114,7 +121,7 @@ def test_cached_activations_give_the_same_loss_and_per_example_gradients(tmp_pat
                 p.normal_(0, 0.2)
     tokens = runtime.bank("bank-a").train
     cached = cache_frozen_layers(model, tokens, batch_size=7, device=CPU)
-    assert isinstance(cached, CachedSet)
+    assert isinstance(cached, CachedSet) and cached.features is tokens.features
     collector = PerExampleGradients(model)
     index = torch.arange(0, len(tokens), 3)
     results = []

@@ -13,7 +13,7 @@ import torch.nn.functional as F  # noqa: N812
 from fedlora.data.datasets import get_schema, load_dataset
 from fedlora.data.features import SchemaFeaturesError, head_feature_width, head_features
 from fedlora.data.schema import DatasetSchema, categorical, numeric
-from fedlora.model.cache import CachedSet, cache_frozen_layers, splittable_core
+from fedlora.model.cache import splittable_core
 from fedlora.model.heads import masked_mean
 from fedlora.privacy.per_sample import PerExampleGradients
 from fedlora.runtime import Runtime
@@ -86,15 +86,15 @@ def test_the_head_reads_text_and_columns_as_one_centred_linear_map(tmp_path: Pat
     with torch.no_grad():
         pooled = masked_mean(model.get_base_model().bert(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
         inputs = torch.cat([pooled, data.features[index]], dim=1) - offset
-        weight = head.modules_to_save["default"].weight if hasattr(head, "modules_to_save") else head.weight
-        bias = head.modules_to_save["default"].bias if hasattr(head, "modules_to_save") else head.bias
-        expected = inputs @ weight.T + bias
+        trained = head.modules_to_save["default"]  # PEFT trains (and exchanges) a copy of the head
+        expected = inputs @ trained.weight.T + trained.bias
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match=f"reads {width} schema features per row; got none"):
         model(input_ids=ids, attention_mask=mask)
 
 
-def test_cached_rows_with_columns_give_the_same_per_example_gradients(tmp_path: Path) -> None:
+def test_the_heads_per_example_gradient_matches_one_backward_per_row(tmp_path: Path) -> None:
+    # cached and uncached rows with columns agree: tests/test_recipe.py (the "text+columns" case)
     runtime = _features_runtime(tmp_path, "lora.top_layers=1", "model.cache_frozen_layers=false")
     model = runtime.model
     with torch.no_grad():
@@ -102,27 +102,20 @@ def test_cached_rows_with_columns_give_the_same_per_example_gradients(tmp_path: 
             if p.requires_grad:
                 p.normal_(0, 0.2)
     tokens = runtime.bank("bank-a").train
-    cached = cache_frozen_layers(model, tokens, batch_size=7, device=CPU)
-    assert isinstance(cached, CachedSet) and cached.features is tokens.features
     collector = PerExampleGradients(model)
     index = torch.arange(0, len(tokens), 3)
-    results = []
-    for data in (tokens, cached):
-        with collector:
-            logits, labels = data.logits(model, index, CPU)
-            losses = F.cross_entropy(logits, labels, reduction="none")
-        results.append(collector.compute(losses.sum()))
-    for p in results[0]:
-        assert torch.allclose(results[0][p], results[1][p], rtol=1e-4, atol=1e-6)
+    with collector:
+        logits, labels = tokens.logits(model, index, CPU)
+        losses = F.cross_entropy(logits, labels, reduction="none")
+    per_example = collector.compute(losses.sum())
     # the head's per-example gradient is (p − y)·[h̄ − μ, f − μ_f]: check it against one backward per row
     head = splittable_core(model).classifier.modules_to_save["default"]  # type: ignore[union-attr]
-    for row in index[:4].tolist():
+    for position, row in enumerate(index[:4].tolist()):
         model.zero_grad(set_to_none=True)
         logits, labels = tokens.logits(model, torch.tensor([row]), CPU)
         F.cross_entropy(logits, labels, reduction="sum").backward()
-        position = index.tolist().index(row)
         assert head.weight.grad is not None
-        torch.testing.assert_close(results[0][head.weight][position], head.weight.grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(per_example[head.weight][position], head.weight.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_a_decoder_with_schema_features_is_refused_before_training(tmp_path: Path) -> None:

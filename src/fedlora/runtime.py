@@ -191,19 +191,17 @@ class Runtime:
             cfg = self.config
             with self.timer.phase("load"):
                 loaded = load_base_model(cfg.model.name, quantization=cfg.model.quantization, seed=cfg.seed)
+                schema = get_schema(cfg.data.dataset)
                 if cfg.model.schema_features:
                     if not isinstance(loaded.model, MeanPooledBertForSequenceClassification):
                         raise SchemaFeaturesError(
                             f"model.schema_features needs an encoder preset (minilm, tiny-bert); "
                             f"model {cfg.model.name!r} has no mean-pooled head to widen"
                         )
-                    add_feature_inputs(loaded.model, head_feature_width(get_schema(cfg.data.dataset)))
+                    add_feature_inputs(loaded.model, head_feature_width(schema))
                 if cfg.model.centre_features:
                     centre_head_on_public_rows(
-                        loaded,
-                        get_schema(cfg.data.dataset),
-                        max_length=cfg.model.max_length,
-                        feature_scale=cfg.model.schema_feature_scale,
+                        loaded, schema, max_length=cfg.model.max_length, feature_scale=cfg.model.schema_feature_scale
                     )
                 self._device = loaded.device
                 self._tokenizer = loaded.tokenizer
