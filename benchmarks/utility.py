@@ -148,12 +148,49 @@ def fitted_banks(config: Config) -> str:
     return f"federation.banks=[{', '.join(specs)}]"
 
 
-def _write_json(path: str, overrides: list[str], aucs: dict[str, list[float]], seconds: dict[str, list[float]]) -> None:
+Results = dict[str, dict[int, float]]
+"""Row name → seed → value: rows measured in several invocations (other seeds, other rows) merge by seed."""
+
+
+def _write_json(path: str, overrides: list[str], aucs: Results, seconds: Results) -> None:
+    rows = {"aucs": aucs, "seconds": seconds}
     with open(path, "w", encoding="utf-8") as f:
-        json.dump({"overrides": overrides, "aucs": aucs, "seconds": seconds}, f, indent=1)
+        json.dump(
+            {
+                "overrides": overrides,
+                **{key: {name: list(values.values()) for name, values in part.items()} for key, part in rows.items()},
+                "seeds": {name: list(values) for part in rows.values() for name, values in part.items()},
+            },
+            f,
+            indent=1,
+        )
 
 
-def _pairs(aucs: dict[str, list[float]]) -> list[tuple[str, str]]:
+def load_results(paths: list[str]) -> tuple[Results, Results]:
+    """The rows of one or more ``--json`` files, merged by seed (files from before seeds were stored: 0..N-1).
+
+    Raises:
+        SystemExit: two files hold different values for the same row and seed.
+
+    """
+    aucs: Results = defaultdict(dict)
+    seconds: Results = defaultdict(dict)
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            stored = json.load(f)
+        print(f"{path}: overrides {stored['overrides']}")
+        seeds: dict[str, list[int]] = stored.get("seeds", {})
+        for key, merged in (("aucs", aucs), ("seconds", seconds)):
+            for name, values in stored[key].items():
+                row_seeds = seeds.get(name, list(range(len(values))))
+                for seed, value in zip(row_seeds, values, strict=True):
+                    if key == "aucs" and seed in merged[name] and merged[name][seed] != value:
+                        raise SystemExit(f"{path}: row {name!r}, seed {seed} differs from an earlier file")
+                    merged[name][seed] = value
+    return aucs, seconds
+
+
+def _pairs(aucs: Results) -> list[tuple[str, str]]:
     """The (row, reference) pairs worth a paired difference: ablations, DP vs non-private and vs DP-LR, banks."""
     pairs = []
     for name in aucs:
@@ -171,33 +208,35 @@ def _pairs(aucs: dict[str, list[float]]) -> list[tuple[str, str]]:
     return [(row, ref) for row, ref in pairs if ref in aucs]
 
 
-def _print_paired(aucs: dict[str, list[float]]) -> None:
+def _paired(row: dict[int, float], reference: dict[int, float]) -> list[float]:
+    """``row − reference`` on the seeds both hold."""
+    return [row[seed] - reference[seed] for seed in sorted(row) if seed in reference]
+
+
+def _print_paired(aucs: Results) -> None:
     """Each pair of :func:`_pairs`, seed by seed (mean ± 95% CI of the difference; seeds without both skipped)."""
     for name, base in _pairs(aucs):
-        diffs = [v - b for v, b in zip(aucs[name], aucs[base], strict=False)]
+        diffs = _paired(aucs[name], aucs[base])
         mean, half = mean_interval(diffs)
         print(f"paired: {name} minus {base}: {mean:+.4f} ± {half:.4f} over {len(diffs)} seeds")
 
 
 def _print_comparison(path_a: str, path_b: str) -> None:
     """B − A for every pooled row both runs hold, seed by seed (both runs must share seeds and splits)."""
-    stored = []
-    for path in (path_a, path_b):
-        with open(path, encoding="utf-8") as f:
-            stored.append(json.load(f)["aucs"])
-    a, b = stored
+    (a, _), (b, _) = load_results([path_a]), load_results([path_b])
     for name in [n for n in b if n in a and " (own test)" not in n]:
-        diffs = [vb - va for va, vb in zip(a[name], b[name], strict=False)]
+        diffs = _paired(b[name], a[name])
         mean, half = mean_interval(diffs)
         print(f"paired: {name}: B minus A {mean:+.4f} ± {half:.4f} over {len(diffs)} seeds")
 
 
-def _print_table(aucs: dict[str, list[float]], seconds: dict[str, list[float]]) -> None:
+def _print_table(aucs: Results, seconds: Results) -> None:
     print("\n| setting | pooled test AUC, mean ± 95% CI | seeds | s/run |\n|---|---|---|---|")
     for name, values in aucs.items():
-        mean, half = mean_interval(values)
-        wall = seconds.get(name, seconds.get("baselines", [math.nan]) if "LR" in name else [math.nan])
-        print(f"| {name} | {mean:.4f} ± {half:.4f} | {len(values)} | {np.mean(wall):.0f} |")
+        mean, half = mean_interval(list(values.values()))
+        wall = seconds.get(name, seconds.get("baselines", {}) if "LR" in name else {})
+        seeds = ",".join(str(seed) for seed in sorted(values))
+        print(f"| {name} | {mean:.4f} ± {half:.4f} | {seeds} | {np.mean(list(wall.values()) or [math.nan]):.0f} |")
     _print_paired(aucs)
 
 
@@ -216,7 +255,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config")
     parser.add_argument("--set", action="append", default=[], dest="overrides")
-    parser.add_argument("--seeds", type=int, default=10, help="Seeds 0..N-1 (10 for German Credit, >= 5 else).")
+    parser.add_argument("--seeds", type=int, default=10, help="How many seeds (10 for German Credit, >= 5 else).")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="Seeds first..first+N-1 (to add seeds to a stored --json later)."
+    )
     parser.add_argument("--banks", type=int, default=3)
     parser.add_argument("--epsilons", type=float, nargs="*", default=[1.0, 3.0, 8.0])
     parser.add_argument("--skip-nonprivate-fedlora", action="store_true")
@@ -231,7 +273,13 @@ def main() -> None:
     parser.add_argument("--skip-baselines", action="store_true", help="Skip the logistic-regression rows.")
     parser.add_argument("--fit-batch", action="store_true", help="Small banks get a batch of half their rows.")
     parser.add_argument("--json", help="Write every per-seed number here.")
-    parser.add_argument("--summarize", metavar="JSON", help="Only print the table and paired rows of a stored --json.")
+    parser.add_argument(
+        "--summarize",
+        nargs="+",
+        metavar="JSON",
+        help="Only print the table and paired rows of stored --json files, merged by seed (e.g. seeds 0-2 from "
+        "one invocation, 3-4 from another; or a non-private row run later on the same seeds).",
+    )
     parser.add_argument(
         "--compare",
         nargs=2,
@@ -243,17 +291,15 @@ def main() -> None:
         _print_comparison(*args.compare)
         return
     if args.summarize:
-        with open(args.summarize, encoding="utf-8") as f:
-            stored = json.load(f)
-        _print_table(stored["aucs"], stored["seconds"])
+        _print_table(*load_results(args.summarize))
         return
     banks = [f"federation.banks=[{', '.join('{name: bank-' + chr(97 + i) + '}' for i in range(args.banks))}]"]
     out = tempfile.mkdtemp(prefix="fedlora-utility-")  # one directory per invocation: concurrent runs never share
     base = [*banks, *args.overrides, "tracking.enabled=false", f"output.dir={out}"]
     stamp = int(time.time())
-    aucs: dict[str, list[float]] = defaultdict(list)
-    seconds: dict[str, list[float]] = defaultdict(list)
-    for seed in range(args.seeds):
+    aucs: Results = defaultdict(dict)
+    seconds: Results = defaultdict(dict)
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         config = load_config(args.config, [*base, f"seed={seed}"])
         seeded = [f"seed={seed}"]
         if args.fit_batch:
@@ -264,8 +310,8 @@ def main() -> None:
         started = time.perf_counter()
         if not args.skip_baselines:
             for name, auc in baseline_rows(config, runtime, args.epsilons).items():
-                aucs[name].append(auc)
-            seconds["baselines"].append(time.perf_counter() - started)
+                aucs[name][seed] = auc
+            seconds["baselines"][seed] = time.perf_counter() - started
         runs = [] if args.skip_nonprivate_fedlora else [("FedLoRA, non-private", ["privacy.enabled=false"])]
         runs += [(f"DP-FedLoRA ε={eps:g}", [f"privacy.target_epsilon={eps}"]) for eps in args.epsilons]
         for variant in args.variant:
@@ -281,11 +327,11 @@ def main() -> None:
             if not runtime.serves(run_config):  # an ablation of the model or LoRA needs its own runtime
                 runtime = _runtime(run_config)
             summary = simulate(run_config, runtime=runtime)
-            seconds[name].append(time.perf_counter() - started)
-            aucs[name].append(math.nan if summary.final.auc is None else summary.final.auc)
+            seconds[name][seed] = time.perf_counter() - started
+            aucs[name][seed] = math.nan if summary.final.auc is None else summary.final.auc
             for bank, metrics in summary.final.per_bank_test.items():
-                aucs[f"{bank} in consortium, {name} (own test)"].append(metrics["auc"])
-            print(f"seed {seed} {name}: AUC {aucs[name][-1]:.4f} ({seconds[name][-1]:.0f}s)", flush=True)
+                aucs[f"{bank} in consortium, {name} (own test)"][seed] = metrics["auc"]
+            print(f"seed {seed} {name}: AUC {aucs[name][seed]:.4f} ({seconds[name][seed]:.0f}s)", flush=True)
         if args.json:  # after every seed: a stopped run keeps what it measured
             _write_json(args.json, args.overrides, aucs, seconds)
     _print_table(aucs, seconds)

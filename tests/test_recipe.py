@@ -315,3 +315,39 @@ def test_lora_learning_rate_applies_to_the_adapter_only(tmp_path: Path) -> None:
     default = tiny_runtime(tmp_path / "default").config.training  # None: one rate for every parameter
     rates = {g["lr"] for g in make_optimizer(trainable, default, lora=lora).param_groups}
     assert rates == {default.learning_rate}
+
+
+def test_the_clipped_non_private_gradient_is_the_clipped_sum_over_the_expected_batch(tmp_path: Path) -> None:
+    """``privacy.clip_when_disabled``: DP-SGD with σ = 0, i.e. ``Σ_i g_i·min(1, C/‖g_i‖) / (q·n)``, nothing drawn."""
+    runtime = tiny_runtime(tmp_path, "model.cache_frozen_layers=false")
+    model, data = runtime.model, runtime.bank("bank-a").train
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.2)
+    collector = PerExampleGradients(model)
+    params = collector.parameters()
+    index = torch.arange(0, 12)
+    expected = {p: torch.zeros_like(p) for p in params}
+    norms = []
+    for i in index:  # one backward per row, clipped by hand
+        model.zero_grad(set_to_none=True)
+        logits, labels = data.logits(model, i.reshape(1), CPU)
+        F.cross_entropy(logits, labels).backward()
+        norm = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params))  # type: ignore[union-attr]
+        norms.append(float(norm))
+        for p in params:
+            expected[p] += p.grad * min(1.0, 0.05 / float(norm))  # type: ignore[operator]
+    assert min(norms) > 0.05  # every row is clipped
+    dp = DPSettings(noise_multiplier=0.0, max_grad_norm=0.05, sample_rate=0.25)
+
+    class NoDraws(SeededRandomness):
+        def normal(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            raise AssertionError("the clipped non-private gradient draws no noise")
+
+    grads, _, got_norms = dp_gradient(
+        model, collector, data, index, dp=dp, physical_batch_size=5, randomness=NoDraws(0), device=CPU
+    )
+    assert torch.allclose(got_norms, torch.tensor(norms), rtol=1e-4)
+    for p in params:
+        assert torch.allclose(grads[p], expected[p] / (0.25 * len(data)), rtol=1e-4, atol=1e-7)

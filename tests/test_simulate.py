@@ -66,6 +66,7 @@ def test_epsilon_grows_each_round_and_ends_below_target(tiny_config) -> None:  #
         ["model.name=tiny-llama"],
         ["lora.ffa=true", "data.partition=dirichlet", "data.dirichlet_alpha=0.5"],
         ["privacy.enabled=false"],
+        ["privacy.enabled=false", "privacy.clip_when_disabled=true"],
         ["privacy.accountant=rdp", "privacy.release_metrics=true", "data.partition=quantity"],
         ["federation.fraction_fit=0.5", "federation.min_banks=2"],
     ],

@@ -15,7 +15,8 @@ The phases, in order:
    the policy releases metrics), then the DP-SGD local round; the adapter is published and
    ``outcome.json`` is written last.
 
-A non-private baseline (``privacy.enabled: false``, simulation only) skips 2 and 3.
+A non-private baseline (``privacy.enabled: false``, simulation only) skips 2 and 3; it trains
+without noise, and with per-example clipping only when ``privacy.clip_when_disabled`` is set.
 """
 
 from __future__ import annotations
@@ -105,14 +106,17 @@ class _Schedule:
 
     @classmethod
     def not_private(cls, config: Config, bank: str, num_rows: int) -> _Schedule:
-        """The non-private baseline (simulation only): no clipping, no noise."""
+        """The non-private baseline (simulation only): no noise; clipped only with ``privacy.clip_when_disabled``."""
         training = config.training_for(bank)
+        sample_rate = min(1.0, training.batch_size / num_rows)
+        clipped = config.privacy.clip_when_disabled
+        dp = DPSettings(noise_multiplier=0.0, max_grad_norm=config.privacy.max_grad_norm, sample_rate=sample_rate)
         return cls(
             steps=steps_per_round(num_examples=num_rows, config=training),
-            sample_rate=min(1.0, training.batch_size / num_rows),
-            dp=None,
+            sample_rate=sample_rate,
+            dp=dp if clipped else None,
             num_examples=declared_count(num_rows),
-            message="not private (privacy.enabled=false)",
+            message="not private (privacy.enabled=false" + (", clipped, no noise)" if clipped else ")"),
         )
 
 

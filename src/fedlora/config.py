@@ -147,7 +147,15 @@ class LoraConfig(_Section):
 class PrivacyConfig(_Section):
     """Per-example DP-SGD (Abadi et al., 2016) on the trainable parameters."""
 
-    enabled: bool = Field(True, description="false = non-private baseline (no clipping, no noise).")
+    enabled: bool = Field(
+        True, description="false = non-private baseline (no noise; no clipping unless privacy.clip_when_disabled)."
+    )
+    clip_when_disabled: bool = Field(
+        False,
+        description="Non-private baseline only (privacy.enabled=false): still clip each example's gradient to "
+        "max_grad_norm and divide by the expected batch, adding no noise: DP-SGD with sigma=0. It keeps the step size "
+        "the DP recipe's learning rate was tuned for, so the gap to the DP run is the cost of the noise alone.",
+    )
     target_epsilon: float = Field(8.0, gt=0, description="Each bank's ε budget for the whole run.")
     delta: float | None = Field(
         None, gt=0, lt=1, description="δ of every bank; None = 0.1/n for a bank with n training rows."

@@ -10,7 +10,8 @@ accountant):
    so the sensitivity does not depend on the sampled batch size;
 5. optimizer step on ``g̃`` (Adam or SGD; post-processing of a DP quantity).
 
-The non-private baseline takes the same batches and the plain mean gradient.
+The non-private baseline takes the same batches and the plain mean gradient; with
+``privacy.clip_when_disabled`` it runs steps 2-4 with σ = 0 (clipped, divided by ``q·n``, no noise).
 """
 
 from __future__ import annotations
@@ -112,6 +113,12 @@ def dp_gradient(
         loss_total += float(losses.detach().sum())
     expected_batch = dp.expected_batch_size or dp.sample_rate * len(data)
     std = dp.noise_multiplier * dp.max_grad_norm
+    if std == 0.0:  # the clipped non-private baseline (privacy.clip_when_disabled): nothing to draw
+        return (
+            {p: s / expected_batch for p, s in summed.items()},
+            loss_total,
+            torch.cat(norms) if norms else torch.zeros(0),
+        )
     noised = {
         p: (s + randomness.normal(s.shape, std, device=s.device, dtype=torch.float32)) / expected_batch
         for p, s in summed.items()
