@@ -8,6 +8,7 @@ with the bank alone (DP-LR at the same ε, and non-private LR), overall and for 
 ``--small`` of the training rows. Pairs within a seed share a partition, so the intervals are optimistic.
 
     python benchmarks/per_bank.py taiwan_dirichlet.json --epsilon 8
+    python benchmarks/per_bank.py seeds_0-2.json seeds_3-4.json --epsilon 8     # files merged by seed
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import argparse
 import json
 import math
 
+from utility import load_results
+
 from fedlora.baselines import mean_interval
 from fedlora.config import load_config
 from fedlora.data.banks import build_bank_data
@@ -23,19 +26,19 @@ from fedlora.data.banks import build_bank_data
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("json_path")
+    parser.add_argument("json_paths", nargs="+", metavar="JSON", help="utility.py --json files (merged by seed).")
     parser.add_argument("--epsilon", default="8")
     parser.add_argument("--small", type=float, default=0.2, help="Share of training rows that makes a bank small.")
     args = parser.parse_args()
-    with open(args.json_path, encoding="utf-8") as f:
-        stored = json.load(f)
-    aucs: dict[str, list[float]] = stored["aucs"]
+    aucs, _ = load_results(args.json_paths)
+    with open(args.json_paths[0], encoding="utf-8") as f:
+        overrides: list[str] = json.load(f)["overrides"]  # the partition is the data layer's: one per file set
     banks = sorted({key.split(" ")[0] for key in aucs if key.startswith("bank-")})
     spec = "federation.banks=[" + ", ".join(f"{{name: {b}}}" for b in banks) + "]"
     consortium = f"DP-FedLoRA ε={args.epsilon}"
     diffs: dict[str, list[float]] = {"alone DP-LR": [], "alone DP-LR, small": [], "alone LR, small": []}
-    for seed in range(len(aucs[consortium])):
-        data = build_bank_data(load_config(None, [spec, *stored["overrides"], f"seed={seed}"]))
+    for seed in sorted(aucs[consortium]):
+        data = build_bank_data(load_config(None, [spec, *overrides, f"seed={seed}"]))
         total = sum(len(d.train) for d in data.values())
         for bank in banks:
             share = len(data[bank].train) / total
