@@ -36,6 +36,12 @@ def test_plain_adam_with_dp_is_refused_before_training() -> None:
     assert load_config(None, ["training.optimizer=adam", "privacy.enabled=false"]).training.optimizer == "adam"
 
 
+def test_clipping_without_noise_is_refused_on_a_dp_run() -> None:
+    with pytest.raises(ConfigError, match=r"clip_when_disabled=true applies only to a non-private run"):
+        load_config(None, ["privacy.clip_when_disabled=true"])
+    assert load_config(None, ["privacy.enabled=false", "privacy.clip_when_disabled=true"]).privacy.clip_when_disabled
+
+
 def test_unknown_dataset_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"unknown dataset 'nope'.*taiwan_credit"):
         load_config(None, ["data.dataset=nope"])

@@ -366,6 +366,16 @@ class Config(_Section):
         return self.training.model_copy(update={"batch_size": spec.batch_size})
 
     @model_validator(mode="after")
+    def _clipping_switch(self) -> Config:
+        """Refuse ``privacy.clip_when_disabled`` on a DP run, where it would silently do nothing."""
+        if self.privacy.enabled and self.privacy.clip_when_disabled:
+            raise ValueError(
+                "privacy.clip_when_disabled=true applies only to a non-private run (privacy.enabled=false); "
+                "a DP run always clips at privacy.max_grad_norm"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _dp_optimizer(self) -> Config:
         """Refuse plain Adam under DP-SGD.
 
