@@ -113,16 +113,11 @@ def dp_gradient(
         loss_total += float(losses.detach().sum())
     expected_batch = dp.expected_batch_size or dp.sample_rate * len(data)
     std = dp.noise_multiplier * dp.max_grad_norm
-    if std == 0.0:  # the clipped non-private baseline (privacy.clip_when_disabled): nothing to draw
-        return (
-            {p: s / expected_batch for p, s in summed.items()},
-            loss_total,
-            torch.cat(norms) if norms else torch.zeros(0),
-        )
-    noised = {
-        p: (s + randomness.normal(s.shape, std, device=s.device, dtype=torch.float32)) / expected_batch
-        for p, s in summed.items()
-    }
+
+    def noise(s: torch.Tensor) -> torch.Tensor | float:  # σ = 0: the clipped non-private baseline draws nothing
+        return randomness.normal(s.shape, std, device=s.device, dtype=torch.float32) if std > 0 else 0.0
+
+    noised = {p: (s + noise(s)) / expected_batch for p, s in summed.items()}
     return noised, loss_total, torch.cat(norms) if norms else torch.zeros(0)
 
 
