@@ -7,6 +7,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+import torch
 from click.testing import CliRunner
 
 from fedlora.cli import main
@@ -26,6 +27,14 @@ def tiny_overrides_for(out_dir: Path, run: str = "test") -> list[str]:
         f"output.dir={out_dir}",
         f"output.run_name={run}",
     ]
+
+
+def randomize_trainable(model: torch.nn.Module, std: float = 0.2) -> None:
+    """Draw every trainable parameter from N(0, std²): B = 0 and a zero head give zero LoRA gradients."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(0, std)
 
 
 def tiny_runtime(out_dir: Path, *extra: str) -> Runtime:

@@ -25,7 +25,7 @@ from fedlora.privacy.per_sample import PerExampleGradients
 from fedlora.privacy.randomness import SeededRandomness
 from fedlora.runtime import CacheProgress
 from fedlora.training import DPSettings, dp_gradient, make_optimizer
-from helpers import tiny_runtime
+from helpers import randomize_trainable, tiny_runtime
 
 CPU = torch.device("cpu")
 
@@ -121,10 +121,7 @@ def test_cached_activations_give_the_same_loss_and_per_example_gradients(
 ) -> None:
     runtime = tiny_runtime(tmp_path, "lora.top_layers=1", "model.cache_frozen_layers=false", *extra)
     model = runtime.model
-    with torch.no_grad():  # B = 0 and a zero head give zero LoRA gradients; make them informative
-        for p in model.parameters():
-            if p.requires_grad:
-                p.normal_(0, 0.2)
+    randomize_trainable(model)
     tokens = runtime.bank("bank-a").train
     cached = cache_frozen_layers(model, tokens, batch_size=7, device=CPU)
     assert isinstance(cached, CachedSet) and cached.features is tokens.features
@@ -327,10 +324,7 @@ def test_the_clipped_non_private_gradient_is_the_clipped_sum_over_the_expected_b
     """``privacy.clip_when_disabled``: DP-SGD with σ = 0, i.e. ``Σ_i g_i·min(1, C/‖g_i‖) / (q·n)``, nothing drawn."""
     runtime = tiny_runtime(tmp_path, "model.cache_frozen_layers=false")
     model, data = runtime.model, runtime.bank("bank-a").train
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.normal_(0, 0.2)
+    randomize_trainable(model)
     collector = PerExampleGradients(model)
     params = collector.parameters()
     index = torch.arange(0, 12)

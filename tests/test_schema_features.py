@@ -17,7 +17,7 @@ from fedlora.model.cache import splittable_core
 from fedlora.model.heads import masked_mean
 from fedlora.privacy.per_sample import PerExampleGradients
 from fedlora.runtime import Runtime
-from helpers import tiny_runtime
+from helpers import randomize_trainable, tiny_runtime
 
 CPU = torch.device("cpu")
 
@@ -97,10 +97,7 @@ def test_the_heads_per_example_gradient_matches_one_backward_per_row(tmp_path: P
     # cached and uncached rows with columns agree: tests/test_recipe.py (the "text+columns" case)
     runtime = _features_runtime(tmp_path, "lora.top_layers=1", "model.cache_frozen_layers=false")
     model = runtime.model
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.normal_(0, 0.2)
+    randomize_trainable(model)
     tokens = runtime.bank("bank-a").train
     collector = PerExampleGradients(model)
     index = torch.arange(0, len(tokens), 3)
