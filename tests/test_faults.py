@@ -39,23 +39,49 @@ def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 600) -
         time.sleep(0.2)
 
 
+# Runs the real CLI, but holds the coordinator once bank-b starts round 2 (bank-a has published by then), so
+# the kill below lands mid-round every time instead of racing the tiny model's sub-second rounds.
+_HOLD_IN_ROUND_2 = """
+import sys, time
+from pathlib import Path
+import fedlora.simulate as simulate
+from fedlora.cli import main
+
+held, real = Path(sys.argv[1]), simulate.run_bank_round
+
+def hold_in_round_2(config, *, run, bank, round_index, runtime):
+    if (round_index, bank) == (2, "bank-b"):
+        held.touch()
+        time.sleep(3600)
+    return real(config, run=run, bank=bank, round_index=round_index, runtime=runtime)
+
+simulate.run_bank_round = hold_in_round_2
+main(sys.argv[2:])
+"""
+
+
 def test_killed_coordinator_resumes_without_resetting_or_double_counting_epsilon(
     tiny_overrides: list[str], tmp_path: Path
 ) -> None:
     overrides = [o for o in tiny_overrides if not o.startswith("federation.rounds")] + ["federation.rounds=3"]
     args = ["simulate", *[a for o in overrides for a in ("--set", o)]]
     run_dir = Path(load_config(None, overrides).output.dir) / "test"
+    held = tmp_path / "held"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fedlora.cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-c", _HOLD_IN_ROUND_2, str(held), *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_for(run_dir / "rounds/0001/MANIFEST.json", proc)
-        # Let round 2 get under way, then kill the coordinator without any chance to clean up.
-        _wait_for(run_dir / "rounds/0002/updates/bank-a/outcome.json", proc)
-    finally:
+        _wait_for(held, proc)
+    finally:  # kill the coordinator mid-round without any chance to clean up
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+    assert (run_dir / "rounds/0001/MANIFEST.json").exists()
+    assert (run_dir / "rounds/0002/updates/bank-a/outcome.json").exists()
+    assert not (run_dir / "rounds/0002/MANIFEST.json").exists()
     assert not (run_dir / "summary.json").exists()
     before = json.loads((run_dir / "privacy/bank-a.json").read_text())
     assert before["charged_rounds"][:2] == [1, 2]
