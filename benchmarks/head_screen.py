@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +41,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from fedlora.baselines import mean_interval
+from fedlora.baselines import BankBaselines, bank_alone_baselines, mean_interval
 from fedlora.config import load_config
 from fedlora.data.banks import build_bank_data
 from fedlora.data.datasets import get_schema
@@ -51,6 +52,7 @@ from fedlora.model.loading import load_base_model
 from fedlora.privacy.accounting import declared_count, plan_privacy
 
 Array = np.ndarray
+SPLITS = ("train", "val", "test")
 
 
 class Embedder:
@@ -95,6 +97,42 @@ def _sigma(n: int, eps: float, batch: int, steps: int, rounds: int) -> tuple[flo
     return plan.noise_multiplier, plan.sample_rate
 
 
+def _local_steps(
+    head: tuple[Array, Array],
+    bank: tuple[Array, Array],
+    rng: np.random.Generator,
+    *,
+    plan: tuple[float, float],
+    steps: int,
+    lr: float,
+    dp: bool,
+) -> tuple[Array, Array]:
+    """``steps`` Poisson-sampled (clipped, noised when ``dp``) SGD steps with momentum 0.9 from ``head``."""
+    (w, b), (x, y), (sigma, q) = (head[0].copy(), head[1].copy()), bank, plan
+    mom_w, mom_b = np.zeros_like(w), np.zeros_like(b)
+    for _ in range(steps):
+        idx = np.nonzero(rng.random(len(y)) < q)[0]
+        xb, yb = x[idx], y[idx]
+        z = xb @ w.T + b
+        p1 = 1 / (1 + np.exp(-(z[:, 1] - z[:, 0])))
+        g = (p1 - yb)[:, None]
+        gz = np.concatenate([-g, g], axis=1)  # dCE/dlogits
+        gw = gz[:, :, None] * xb[:, None, :]
+        if dp:
+            norms = np.sqrt((gw**2).sum(axis=(1, 2)) + (gz**2).sum(axis=1))
+            factor = np.minimum(1.0, 1.0 / (norms + 1e-6))
+            expected = q * len(y)
+            step_w = ((gw * factor[:, None, None]).sum(0) + rng.normal(0, sigma, w.shape)) / expected
+            step_b = ((gz * factor[:, None]).sum(0) + rng.normal(0, sigma, 2)) / expected
+        elif len(idx):
+            step_w, step_b = gw.mean(0), gz.mean(0)
+        else:
+            continue
+        mom_w, mom_b = 0.9 * mom_w + step_w, 0.9 * mom_b + step_b
+        w, b = w - lr * mom_w, b - lr * mom_b
+    return w, b
+
+
 def federate(
     banks: list[tuple[Array, Array]],
     rng: np.random.Generator,
@@ -108,58 +146,53 @@ def federate(
     server_lr: float = 1.0,
     server_momentum: float = 0.0,
     fit_batch: bool = False,
-) -> tuple[Array, Array]:
-    """The recipe's federation of a 2-logit linear head; returns ``(W, b)``.
+    personal_steps: int = 0,
+    personal_lr: float | None = None,
+) -> list[tuple[Array, Array]]:
+    """The recipe's federation of a 2-logit linear head; returns each bank's ``(W, b)``.
 
-    With ``fit_batch`` a bank with fewer than ``2·batch`` rows uses a batch of half its rows.
+    Without personalisation every bank gets the consortium's head. With ``personal_steps`` each
+    bank then takes that many more DP steps on its own rows alone (learning rate ``personal_lr``,
+    default ``lr``), and σ is planned for ``rounds·steps + personal_steps`` steps, so the bank's ε
+    is unchanged. With ``fit_batch`` a bank with fewer than ``2·batch`` rows uses a batch of half
+    its rows.
     """
     dim = banks[0][0].shape[1]
     weight, bias = np.zeros((2, dim)), np.zeros(2)
     vel_w, vel_b = np.zeros_like(weight), np.zeros_like(bias)
     batches = [max(1, len(y) // 2) if fit_batch and len(y) < 2 * batch else batch for _, y in banks]
+    total_steps = rounds * steps + personal_steps
     plans = [
-        _sigma(len(y), eps, b, steps, rounds) if dp else (0.0, min(1.0, b / len(y)))
+        _sigma(len(y), eps, b, total_steps, 1) if dp else (0.0, min(1.0, b / len(y)))
         for (_, y), b in zip(banks, batches, strict=True)
     ]
     for _ in range(rounds):
-        new_w, new_b, counts = [], [], []
-        for (x, y), (sigma, q) in zip(banks, plans, strict=True):
-            w, b = weight.copy(), bias.copy()
-            mom_w, mom_b = np.zeros_like(w), np.zeros_like(b)
-            for _ in range(steps):
-                idx = np.nonzero(rng.random(len(y)) < q)[0]
-                xb, yb = x[idx], y[idx]
-                z = xb @ w.T + b
-                p1 = 1 / (1 + np.exp(-(z[:, 1] - z[:, 0])))
-                g = (p1 - yb)[:, None]
-                gz = np.concatenate([-g, g], axis=1)  # dCE/dlogits
-                gw = gz[:, :, None] * xb[:, None, :]
-                if dp:
-                    norms = np.sqrt((gw**2).sum(axis=(1, 2)) + (gz**2).sum(axis=1))
-                    factor = np.minimum(1.0, 1.0 / (norms + 1e-6))
-                    expected = q * len(y)
-                    step_w = ((gw * factor[:, None, None]).sum(0) + rng.normal(0, sigma, w.shape)) / expected
-                    step_b = ((gz * factor[:, None]).sum(0) + rng.normal(0, sigma, 2)) / expected
-                elif len(idx):
-                    step_w, step_b = gw.mean(0), gz.mean(0)
-                else:
-                    continue
-                mom_w, mom_b = 0.9 * mom_w + step_w, 0.9 * mom_b + step_b
-                w, b = w - lr * mom_w, b - lr * mom_b
-            new_w.append(w)
-            new_b.append(b)
-            counts.append(declared_count(len(y)))
-        shares = np.array(counts, dtype=np.float64) / sum(counts)
-        avg_w = sum(s * w for s, w in zip(shares, new_w, strict=True))
-        avg_b = sum(s * b for s, b in zip(shares, new_b, strict=True))
+        heads = [
+            _local_steps((weight, bias), bank, rng, plan=plan, steps=steps, lr=lr, dp=dp)
+            for bank, plan in zip(banks, plans, strict=True)
+        ]
+        counts = np.array([declared_count(len(y)) for _, y in banks], dtype=np.float64)
+        shares = counts / counts.sum()
+        avg_w = sum(s * w for s, (w, _) in zip(shares, heads, strict=True))
+        avg_b = sum(s * b for s, (_, b) in zip(shares, heads, strict=True))
         vel_w, vel_b = server_momentum * vel_w + (weight - avg_w), server_momentum * vel_b + (bias - avg_b)
         weight, bias = weight - server_lr * vel_w, bias - server_lr * vel_b
-    return weight, bias
+    if not personal_steps:
+        return [(weight, bias)] * len(banks)
+    return [
+        _local_steps((weight, bias), bank, rng, plan=plan, steps=personal_steps, lr=personal_lr or lr, dp=dp)
+        for bank, plan in zip(banks, plans, strict=True)
+    ]
 
 
-def _auc(transform: Callable[[Array], Array], w: Array, b: Array, x: Array, y: Array) -> float:
-    z = transform(x) @ w.T + b
-    return float(roc_auc_score(y, z[:, 1] - z[:, 0]))
+def _scores(transform: Callable[[Array], Array], head: tuple[Array, Array], x: Array) -> Array:
+    z = transform(x) @ head[0].T + head[1]
+    return np.asarray(z[:, 1] - z[:, 0])
+
+
+def _auc(y: Array, scores: Array) -> float:
+    """ROC AUC, NaN when ``y`` holds one class (a small skewed bank's test rows)."""
+    return float(roc_auc_score(y, scores)) if len(np.unique(y)) == 2 else float("nan")
 
 
 def probe_ceiling(
@@ -190,6 +223,11 @@ def main() -> None:
     parser.add_argument("--transforms", nargs="+", default=["raw", "centred"], choices=["raw", "centred"])
     parser.add_argument("--points", nargs="+", default=["{}"], help="JSON keyword sets for federate().")
     parser.add_argument("--ceiling", action="store_true", help="Also the pooled non-private linear-probe ceiling.")
+    parser.add_argument(
+        "--per-bank",
+        action="store_true",
+        help="Also each bank's own test AUC against the same bank alone (DP-LR at the point's ε, and LR).",
+    )
     args = parser.parse_args()
     schema = get_schema(args.dataset)
     featurize: Callable[[Any], Array]
@@ -218,6 +256,7 @@ def main() -> None:
     if args.fit_batch:
         points = [{**p, "fit_batch": True} for p in points]
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    per_bank: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
     bank_list = ", ".join("{name: bank-" + chr(97 + i) + "}" for i in range(args.banks))
     for seed in range(args.seeds):
         overrides = [f"data.dataset={args.dataset}", f"federation.banks=[{bank_list}]", f"seed={seed}"]
@@ -226,21 +265,40 @@ def main() -> None:
         if args.max_rows:
             overrides.append(f"data.max_rows={args.max_rows}")
         banks = build_bank_data(load_config(None, [*overrides, *args.overrides]))
-        train = [(featurize(d.train), d.train.labels) for d in banks.values()]
-        val_x = np.concatenate([featurize(d.val) for d in banks.values()])
-        val_y = np.concatenate([d.val.labels for d in banks.values()])
-        test_x = np.concatenate([featurize(d.test) for d in banks.values()])
-        test_y = np.concatenate([d.test.labels for d in banks.values()])
+        split = {k: [(featurize(getattr(d, k)), getattr(d, k).labels) for d in banks.values()] for k in SPLITS}
+        train = split["train"]
         if args.ceiling:
-            pooled = (np.concatenate([x for x, _ in train]) - mu, np.concatenate([y for _, y in train]))
+            pooled = {
+                k: (np.concatenate([x for x, _ in v]) - mu, np.concatenate([y for _, y in v])) for k, v in split.items()
+            }
             key = ("centred", "pooled non-private linear probe (ceiling)")
-            results.setdefault(key, []).append(probe_ceiling(pooled, (val_x - mu, val_y), (test_x - mu, test_y)))
+            results.setdefault(key, []).append(probe_ceiling(pooled["train"], pooled["val"], pooled["test"]))
+        alone: dict[float, list[BankBaselines]] = {}
+        shares = np.array([len(y) for _, y in train], dtype=np.float64) / sum(len(y) for _, y in train)
         for point in points:
             for name in args.transforms:
                 tf = transforms[name]
-                w, b = federate([(tf(x), y) for x, y in train], np.random.default_rng(1000 + seed), **point)
+                heads = federate([(tf(x), y) for x, y in train], np.random.default_rng(1000 + seed), **point)
                 key = (name, json.dumps(point))
-                results.setdefault(key, []).append((_auc(tf, w, b, val_x, val_y), _auc(tf, w, b, test_x, test_y)))
+                pooled_aucs = tuple(
+                    _auc(
+                        np.concatenate([y for _, y in split[k]]),
+                        np.concatenate([_scores(tf, h, x) for (x, _), h in zip(split[k], heads, strict=True)]),
+                    )
+                    for k in ("val", "test")
+                )
+                results.setdefault(key, []).append((pooled_aucs[0], pooled_aucs[1]))
+                if args.per_bank:
+                    eps = float(point.get("eps", 8.0))
+                    if eps not in alone:
+                        alone[eps], _ = bank_alone_baselines(
+                            banks, schema, epsilon=dict.fromkeys(banks, eps), seed=seed
+                        )
+                    for (x, y), head, share, base in zip(split["test"], heads, shares, alone[eps], strict=True):
+                        own = _auc(y, _scores(tf, head, x))
+                        per_bank.setdefault(key, []).append(
+                            (float(share), own, base.alone_dp_lr_auc or math.nan, base.alone_lr_auc)
+                        )
         print(f"seed {seed} done", flush=True)
     print(f"\n{args.dataset}, {args.features}, {args.banks} banks {args.overrides}, {args.seeds} seeds (mean ± 95% CI)")
     print("| features | point | validation AUC (selects) | test AUC (record) |\n|---|---|---|---|")
@@ -248,6 +306,26 @@ def main() -> None:
         val_mean, val_half = mean_interval([v for v, _ in values])
         test_mean, test_half = mean_interval([t for _, t in values])
         print(f"| {name} | `{label}` | {val_mean:.4f} ± {val_half:.4f} | {test_mean:.4f} ± {test_half:.4f} |")
+    if per_bank:
+        _print_per_bank(per_bank)
+
+
+def _print_per_bank(per_bank: dict[tuple[str, str], list[tuple[float, float, float, float]]]) -> None:
+    """Own-test AUC differences over every (seed, bank) whose test rows hold both classes."""
+    print(
+        "\nPer (seed, bank), own test rows; > 20 % / ≤ 20 % = the bank's share of the training rows"
+        "\n| features | point | − alone DP-LR, all | − alone DP-LR, > 20 % | − alone LR, ≤ 20 % | worst − alone DP-LR |"
+        "\n|---|---|---|---|---|---|"
+    )
+    for (name, label), rows in per_bank.items():
+        kept = [r for r in rows if not math.isnan(r[1])]
+        cells = [
+            [own - dp for _, own, dp, _ in kept],
+            [own - dp for share, own, dp, _ in kept if share > 0.2],
+            [own - lr for share, own, _, lr in kept if share <= 0.2],
+        ]
+        text = [("{:+.4f} ± {:.4f} (n={})".format(*mean_interval(c), len(c)) if c else "–") for c in cells]
+        print(f"| {name} | `{label}` | {' | '.join(text)} | {min(cells[0]):+.4f} |")
 
 
 if __name__ == "__main__":
