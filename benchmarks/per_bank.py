@@ -4,8 +4,9 @@
 called ``bank-a`` is large in one seed and small in the next. This script rebuilds every seed's
 partition from the overrides stored in the JSON (the data layer only, no training) and pairs, for each
 (seed, bank) whose test rows hold both classes, the consortium's DP model on the bank's own test rows
-with the bank alone (DP-LR at the same ε, and non-private LR), overall and for banks holding at most
-``--small`` of the training rows. Pairs within a seed share a partition, so the intervals are optimistic.
+with the bank alone (DP-LR at the same ε, and non-private LR), overall, for the large banks and for
+the small ones (holding at most ``--small`` of the training rows). Pairs within a seed share a
+partition, so the intervals are optimistic.
 
     python benchmarks/per_bank.py taiwan_dirichlet.json --epsilon 8
     python benchmarks/per_bank.py seeds_0-2.json seeds_3-4.json --epsilon 8     # files merged by seed
@@ -36,7 +37,12 @@ def main() -> None:
     banks = sorted({key.split(" ")[0] for key in aucs if key.startswith("bank-")})
     spec = "federation.banks=[" + ", ".join(f"{{name: {b}}}" for b in banks) + "]"
     consortium = f"DP-FedLoRA ε={args.epsilon}"
-    diffs: dict[str, list[float]] = {"alone DP-LR": [], "alone DP-LR, small": [], "alone LR, small": []}
+    diffs: dict[str, list[float]] = {
+        "alone DP-LR": [],
+        "alone DP-LR, large": [],
+        "alone DP-LR, small": [],
+        "alone LR, small": [],
+    }
     for seed in sorted(aucs[consortium]):
         data = build_bank_data(load_config(None, [spec, *overrides, f"seed={seed}"]))
         total = sum(len(d.train) for d in data.values())
@@ -56,6 +62,8 @@ def main() -> None:
             if share <= args.small:
                 diffs["alone DP-LR, small"].append(ours - dp_lr)
                 diffs["alone LR, small"].append(ours - lr)
+            else:
+                diffs["alone DP-LR, large"].append(ours - dp_lr)
     for name, values in diffs.items():
         mean, half = mean_interval(values)
         print(
