@@ -18,7 +18,8 @@ Selection uses the pooled **validation** AUC; test AUC is printed for the record
         --set data.partition=dirichlet --set data.dirichlet_alpha=0.5 --points '{"batch": 512}'
 
 ``--features columns`` trains the head on the row's columns alone (``model.schema_features``'s
-``f − μ_f``, scale 4), with no text and so no encoder pass: seconds even on the 30,000 Taiwan rows.
+``f − μ_f``, at ``model.schema_feature_scale``), with no text and so no encoder pass: seconds even on
+the 30,000 Taiwan rows.
 ``--set`` passes config overrides (the partition); ``--fit-batch`` gives a bank with fewer than two
 batches of training rows half its rows as its batch, as ``utility.py --fit-batch`` does.
 
@@ -45,9 +46,7 @@ from fedlora.baselines import BankBaselines, bank_alone_baselines, mean_interval
 from fedlora.config import load_config
 from fedlora.data.banks import build_bank_data
 from fedlora.data.datasets import get_schema
-from fedlora.data.features import head_features
-from fedlora.data.public_rows import public_rows
-from fedlora.model.centring import PUBLIC_ROWS, PUBLIC_SEED, pooled_representation, public_centre
+from fedlora.model.centring import pooled_representation, public_centre, public_column_centre
 from fedlora.model.loading import load_base_model
 from fedlora.privacy.accounting import declared_count, plan_privacy
 
@@ -166,13 +165,13 @@ def federate(
         _sigma(len(y), eps, b, total_steps, 1) if dp else (0.0, min(1.0, b / len(y)))
         for (_, y), b in zip(banks, batches, strict=True)
     ]
+    counts = np.array([declared_count(len(y)) for _, y in banks], dtype=np.float64)
+    shares = counts / counts.sum()
     for _ in range(rounds):
         heads = [
             _local_steps((weight, bias), bank, rng, plan=plan, steps=steps, lr=lr, dp=dp)
             for bank, plan in zip(banks, plans, strict=True)
         ]
-        counts = np.array([declared_count(len(y)) for _, y in banks], dtype=np.float64)
-        shares = counts / counts.sum()
         avg_w = sum(s * w for s, (w, _) in zip(shares, heads, strict=True))
         avg_b = sum(s * b for s, (_, b) in zip(shares, heads, strict=True))
         vel_w, vel_b = server_momentum * vel_w + (weight - avg_w), server_momentum * vel_b + (bias - avg_b)
@@ -230,10 +229,17 @@ def main() -> None:
     )
     args = parser.parse_args()
     schema = get_schema(args.dataset)
+    bank_list = ", ".join("{name: bank-" + chr(97 + i) + "}" for i in range(args.banks))
+    overrides = [f"data.dataset={args.dataset}", f"federation.banks=[{bank_list}]"]
+    if args.features == "columns":
+        overrides.append("model.schema_features=true")
+    if args.max_rows:
+        overrides.append(f"data.max_rows={args.max_rows}")
+    overrides += args.overrides
     featurize: Callable[[Any], Array]
     if args.features == "columns":
-        scale = 4.0
-        mu = head_features(public_rows(schema, PUBLIC_ROWS, seed=PUBLIC_SEED), schema, scale=scale).mean(axis=0)
+        scale = load_config(None, overrides).model.schema_feature_scale  # the same scale as the banks' features
+        mu = public_column_centre(schema, feature_scale=scale)
 
         def featurize(split: Any) -> Array:
             return np.asarray(split.features, dtype=np.float64)
@@ -257,14 +263,8 @@ def main() -> None:
         points = [{**p, "fit_batch": True} for p in points]
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     per_bank: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
-    bank_list = ", ".join("{name: bank-" + chr(97 + i) + "}" for i in range(args.banks))
     for seed in range(args.seeds):
-        overrides = [f"data.dataset={args.dataset}", f"federation.banks=[{bank_list}]", f"seed={seed}"]
-        if args.features == "columns":
-            overrides.append("model.schema_features=true")
-        if args.max_rows:
-            overrides.append(f"data.max_rows={args.max_rows}")
-        banks = build_bank_data(load_config(None, [*overrides, *args.overrides]))
+        banks = build_bank_data(load_config(None, [*overrides, f"seed={seed}"]))
         split = {k: [(featurize(getattr(d, k)), getattr(d, k).labels) for d in banks.values()] for k in SPLITS}
         train = split["train"]
         if args.ceiling:

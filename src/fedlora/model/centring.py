@@ -27,6 +27,7 @@ offset, ``μ_f``, is the mean of :func:`fedlora.data.features.head_features` ove
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -94,6 +95,12 @@ def public_centre(
     return pooled_representation(encoder, tokenizer, texts, max_length=max_length, device=device).mean(dim=0)
 
 
+def public_column_centre(schema: DatasetSchema, *, feature_scale: float) -> np.ndarray:
+    """``μ_f = mean_i f(x_i)`` of :func:`fedlora.data.features.head_features` over the same public rows as ``μ``."""
+    rows = public_rows(schema, PUBLIC_ROWS, seed=PUBLIC_SEED)
+    return np.asarray(head_features(rows, schema, scale=feature_scale).mean(axis=0))
+
+
 def centre_head_on_public_rows(
     loaded: LoadedModel, schema: DatasetSchema, *, max_length: int, feature_scale: float = 1.0
 ) -> bool:
@@ -107,8 +114,7 @@ def centre_head_on_public_rows(
         return False
     centre = public_centre(model.bert, loaded.tokenizer, schema, max_length=max_length, device=loaded.device)
     if model.feature_count:
-        rows = public_rows(schema, PUBLIC_ROWS, seed=PUBLIC_SEED)
-        columns = head_features(rows, schema, scale=feature_scale).mean(axis=0)
+        columns = public_column_centre(schema, feature_scale=feature_scale)
         centre = torch.cat([centre, torch.as_tensor(columns, dtype=centre.dtype)])
     with torch.no_grad():
         model.classifier.offset.copy_(centre.to(model.classifier.offset.device))
