@@ -207,6 +207,8 @@ def gpu_stages(out: Path, work: Path) -> list[Stage]:
             [
                 f"model.name={small}",
                 "model.quantization=4",
+                "data.dataset=german_credit",
+                "training.batch_size=64",
                 "federation.rounds=1",
                 "federation.banks=[{name: bank-a}, {name: bank-b}]",
                 "training.local_steps=5",

@@ -233,8 +233,7 @@ def main() -> None:
     overrides = [f"data.dataset={args.dataset}", f"federation.banks=[{bank_list}]"]
     if args.features == "columns":
         overrides.append("model.schema_features=true")
-    if args.max_rows:
-        overrides.append(f"data.max_rows={args.max_rows}")
+    overrides.append(f"data.max_rows={args.max_rows or 'null'}")  # every row unless asked (not the run's default)
     overrides += args.overrides
     featurize: Callable[[Any], Array]
     if args.features == "columns":

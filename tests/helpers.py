@@ -16,8 +16,14 @@ from fedlora.runtime import Runtime
 
 
 def tiny_overrides_for(out_dir: Path, run: str = "test") -> list[str]:
-    """A fast federation: tiny random model, 2 rounds, 3 banks on a 300-row sample, no tracking."""
+    """A fast federation: tiny random model, 2 rounds, 3 banks on a 300-row German Credit sample, no tracking.
+
+    German Credit and a text-only head, not the embedded default (Taiwan with its columns), so these tests keep
+    their small, fixed layout; ``tests/test_config.py`` checks the default itself.
+    """
     return [
+        "data.dataset=german_credit",
+        "model.schema_features=false",
         "model.name=tiny-bert",
         "federation.rounds=2",
         "data.max_rows=300",
@@ -41,7 +47,15 @@ def tiny_runtime(out_dir: Path, *extra: str) -> Runtime:
     """A runtime on the tiny random encoder and a 200-row sample (model, data and caches load on use)."""
     config = load_config(
         None,
-        ["model.name=tiny-bert", "data.max_rows=200", "tracking.enabled=false", f"output.dir={out_dir}", *extra],
+        [
+            "data.dataset=german_credit",
+            "model.schema_features=false",
+            "model.name=tiny-bert",
+            "data.max_rows=200",
+            "tracking.enabled=false",
+            f"output.dir={out_dir}",
+            *extra,
+        ],
     )
     return Runtime(config)
 

@@ -172,11 +172,14 @@ def _one_round_config(tmp_path: Path, run_name: str, *overrides: str) -> Config:
 
 @pytest.mark.slow
 def test_real_minilm_federation(tmp_path: Path) -> None:
-    summary = simulate(_one_round_config(tmp_path, "minilm", "data.max_rows=300", "training.local_steps=2")).to_json()
-    assert summary["model"] == "minilm"
+    """The embedded default's model on a small sample of its data (Taiwan, the columns beside the text)."""
+    sample = ("data.max_rows=300", "training.batch_size=16", "training.local_steps=2")
+    summary = simulate(_one_round_config(tmp_path, "minilm", *sample)).to_json()
+    assert (summary["model"], summary["dataset"]) == ("minilm", "taiwan_credit")
     assert 0 < summary["final"]["auc"] < 1
-    # the recipe: FFA-LoRA (B only), rank 4, q and v of the top layer only, plus the 2-class head
-    assert summary["trainable_parameters"] == 1 * 2 * 384 * 4 + 384 * 2 + 2
+    # the recipe: FFA-LoRA (B only), rank 4, q and v of the top layer only, plus the 2-class head, which reads
+    # the pooled text (384) and the row's 108 column features (fedlora.data.features.head_feature_width)
+    assert summary["trainable_parameters"] == 1 * 2 * 384 * 4 + (384 + 108) * 2 + 2
 
 
 def test_mlflow_local_tracking(tiny_overrides: list[str], tmp_path: Path) -> None:

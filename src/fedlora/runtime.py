@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_curve
 
-from fedlora.config import Config
+from fedlora.config import COLUMN_READING_PRESETS, Config
 from fedlora.data.banks import BankData, build_bank_data
 from fedlora.data.datasets import get_schema
 from fedlora.data.features import SchemaFeaturesError, head_feature_width
@@ -195,8 +195,9 @@ class Runtime:
                 if cfg.model.schema_features:
                     if not isinstance(loaded.model, MeanPooledBertForSequenceClassification):
                         raise SchemaFeaturesError(
-                            f"model.schema_features needs an encoder preset (minilm, tiny-bert); "
-                            f"model {cfg.model.name!r} has no mean-pooled head to widen"
+                            f"model.schema_features needs an encoder preset ({', '.join(COLUMN_READING_PRESETS)}); "
+                            f"model {cfg.model.name!r} has no mean-pooled head to widen; "
+                            f"set model.schema_features=false"
                         )
                     add_feature_inputs(loaded.model, head_feature_width(schema))
                 if cfg.model.centre_features:

@@ -62,6 +62,11 @@ def schema_features(frame: pd.DataFrame, schema: DatasetSchema) -> np.ndarray:
     return np.hstack(blocks)
 
 
+def lists_every_category(schema: DatasetSchema) -> bool:
+    """Whether every categorical column of ``schema`` lists its categories (the head's layout is fixed)."""
+    return all(column.kind == "numeric" or column.categories is not None for column in schema.columns)
+
+
 def head_feature_width(schema: DatasetSchema) -> int:
     """Length of :func:`head_features`'s vectors for ``schema`` (the same for every bank).
 

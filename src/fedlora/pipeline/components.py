@@ -43,6 +43,7 @@ def initialize_run(
     model_name: Optional[str] = None,
     model_quantization: Optional[str] = None,
     model_max_length: Optional[int] = None,
+    model_schema_features: Optional[bool] = None,
     lora_rank: Optional[int] = None,
     lora_alpha: Optional[float] = None,
     lora_dropout: Optional[float] = None,
@@ -94,6 +95,7 @@ def initialize_run(
         model_name: Config field model.name.
         model_quantization: Config field model.quantization.
         model_max_length: Config field model.max_length.
+        model_schema_features: Config field model.schema_features.
         lora_rank: Config field lora.rank.
         lora_alpha: Config field lora.alpha.
         lora_dropout: Config field lora.dropout.

@@ -36,6 +36,7 @@ FIELDS: tuple[str, ...] = (
     "model.name",
     "model.quantization",
     "model.max_length",
+    "model.schema_features",
     "lora.rank",
     "lora.alpha",
     "lora.dropout",
