@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
+
+from fedlora.baselines import mean_interval
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from utility import _paired, load_results
@@ -25,10 +26,9 @@ ROW = "DP-FedLoRA ε=8"
 
 
 def interval(values: list[float]) -> str:
-    """``mean ± half-width of the 95% Student-t interval (n)``."""
-    x = np.asarray(values)
-    half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
-    return f"{x.mean():+.4f} ± {half:.4f} (n={len(x)})"
+    """``mean ± half-width of the 95% Student-t interval (n)`` (:func:`fedlora.baselines.mean_interval`)."""
+    mean, half = mean_interval(values)
+    return f"{mean:+.4f} ± {half:.4f} (n={len(values)})"
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ def test_defaults_are_the_embedded_default() -> None:
     config = load_config()
     assert config.model.name == "minilm"
     assert (config.data.dataset, config.data.max_rows) == ("taiwan_credit", 4000)
+    assert load_config(None, ["data.max_rows=null"]).data.max_rows is None  # every row
     assert config.model.schema_features and config.training.batch_size == 256
     assert [b.name for b in config.federation.banks] == ["bank-a", "bank-b", "bank-c"]
     assert config.privacy.enabled and config.privacy.target_epsilon == 8.0
@@ -20,7 +21,6 @@ def test_defaults_are_the_embedded_default() -> None:
 def test_default_columns_turn_off_where_the_head_cannot_read_them() -> None:
     assert load_config(None, ["data.dataset=german_credit"]).model.schema_features  # both schemas list categories
     assert not load_config(None, ["model.name=tiny-llama"]).model.schema_features  # a decoder: no mean-pooled head
-    assert not load_config(None, ["data.max_rows=null"]).data.max_rows
     explicit = load_config(None, ["model.name=tiny-llama", "model.schema_features=true"])
     assert explicit.model.schema_features  # asked for: kept, and refused with its reason when the model loads
 

@@ -197,7 +197,7 @@ class Runtime:
                         raise SchemaFeaturesError(
                             f"model.schema_features needs an encoder preset ({', '.join(COLUMN_READING_PRESETS)}); "
                             f"model {cfg.model.name!r} has no mean-pooled head to widen; "
-                            f"set model.schema_features=false"
+                            "set model.schema_features=false"
                         )
                     add_feature_inputs(loaded.model, head_feature_width(schema))
                 if cfg.model.centre_features:
