@@ -154,6 +154,7 @@ def test_cached_activations_give_the_same_loss_and_per_example_gradients(
 
 def test_batch_larger_than_a_bank_is_refused_before_anything_is_written(tmp_path: Path) -> None:
     from fedlora.privacy.accounting import PrivacyConfigError
+    from fedlora.runtime import Runtime
     from fedlora.simulate import SimulationError, simulate
 
     config = load_config(
@@ -167,9 +168,12 @@ def test_batch_larger_than_a_bank_is_refused_before_anything_is_written(tmp_path
             "output.run_name=big",
         ],
     )
+    runtime = Runtime(config)
     with pytest.raises((PrivacyConfigError, SimulationError), match="batch_size=500 exceeds"):
-        simulate(config)
+        simulate(config, runtime=runtime)
     assert not (tmp_path / "big" / "config.yaml").exists()
+    # refused from the validated rows alone: no bank's rows went through the frozen layers first
+    assert "cache" not in runtime.timer.seconds
 
 
 # --- Taiwan ---------------------------------------------------------------------------------------

@@ -68,11 +68,11 @@ def initialize(config: Config, *, run: str, runtime: Runtime | None = None, resu
         if config.kubeflow.mode != "inline" or not runtime.can_read(spec.name):  # the bank plans in its cluster
             log.info("bank %s: plans its own σ from its own rows in its first round", spec.name)
             continue
-        sets = runtime.bank(spec.name)
+        train_rows = len(runtime.bank_data(spec.name).train)  # validated rows; no tokenizing or frozen pass yet
         if config.privacy.enabled:
-            with runtime.timer.phase("load"):  # validates δ < 1/n etc. before anything is written
+            with runtime.timer.phase("load"):  # validates δ < 1/n, batch ≤ n etc. before anything is computed
                 policy = BankPolicy.for_simulation(config, spec.name)
-                plans[spec.name] = plan_bank(config, spec.name, len(sets.train), policy=policy, runtime=runtime)
+                plans[spec.name] = plan_bank(config, spec.name, train_rows, policy=policy, runtime=runtime)
     initial = runtime.initial_adapter
     with runtime.timer.phase("tracking"):
         tracker = open_tracker(config, store, run=run, runtime=runtime, create=True)
