@@ -152,11 +152,12 @@ Results = dict[str, dict[int, float]]
 """Row name → seed → value: rows measured in several invocations (other seeds, other rows) merge by seed."""
 
 
-def _write_json(path: str, overrides: list[str], aucs: Results, seconds: Results) -> None:
+def _write_json(path: str, config: str | None, overrides: list[str], aucs: Results, seconds: Results) -> None:
     rows = {"aucs": aucs, "seconds": seconds}
     with open(path, "w", encoding="utf-8") as f:
         json.dump(
             {
+                "config": config,
                 "overrides": overrides,
                 **{key: {name: list(values.values()) for name, values in part.items()} for key, part in rows.items()},
                 "seeds": {name: list(values) for part in rows.values() for name, values in part.items()},
@@ -178,7 +179,8 @@ def load_results(paths: list[str]) -> tuple[Results, Results]:
     for path in paths:
         with open(path, encoding="utf-8") as f:
             stored = json.load(f)
-        print(f"{path}: overrides {stored['overrides']}")
+        config = f"config {stored['config']}, " if stored.get("config") else ""
+        print(f"{path}: {config}overrides {stored['overrides']}")
         seeds: dict[str, list[int]] = stored.get("seeds", {})
         for key, merged in (("aucs", aucs), ("seconds", seconds)):
             for name, values in stored[key].items():
@@ -333,7 +335,7 @@ def main() -> None:
                 aucs[f"{bank} in consortium, {name} (own test)"][seed] = metrics["auc"]
             print(f"seed {seed} {name}: AUC {aucs[name][seed]:.4f} ({seconds[name][seed]:.0f}s)", flush=True)
         if args.json:  # after every seed: a stopped run keeps what it measured
-            _write_json(args.json, args.overrides, aucs, seconds)
+            _write_json(args.json, args.config, args.overrides, aucs, seconds)
     _print_table(aucs, seconds)
 
 

@@ -12,14 +12,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from utility import _paired, _write_json, load_results
 
 
-def test_files_from_other_seeds_and_rows_merge_by_seed(tmp_path: Path) -> None:
+def test_files_from_other_seeds_and_rows_merge_by_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     old = tmp_path / "old.json"  # written before seeds were stored: seeds 0..N-1
     old.write_text(json.dumps({"overrides": [], "aucs": {"DP": [0.70, 0.72]}, "seconds": {"DP": [10.0, 11.0]}}))
     later = tmp_path / "later.json"  # seeds 2-3 of the same row, and a reference row on seeds 1-3
     _write_json(
-        str(later), [], {"DP": {2: 0.74, 3: 0.75}, "ref": {1: 0.71, 2: 0.73, 3: 0.70}}, {"DP": {2: 12.0, 3: 9.0}}
+        str(later),
+        "benchmarks/before-s8.yaml",
+        ["model.schema_features=true"],
+        {"DP": {2: 0.74, 3: 0.75}, "ref": {1: 0.71, 2: 0.73, 3: 0.70}},
+        {"DP": {2: 12.0, 3: 9.0}},
     )
     aucs, seconds = load_results([str(old), str(later)])
+    # the --config file is stored and shown beside the overrides, so a stored run says how to rerun it
+    assert json.loads(later.read_text())["config"] == "benchmarks/before-s8.yaml"
+    assert "config benchmarks/before-s8.yaml, overrides ['model.schema_features=true']" in capsys.readouterr().out
     assert aucs["DP"] == {0: 0.70, 1: 0.72, 2: 0.74, 3: 0.75}
     assert seconds["DP"] == {0: 10.0, 1: 11.0, 2: 12.0, 3: 9.0}
     assert _paired(aucs["DP"], aucs["ref"]) == pytest.approx([0.01, 0.01, 0.05])  # only seeds both rows hold
@@ -27,7 +34,7 @@ def test_files_from_other_seeds_and_rows_merge_by_seed(tmp_path: Path) -> None:
 
 def test_two_files_disagreeing_on_a_seed_are_refused(tmp_path: Path) -> None:
     a, b = tmp_path / "a.json", tmp_path / "b.json"
-    _write_json(str(a), [], {"DP": {0: 0.70}}, {})
-    _write_json(str(b), [], {"DP": {0: 0.71}}, {})
+    _write_json(str(a), None, [], {"DP": {0: 0.70}}, {})
+    _write_json(str(b), None, [], {"DP": {0: 0.71}}, {})
     with pytest.raises(SystemExit, match=r"b\.json: row 'DP', seed 0 differs"):
         load_results([str(a), str(b)])
