@@ -167,6 +167,12 @@ def _write_json(path: str, config: str | None, overrides: list[str], aucs: Resul
         )
 
 
+def _same(a: float | None, b: float | None) -> bool:
+    """Equal, counting two missing AUCs (NaN/None: a bank's test rows hold one class) as the same."""
+    missing = [v is None or math.isnan(v) for v in (a, b)]
+    return all(missing) or (not any(missing) and a == b)
+
+
 def load_results(paths: list[str]) -> tuple[Results, Results]:
     """The rows of one or more ``--json`` files, merged by seed (files from before seeds were stored: 0..N-1).
 
@@ -186,7 +192,7 @@ def load_results(paths: list[str]) -> tuple[Results, Results]:
             for name, values in stored[key].items():
                 row_seeds = seeds.get(name, list(range(len(values))))
                 for seed, value in zip(row_seeds, values, strict=True):
-                    if key == "aucs" and seed in merged[name] and merged[name][seed] != value:
+                    if key == "aucs" and seed in merged[name] and not _same(merged[name][seed], value):
                         raise SystemExit(f"{path}: row {name!r}, seed {seed} differs from an earlier file")
                     merged[name][seed] = value
     return aucs, seconds

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -38,3 +39,13 @@ def test_two_files_disagreeing_on_a_seed_are_refused(tmp_path: Path) -> None:
     _write_json(str(b), None, [], {"DP": {0: 0.71}}, {})
     with pytest.raises(SystemExit, match=r"b\.json: row 'DP', seed 0 differs"):
         load_results([str(a), str(b)])
+
+
+def test_a_missing_auc_in_two_files_is_not_a_disagreement(tmp_path: Path) -> None:
+    # a bank whose test rows hold one class has no AUC (NaN) in every file that reports it
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    _write_json(str(a), None, [], {"bank-b alone": {4: float("nan")}, "DP": {4: 0.70}}, {})
+    _write_json(str(b), None, [], {"bank-b alone": {4: float("nan")}, "DP 3": {4: 0.69}}, {})
+    aucs, _ = load_results([str(a), str(b)])
+    assert math.isnan(aucs["bank-b alone"][4])
+    assert aucs["DP"] == {4: 0.70} and aucs["DP 3"] == {4: 0.69}
