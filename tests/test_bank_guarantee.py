@@ -372,6 +372,21 @@ def test_a_schedule_that_breaks_on_the_banks_own_rows_is_refused_without_reveali
     assert not any(str(n) in outcome["message"] for n in range(120, 161))  # the exact n stays in the bank
 
 
+def test_a_refused_schedule_never_runs_the_banks_rows_through_the_model(
+    tiny_overrides: list[str], tmp_path: Path
+) -> None:
+    config = _consortium(tmp_path, tiny_overrides)
+    request = load_config(None, [*tiny_overrides, "training.batch_size=1000", f"store.uri={tmp_path / 'exchange'}"])
+    request = request.model_copy(update={"federation": config.federation})
+    runtime = Runtime(request, bank_files={"bank-a": str(_rows(tmp_path / "credit.csv"))})
+    side = BankSide(
+        policy=BankPolicy.model_validate({"minNoiseMultiplier": 0}), ledger_store=LocalStore(tmp_path / "l"), job=True
+    )
+    outcome = run_bank_round(request, run="r1", bank="bank-a", round_index=1, runtime=runtime, side=side)
+    assert outcome.status == "refused" and "exceeds this bank's training rows" in outcome.message
+    assert "cache" not in runtime.timer.seconds  # refused from the validated rows, before the frozen-layer pass
+
+
 def test_a_small_bank_runs_with_its_own_batch(tiny_overrides: list[str], tmp_path: Path) -> None:
     _consortium(tmp_path, tiny_overrides)  # the run exists
     banks = "federation.banks=[{name: bank-a, data: /data/only-bank-a-sees-this.csv, batch_size: 32}, {name: bank-b}]"

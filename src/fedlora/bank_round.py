@@ -152,15 +152,20 @@ def run_bank_round(
         return policy
     with runtime.timer.phase("store"):
         incoming = load_adapter(job.store, global_prefix(round_index - 1)).tensors
-    sets = runtime.bank(bank)
+    rows = runtime.bank_data(bank)
     ledger_store = side.ledger_store_for(job.store, bank)
-    fingerprint = dataset_fingerprint(runtime.bank_data(bank).frames.values())
+    fingerprint = dataset_fingerprint(rows.frames.values())
     if not config.privacy.enabled:  # a non-private simulation baseline (a bank's Job refused it above)
-        baseline = _Schedule.not_private(config, bank, len(sets.train))
-        return _train_and_publish(job, sets, incoming, baseline, bank_randomness(config, bank, round_index))
-    plan = _plan_or_refuse(job, policy, len(sets.train), in_job=side.job)
+        baseline = _Schedule.not_private(config, bank, len(rows.train))
+        return _train_and_publish(
+            job, runtime.bank(bank), incoming, baseline, bank_randomness(config, bank, round_index)
+        )
+    # planned from the validated rows: a schedule the bank cannot honour is refused before its rows are
+    # tokenized and run through the frozen layers (runtime.bank)
+    plan = _plan_or_refuse(job, policy, len(rows.train), in_job=side.job)
     if isinstance(plan, BankOutcome):
         return plan
+    sets = runtime.bank(bank)
     ledger = BankLedger(ledger_store, fingerprint, delta=plan.delta, accountant=plan.accountant)
     refused = _claim_or_refuse(job, plan, policy, ledger)
     if refused is not None:
