@@ -41,6 +41,19 @@ def test_two_files_disagreeing_on_a_seed_are_refused(tmp_path: Path) -> None:
         load_results([str(a), str(b)])
 
 
+def test_the_same_fit_differing_in_the_seventh_decimal_merges(tmp_path: Path) -> None:
+    # the pooled LR of the full Taiwan split, fitted in two runs (ε=3 and ε=8 files of seed 3)
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    _write_json(str(a), None, [], {"LR": {3: 0.7797191}}, {})
+    _write_json(str(b), None, [], {"LR": {3: 0.7797186}}, {})
+    aucs, _ = load_results([str(a), str(b)])
+    assert aucs["LR"][3] == pytest.approx(0.7797186, abs=1e-6)
+    c = tmp_path / "c.json"  # a different split: refused
+    _write_json(str(c), None, [], {"LR": {3: 0.7796}}, {})
+    with pytest.raises(SystemExit, match=r"c\.json: row 'LR', seed 3 differs"):
+        load_results([str(a), str(c)])
+
+
 def test_a_missing_auc_in_two_files_is_not_a_disagreement(tmp_path: Path) -> None:
     # a bank whose test rows hold one class has no AUC (NaN) in every file that reports it
     a, b = tmp_path / "a.json", tmp_path / "b.json"
