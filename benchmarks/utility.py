@@ -57,6 +57,8 @@ from fedlora.privacy.randomness import SeededRandomness
 from fedlora.runtime import Runtime
 from fedlora.simulate import simulate
 
+POOLED_LR = "LR, pooled data, non-private"
+"""The row every federation is also paired against: what pooling the data without privacy would give."""
 
 class RowMemo:
     """Frozen-layer activations of every row seen so far, keyed by its token ids (one model and LoRA layout)."""
@@ -115,7 +117,7 @@ def baseline_rows(config: Config, runtime: Runtime, epsilons: list[float]) -> di
     test_y = np.concatenate([labels[b]["test"] for b in banks])
     train_x = np.vstack([feats[b]["train"] for b in banks])
     train_y = np.concatenate([labels[b]["train"] for b in banks])
-    out = {"LR, pooled data, non-private": _auc(test_y, logistic_regression_scores(train_x, train_y, test_x))}
+    out = {POOLED_LR: _auc(test_y, logistic_regression_scores(train_x, train_y, test_x))}
     for b in banks:
         own = logistic_regression_scores(feats[b]["train"], labels[b]["train"], feats[b]["test"])
         out[f"{b} alone, LR non-private (own test)"] = _auc(labels[b]["test"], own)
@@ -219,6 +221,9 @@ def _pairs(aucs: Results) -> list[tuple[str, str]]:
         elif name.startswith("DP-FedLoRA ε="):
             eps = name.removeprefix("DP-FedLoRA ε=")
             pairs += [(name, "FedLoRA, non-private"), (name, f"DP-LR ε={eps}, each bank then averaged")]
+            pairs.append((name, POOLED_LR))  # what the federation, private, loses to pooling the data
+        elif name == "FedLoRA, non-private":
+            pairs.append((name, POOLED_LR))
         elif " in consortium, DP-FedLoRA ε=" in name:
             bank, rest = name.split(" in consortium, DP-FedLoRA ε=")
             eps = rest.removesuffix(" (own test)")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from utility import _paired, _write_json, load_results
+from utility import POOLED_LR, _paired, _pairs, _write_json, load_results
 
 
 def test_files_from_other_seeds_and_rows_merge_by_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -62,3 +62,22 @@ def test_a_missing_auc_in_two_files_is_not_a_disagreement(tmp_path: Path) -> Non
     aucs, _ = load_results([str(a), str(b)])
     assert math.isnan(aucs["bank-b alone"][4])
     assert aucs["DP"] == {4: 0.70} and aucs["DP 3"] == {4: 0.69}
+
+
+def test_the_federation_is_paired_against_pooled_lr_dp_lr_and_non_private() -> None:
+    aucs = {
+        POOLED_LR: {0: 0.80},
+        "DP-LR ε=8, each bank then averaged": {0: 0.74},
+        "FedLoRA, non-private": {0: 0.78},
+        "DP-FedLoRA ε=8": {0: 0.77},
+        "DP-FedLoRA ε=8, head only": {0: 0.76},
+    }
+    assert sorted(_pairs(aucs)) == sorted(
+        [
+            ("DP-FedLoRA ε=8", "FedLoRA, non-private"),
+            ("DP-FedLoRA ε=8", "DP-LR ε=8, each bank then averaged"),
+            ("DP-FedLoRA ε=8", POOLED_LR),
+            ("FedLoRA, non-private", POOLED_LR),
+            ("DP-FedLoRA ε=8, head only", "DP-FedLoRA ε=8"),
+        ]
+    )
