@@ -60,6 +60,7 @@ from fedlora.simulate import simulate
 POOLED_LR = "LR, pooled data, non-private"
 """The row every federation is also paired against: what pooling the data without privacy would give."""
 
+
 class RowMemo:
     """Frozen-layer activations of every row seen so far, keyed by its token ids (one model and LoRA layout)."""
 
