@@ -147,6 +147,7 @@ def federate(
     fit_batch: bool = False,
     personal_steps: int = 0,
     personal_lr: float | None = None,
+    tail_average: int = 0,
 ) -> list[tuple[Array, Array]]:
     """The recipe's federation of a 2-logit linear head; returns each bank's ``(W, b)``.
 
@@ -154,7 +155,8 @@ def federate(
     bank then takes that many more DP steps on its own rows alone (learning rate ``personal_lr``,
     default ``lr``), and σ is planned for ``rounds·steps + personal_steps`` steps, so the bank's ε
     is unchanged. With ``fit_batch`` a bank with fewer than ``2·batch`` rows uses a batch of half
-    its rows.
+    its rows. With ``tail_average`` the consortium's head is the mean of the coordinator's heads after
+    the last that many rounds (post-processing of the released heads, so free in privacy).
     """
     dim = banks[0][0].shape[1]
     weight, bias = np.zeros((2, dim)), np.zeros(2)
@@ -167,6 +169,7 @@ def federate(
     ]
     counts = np.array([declared_count(len(y)) for _, y in banks], dtype=np.float64)
     shares = counts / counts.sum()
+    tail: list[tuple[Array, Array]] = []
     for _ in range(rounds):
         heads = [
             _local_steps((weight, bias), bank, rng, plan=plan, steps=steps, lr=lr, dp=dp)
@@ -176,6 +179,9 @@ def federate(
         avg_b = sum(s * b for s, (_, b) in zip(shares, heads, strict=True))
         vel_w, vel_b = server_momentum * vel_w + (weight - avg_w), server_momentum * vel_b + (bias - avg_b)
         weight, bias = weight - server_lr * vel_w, bias - server_lr * vel_b
+        tail = [*tail, (weight, bias)][-tail_average:] if tail_average else []
+    if tail:
+        weight, bias = np.mean([w for w, _ in tail], axis=0), np.mean([b for _, b in tail], axis=0)
     if not personal_steps:
         return [(weight, bias)] * len(banks)
     return [

@@ -128,7 +128,8 @@ def simulate_command(
     With no options: 3 banks, 5 rounds, DP-SGD at ε=8 per bank, the bundled MiniLM model reading a
     4,000-row sample of the bundled Taiwan credit-card data as text, with each row's columns beside it
     (about 3½ minutes on 2 CPU cores). German Credit: --set data.dataset=german_credit --set
-    training.batch_size=64; all 30,000 Taiwan rows: --set data.max_rows=null. Writes a run directory
+    training.batch_size=128 --set federation.rounds=10 --set training.local_steps=3 --set
+    training.learning_rate=2; all 30,000 Taiwan rows: --set data.max_rows=null. Writes a run directory
     (global adapter of every round, final adapter, summary.json, report/index.html) under output.dir
     and logs to MLflow.
     """
