@@ -26,15 +26,15 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from head_screen import probe_ceiling
+from head_screen import SPLITS, banks_override, probe_ceiling
 
 from fedlora.baselines import mean_interval
 from fedlora.config import load_config
 from fedlora.data.banks import build_bank_data
+from fedlora.model.heads import masked_mean
 from fedlora.model.loading import load_base_model
 
 Array = np.ndarray
-SPLITS = ("train", "val", "test")
 VARIANTS = ("mean", "last", "mean + columns", "last + columns", "columns")
 
 
@@ -59,7 +59,7 @@ class FrozenEncoder:
             )
             mask = batch["attention_mask"]
             hidden = self.body(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state.float()
-            mean = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
+            mean = masked_mean(hidden, mask)
             if self.tokenizer.padding_side == "left":
                 last = hidden[:, -1]
             else:
@@ -90,12 +90,11 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64, help="Tokens per serialized row.")
     parser.add_argument("--seeds", type=int, default=10)
     args = parser.parse_args()
-    bank_list = ", ".join("{name: bank-" + chr(97 + i) + "}" for i in range(args.banks))
     overrides = [
         f"data.dataset={args.dataset}",
         f"data.max_rows={args.max_rows or 'null'}",
         "model.schema_features=true",
-        f"federation.banks=[{bank_list}]",
+        banks_override(args.banks),
     ]
     print(f"{args.dataset}, {args.banks} banks, max_length {args.max_length}, {args.seeds} seeds (mean ± 95% CI)")
     print("| model | features | validation AUC (selects C) | test AUC |\n|---|---|---|---|", flush=True)

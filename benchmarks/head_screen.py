@@ -54,6 +54,11 @@ Array = np.ndarray
 SPLITS = ("train", "val", "test")
 
 
+def banks_override(count: int) -> str:
+    """The config override for ``count`` banks named ``bank-a``, ``bank-b``, …"""
+    return "federation.banks=[" + ", ".join("{name: bank-" + chr(97 + i) + "}" for i in range(count)) + "]"
+
+
 class Embedder:
     """Mean-pooled last hidden states of the frozen MiniLM, memoised per text."""
 
@@ -235,8 +240,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     schema = get_schema(args.dataset)
-    bank_list = ", ".join("{name: bank-" + chr(97 + i) + "}" for i in range(args.banks))
-    overrides = [f"data.dataset={args.dataset}", f"federation.banks=[{bank_list}]"]
+    overrides = [f"data.dataset={args.dataset}", banks_override(args.banks)]
     if args.features == "columns":
         overrides.append("model.schema_features=true")
     overrides.append(f"data.max_rows={args.max_rows or 'null'}")  # every row unless asked (not the run's default)

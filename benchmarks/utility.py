@@ -38,6 +38,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from head_screen import banks_override
 
 from fedlora.baselines import (
     DPLogisticSettings,
@@ -318,7 +319,7 @@ def main() -> None:
     if args.summarize:
         _print_table(*load_results(args.summarize))
         return
-    banks = [f"federation.banks=[{', '.join('{name: bank-' + chr(97 + i) + '}' for i in range(args.banks))}]"]
+    banks = [banks_override(args.banks)]
     out = tempfile.mkdtemp(prefix="fedlora-utility-")  # one directory per invocation: concurrent runs never share
     base = [*banks, *args.overrides, "tracking.enabled=false", f"output.dir={out}"]
     stamp = int(time.time())
