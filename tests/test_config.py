@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from fedlora.config import Config, ConfigError, config_to_yaml, describe_fields, load_config
+from fedlora.configs import builtin_config_names
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_are_the_embedded_default() -> None:
@@ -105,3 +109,38 @@ def test_a_banks_own_epsilon_and_batch_override_the_consortium_defaults() -> Non
     assert [config.target_epsilon_for(b) for b in ("a", "b")] == [3.0, 8.0]
     assert [config.training_for(b).batch_size for b in ("a", "b")] == [16, 64]
     assert config.training_for("a").learning_rate == config.training.learning_rate  # only the batch is the bank's
+
+
+def _measured_config(result: str) -> Config:
+    """The config a benchmark result was measured with: its --config file (if any) and its overrides."""
+    stored = json.loads((REPO / "benchmarks" / "results" / result).read_text(encoding="utf-8"))
+    path = REPO / stored["config"] if stored.get("config") else None
+    return load_config(path, stored["overrides"])
+
+
+def test_builtin_german_credit_is_the_measured_german_schedule() -> None:
+    """``--config german_credit`` is the configuration behind the German rows of benchmarks/README.md."""
+    builtin = load_config("german_credit")
+    assert builtin.model_dump() == _measured_config("german_columns_b128_r10s3_lr2_eps8_seed0.json").model_dump()
+    assert (builtin.training.batch_size, builtin.federation.rounds, builtin.training.local_steps) == (128, 10, 3)
+
+
+def test_builtin_taiwan_full_is_the_measured_full_data_schedule() -> None:
+    """``--config taiwan_full`` plus the benchmark's label-skew overrides is the full-data run measured."""
+    measured = _measured_config("taiwan30000_dirichlet_columns_b512_r10_eps3_seed0.json")
+    skew = ["data.partition=dirichlet", "data.dirichlet_alpha=0.5"]
+    assert load_config("taiwan_full", skew).model_dump() == measured.model_dump()
+    assert load_config("taiwan_full").data.max_rows is None
+
+
+def test_builtin_config_names_and_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert builtin_config_names() == ["german_credit", "taiwan_full"]
+    with pytest.raises(ConfigError, match=r"not found: nope \(built-in configs: german_credit, taiwan_full\)"):
+        load_config("nope")
+    # A file of that name in the working directory wins over the built-in config.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "german_credit").write_text("seed: 7\n", encoding="utf-8")
+    own = load_config("german_credit")
+    assert (own.seed, own.data.dataset) == (7, load_config(None).data.dataset)
+    with pytest.raises(ConfigError, match="built-in config taiwan_full"):
+        load_config("taiwan_full", ["training.batch_size=0"])

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fedlora.configs import builtin_config_names, builtin_config_text
 from fedlora.errors import FedLoRAError
 from fedlora.images import CONTROL_IMAGE
 
@@ -208,8 +209,9 @@ class TrainingConfig(_Section):
         256,
         ge=1,
         description="Expected (Poisson) batch size; sample rate = batch_size/n. 256 suits banks of ~1,000 or more "
-        "training rows (chosen on validation AUC, benchmarks/README.md); use 128 (with 10 rounds × 3 steps, learning "
-        "rate 2) for German Credit's ~230 rows per bank, or federation.banks[].batch_size for one small bank.",
+        "training rows (chosen on validation AUC, benchmarks/README.md); for German Credit's ~230 rows per bank use "
+        "the built-in config german_credit (batch 128 in its own schedule), or federation.banks[].batch_size for one "
+        "small bank.",
     )
     physical_batch_size: int = Field(64, ge=1, description="Largest micro-batch held in memory at once.")
     learning_rate: float = Field(
@@ -526,6 +528,9 @@ def load_config_text(text: str, *, source: str = "<text>", overrides: list[str] 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Load a config from YAML (optional), apply ``--set`` overrides, validate.
 
+    ``path`` is a YAML file or, when no file of that name exists, the name of a built-in config
+    (:mod:`fedlora.configs`: ``german_credit``, ``taiwan_full``).
+
     Raises:
         ConfigError: on unreadable YAML, unknown keys or wrong types; the message names them.
 
@@ -533,10 +538,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if path is None:
         return _validate({}, "defaults", overrides)
     p = Path(path)
+    builtin = None if p.is_file() else builtin_config_text(str(path))
+    if builtin is not None:
+        return _validate(_parse_tree(builtin, f"built-in config {path}"), f"built-in config {path}", overrides)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
-        raise ConfigError(f"config file not found: {p}") from exc
+        names = ", ".join(builtin_config_names())
+        raise ConfigError(f"config file not found: {p} (built-in configs: {names})") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {p} is not valid UTF-8 text: {exc}") from exc
     return _validate(_parse_tree(text, f"file {p}"), str(p), overrides)

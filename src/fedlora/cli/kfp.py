@@ -7,10 +7,14 @@ import sys
 import click
 
 from fedlora.config import Config, ConfigError, load_config
+from fedlora.configs import builtin_config_names
 
 __all__ = ["compile_command", "submit_command"]
 
-_CONFIG_HELP = "Consortium config (YAML): banks, rounds, store, tracking... Default: the built-in defaults."
+_CONFIG_HELP = (
+    "Consortium config (YAML): banks, rounds, store, tracking..., or a built-in config by name "
+    f"({', '.join(builtin_config_names())}). Default: the built-in defaults."
+)
 _SET_HELP = "Override one config field, e.g. --set privacy.target_epsilon=3 (repeatable)."
 
 
