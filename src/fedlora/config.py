@@ -540,7 +540,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     p = Path(path)
     builtin = None if p.is_file() else builtin_config_text(str(path))
     if builtin is not None:
-        return _validate(_parse_tree(builtin, f"built-in config {path}"), f"built-in config {path}", overrides)
+        return load_config_text(builtin, source=f"built-in config {path}", overrides=overrides)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
