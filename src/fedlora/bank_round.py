@@ -44,7 +44,7 @@ from fedlora.runtime import EncodedSplits, Runtime
 from fedlora.store.adapters import get_json, load_adapter, put_json, save_adapter
 from fedlora.store.base import Store, global_prefix, round_prefix, update_prefix
 from fedlora.store.run import open_run_store
-from fedlora.training import DPSettings, predict_default_probability, steps_per_round
+from fedlora.training import DPSettings, GradientCanaries, predict_default_probability, steps_per_round
 
 __all__ = ["OUTCOME_FILE", "read_bank_outcome", "run_bank_round"]
 
@@ -128,6 +128,7 @@ def run_bank_round(
     round_index: int,
     runtime: Runtime | None = None,
     side: BankSide | None = None,
+    canaries: GradientCanaries | None = None,
 ) -> BankOutcome:
     """One bank's round: check the request, charge the ledger, release DP metrics, train, publish.
 
@@ -136,7 +137,8 @@ def run_bank_round(
     before anything is released); the noised evaluation histograms (if the policy releases
     metrics) and the DP-SGD adapter are published; ``outcome.json`` is written last. A
     published outcome is returned as is (a retried Job trains nothing twice), and a round
-    already claimed by another Job is refused.
+    already claimed by another Job is refused. ``canaries`` are an auditor's extra training
+    examples (:mod:`fedlora.privacy.round_audit`); no shell passes them.
 
     Raises:
         FederationError: the previous round is not committed or the bank is unknown.
@@ -158,7 +160,7 @@ def run_bank_round(
     if not config.privacy.enabled:  # a non-private simulation baseline (a bank's Job refused it above)
         baseline = _Schedule.not_private(config, bank, len(rows.train))
         return _train_and_publish(
-            job, runtime.bank(bank), incoming, baseline, bank_randomness(config, bank, round_index)
+            job, runtime.bank(bank), incoming, baseline, bank_randomness(config, bank, round_index), canaries=canaries
         )
     # planned from the validated rows: a schedule the bank cannot honour is refused before its rows are
     # tokenized and run through the frozen layers (runtime.bank)
@@ -185,6 +187,7 @@ def run_bank_round(
         randomness,
         release=release,
         keep=lambda result: ledger.keep_report(run, round_index, _private_report(result)),
+        canaries=canaries,
     )
 
 
@@ -268,6 +271,7 @@ def _train_and_publish(
     *,
     release: ScoreHistograms | None = None,
     keep: Callable[[LocalRoundResult], None] | None = None,
+    canaries: GradientCanaries | None = None,
 ) -> BankOutcome:
     """Run the local round, let the bank ``keep`` its private report, publish the adapter, then the outcome."""
     runtime = job.runtime
@@ -283,6 +287,7 @@ def _train_and_publish(
         sample_rate=schedule.sample_rate,
         randomness=randomness,
         device=runtime.device,
+        canaries=canaries,
     )
     runtime.timer.add("evaluate", result.eval_seconds)
     runtime.timer.add("train", result.train_seconds)

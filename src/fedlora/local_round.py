@@ -19,7 +19,7 @@ from fedlora.model import AdapterState
 from fedlora.model.lora import adapter_state, load_adapter_state
 from fedlora.privacy.randomness import Randomness
 from fedlora.runtime import EncodedSplits
-from fedlora.training import DPSettings, TrainStats, predict_default_probability, train_local
+from fedlora.training import DPSettings, GradientCanaries, TrainStats, predict_default_probability, train_local
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,13 @@ def run_local_round(
     sample_rate: float,
     randomness: Randomness,
     device: torch.device,
+    canaries: GradientCanaries | None = None,
 ) -> LocalRoundResult:
-    """Evaluate ``global_adapter`` on ``bank``'s validation rows, then run ``steps`` local steps (DP-SGD: ``dp``)."""
+    """Evaluate ``global_adapter`` on ``bank``'s validation rows, then run ``steps`` local steps (DP-SGD: ``dp``).
+
+    ``canaries`` (an audit only, :mod:`fedlora.privacy.round_audit`) join the training rows; see
+    :func:`fedlora.training.train_local`.
+    """
     started = time.perf_counter()
     load_adapter_state(model, global_adapter)
     scores = predict_default_probability(model, sets.val, batch_size=training.eval_batch_size, device=device)
@@ -66,6 +71,7 @@ def run_local_round(
         dp=dp,
         randomness=randomness,
         device=device,
+        canaries=canaries,
     )
     return LocalRoundResult(
         bank=bank,

@@ -12,12 +12,17 @@ accountant):
 
 The non-private baseline takes the same batches and the plain mean gradient; with
 ``privacy.clip_when_disabled`` it runs steps 2-4 with σ = 0 (clipped, divided by ``q·n``, no noise).
+
+An auditor may add :class:`GradientCanaries` (:mod:`fedlora.privacy.round_audit`): extra examples
+of the training set, Poisson-sampled with the rows in step 1, whose per-example gradients are
+given rather than computed in step 2, then clipped and noised like every row. Without them
+(the default, and always in the product) nothing changes, down to the random draws.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -40,6 +45,23 @@ class DPSettings:
     sample_rate: float
     expected_batch_size: float | None = None
     """Divisor of the noised sum: ``q·n_declared`` (public); None = ``q·len(data)``."""
+
+
+class GradientCanaries(Protocol):
+    """Extra examples whose per-example gradients are given, not computed: an auditor's canaries.
+
+    They join the training set as examples ``n, …, n + len(canaries) − 1`` (after the ``n`` rows):
+    sampled at the same rate, clipped to ``C`` and summed with the rows, under the same noise.
+    The divisor ``q·n`` is unchanged, as it is for any neighbouring data set.
+    """
+
+    def __len__(self) -> int:
+        """How many canaries are in the training set."""
+        ...
+
+    def gradients(self, index: torch.Tensor) -> dict[torch.Tensor, torch.Tensor]:
+        """Per-example gradients ``{param: (len(index), *param.shape)}`` of canaries ``index`` (0-based)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -88,29 +110,40 @@ def dp_gradient(
     physical_batch_size: int,
     randomness: Randomness,
     device: torch.device,
+    canaries: GradientCanaries | None = None,
 ) -> tuple[dict[torch.Tensor, torch.Tensor], float, torch.Tensor]:
-    """The noised DP-SGD gradient for the sampled rows ``index``.
+    """The noised DP-SGD gradient for the sampled examples ``index``.
+
+    ``index`` holds rows of ``data`` (below ``len(data)``) and, from ``len(data)`` on, ``canaries``.
 
     Returns:
-        ``({param: g̃}, summed loss, per-example norms)``.
+        ``({param: g̃}, summed loss, per-example norms)`` (loss and norms of the rows only).
 
     """
     params = collector.parameters()
     summed: dict[torch.Tensor, torch.Tensor] = {p: torch.zeros_like(p, dtype=torch.float32) for p in params}
     loss_total = 0.0
     norms: list[torch.Tensor] = []
-    for chunk in torch.split(index, physical_batch_size):
+
+    def add_clipped(per_example: dict[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        clipped = clip_and_sum(per_example, max_grad_norm=dp.max_grad_norm)
+        for p, g in clipped.summed.items():
+            summed[p] += g.float()
+        return clipped.norms.detach()
+
+    rows, canary_index = index[index < len(data)], index[index >= len(data)] - len(data)
+    for chunk in torch.split(rows, physical_batch_size):
         if len(chunk) == 0:
             continue
         with collector:
             logits, labels = data.logits(model, chunk, device)
             losses = F.cross_entropy(logits, labels, reduction="none")
-        per_example = collector.compute(losses.sum())
-        clipped = clip_and_sum(per_example, max_grad_norm=dp.max_grad_norm)
-        for p, g in clipped.summed.items():
-            summed[p] += g.float()
-        norms.append(clipped.norms.detach())
+        norms.append(add_clipped(collector.compute(losses.sum())))
         loss_total += float(losses.detach().sum())
+    if canaries is not None:
+        for chunk in torch.split(canary_index, physical_batch_size):
+            if len(chunk) > 0:
+                add_clipped(canaries.gradients(chunk))
     expected_batch = dp.expected_batch_size or dp.sample_rate * len(data)
     std = dp.noise_multiplier * dp.max_grad_norm
 
@@ -144,8 +177,20 @@ def train_local(
     dp: DPSettings | None,
     randomness: Randomness,
     device: torch.device,
+    canaries: GradientCanaries | None = None,
 ) -> TrainStats:
-    """Run ``steps`` local steps with Poisson-sampled batches (DP-SGD when ``dp`` is given)."""
+    """Run ``steps`` local steps with Poisson-sampled batches (DP-SGD when ``dp`` is given).
+
+    An auditor's ``canaries`` (DP-SGD only) are sampled with the rows, in one Poisson draw over
+    ``len(data) + len(canaries)`` examples; without them (the product) the draw is over the rows.
+
+    Raises:
+        ValueError: canaries without DP-SGD (they are examples only to the clipped path).
+
+    """
+    if canaries is not None and dp is None:
+        raise ValueError("gradient canaries need DP-SGD (dp): the plain path has no per-example gradients")
+    population = len(data) + (len(canaries) if canaries is not None else 0)
     model.train()
     collector = PerExampleGradients(model) if dp is not None else None
     params = collector.parameters() if collector is not None else [p for p in model.parameters() if p.requires_grad]
@@ -153,7 +198,7 @@ def train_local(
     optimizer = make_optimizer(params, config, lora=lora)
     loss_sum, seen, norm_sum, clipped = 0.0, 0, 0.0, 0
     for _ in range(steps):
-        index = torch.nonzero(randomness.poisson_mask(len(data), sample_rate)).flatten()
+        index = torch.nonzero(randomness.poisson_mask(population, sample_rate)).flatten()
         optimizer.zero_grad(set_to_none=True)
         if dp is not None and collector is not None:
             grads, loss, norms = dp_gradient(
@@ -165,6 +210,7 @@ def train_local(
                 physical_batch_size=config.physical_batch_size,
                 randomness=randomness,
                 device=device,
+                canaries=canaries,
             )
             for p, g in grads.items():
                 p.grad = g.to(p.dtype)
@@ -176,7 +222,7 @@ def train_local(
             continue
         optimizer.step()
         loss_sum += loss
-        seen += len(index)
+        seen += int((index < len(data)).sum())
     return TrainStats(
         steps=steps,
         examples_seen=seen,
