@@ -10,7 +10,7 @@ from fedlora.config import load_config
 from fedlora.data.banks import build_bank_data
 from fedlora.data.datasets import GERMAN_CREDIT, UnknownDatasetError, get_schema, load_dataset
 from fedlora.data.files import read_bank_file
-from fedlora.data.partition import PartitionError, partition, stratified_split
+from fedlora.data.partition import PartitionError, partition
 from fedlora.data.schema import DataValidationError
 from fedlora.data.serialize import serialize_frame, serialize_row
 
@@ -75,15 +75,6 @@ def test_too_many_banks_is_a_clear_error() -> None:
         partition(np.zeros(30, dtype=np.int64), 3, method="iid", seed=0)
 
 
-def test_stratified_split_keeps_the_default_rate(german: pd.DataFrame) -> None:
-    labels = german["label"].to_numpy()
-    split = stratified_split(labels, val_fraction=0.1, test_fraction=0.2, seed=3)
-    assert len(split.train) + len(split.val) + len(split.test) == len(labels)
-    assert not set(split.train) & set(split.test)
-    for part in (split.train, split.val, split.test):
-        assert abs(labels[part].mean() - 0.3) < 0.02
-
-
 def test_build_bank_data_splits_every_bank() -> None:
     config = load_config(None, ["data.max_rows=300"])
     banks = build_bank_data(config)
@@ -92,12 +83,13 @@ def test_build_bank_data_splits_every_bank() -> None:
     assert all(set(np.unique(b.train.labels)) == {0, 1} for b in banks.values())
 
 
-def test_a_sample_below_one_percent_of_the_data_is_drawn_stratified() -> None:
+def test_a_sample_below_one_percent_of_the_data_keeps_the_default_rate() -> None:
     # 200 of Taiwan's 30,000 rows once crashed in the split (validation share above 1)
     banks = build_bank_data(load_config(None, ["data.dataset=taiwan_credit", "data.max_rows=200"]))
     labels = np.concatenate([np.concatenate([b.train.labels, b.val.labels, b.test.labels]) for b in banks.values()])
     assert len(labels) == 200
-    assert abs(labels.mean() - 0.2212) < 0.01  # the data set's default rate, kept by stratification
+    # a hash sample is a simple random sample, not a stratified one: the data set's rate within 4 standard errors
+    assert abs(labels.mean() - 0.2212) < 4 * (0.2212 * 0.7788 / 200) ** 0.5
 
 
 def test_unknown_dataset() -> None:

@@ -58,9 +58,16 @@ class DataConfig(_Section):
     max_rows: int | None = Field(
         4000,
         gt=0,
-        description="Use only this many rows of the built-in dataset (a seeded sample, stratified by label; a "
-        "bank's own file is never sampled). 4000 keeps the embedded default within 5 minutes on 2 CPU cores; "
-        "null = every row (30,000 for taiwan_credit).",
+        description="Use only this many rows of the built-in dataset (the rows with the smallest keyed hash, so "
+        "adding a row swaps at most one other; a bank's own file is never sampled). 4000 keeps the embedded "
+        "default within 5 minutes on 2 CPU cores; null = every row (30,000 for taiwan_credit).",
+    )
+    row_key_column: str | None = Field(
+        None,
+        min_length=1,
+        description="Customer-id column of the banks' own files: its value, not the row's content, keys the "
+        "row's train/validation/test split, so all of a customer's rows land in one split; never a model "
+        "feature. A bank's FEDLORA_BANK_ROW_KEY_COLUMN wins. None = each row is keyed by its content.",
     )
 
     @field_validator("dataset")

@@ -1,4 +1,10 @@
-"""Assemble each bank's train/validation/test text data from the configuration."""
+"""Assemble each bank's train/validation/test text data from the configuration.
+
+Each row's split is decided by a keyed hash of its own key (:mod:`fedlora.data.row_split`), so
+adding or removing one customer's row moves no other row. The unit of privacy is one row, taken to
+be one customer record; a bank whose customers have several rows names its customer-id column and
+then DP protects each row, not each customer (see :mod:`fedlora.data.row_split`).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from fedlora.config import Config
 from fedlora.data.datasets import get_schema, load_dataset
 from fedlora.data.features import head_feature_width, head_features
 from fedlora.data.files import read_bank_file
-from fedlora.data.partition import partition, stratified_split
-from fedlora.data.schema import DatasetSchema
+from fedlora.data.partition import SplitIndices, partition
+from fedlora.data.row_split import RowSplitError, public_split_key, sample_rows, split_rows
+from fedlora.data.schema import ROW_KEY, DatasetSchema
 from fedlora.data.serialize import serialize_frame
 
 
@@ -60,37 +66,68 @@ def _to_textset(frame: pd.DataFrame, schema: DatasetSchema, *, feature_scale: fl
     )
 
 
-def _sample_rows(frame: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
-    """A seeded sample of ``max_rows`` rows, stratified by label (unstratified when a class is too rare).
+def check_split(bank: str, labels: np.ndarray, split: SplitIndices) -> None:
+    """Refuse a split that cannot be used: an empty train, validation or test split, or a train split of one class.
 
-    The same draw as the "rest" part of :func:`stratified_split` with ``test_fraction = 1 − max_rows/n``,
-    so samples drawn before this function stopped going through ``stratified_split`` are unchanged.
+    A validation or test split of one class is allowed (AUC and KS are then NaN). The message
+    names the bank, the split and the setting to change, never a count.
+
+    Raises:
+        RowSplitError: naming the bank and the split.
+
     """
-    if len(frame) <= max_rows:
-        return frame
-    labels = frame["label"].to_numpy()
-    stratify = labels if np.bincount(labels, minlength=2).min() >= 3 else None
-    keep, _ = train_test_split(
-        np.arange(len(frame)), test_size=1 - max_rows / len(frame), random_state=seed, stratify=stratify
-    )
-    return frame.iloc[np.sort(keep)].reset_index(drop=True)
+    for name, rows, setting in (
+        ("validation", split.val, "data.val_fraction"),
+        ("test", split.test, "data.test_fraction"),
+    ):
+        if len(rows) == 0:
+            raise RowSplitError(
+                f"bank {bank}: its {name} split is empty (each row goes there with probability {setting}); "
+                f"give the bank more rows or raise {setting}"
+            )
+    if len(np.unique(labels[split.train])) < 2:
+        raise RowSplitError(f"bank {bank}: its train split holds one class only (or none); training needs both labels")
 
 
-def build_bank_data(config: Config, *, only: list[str] | None = None) -> dict[str, BankData]:
+def build_bank_data(
+    config: Config,
+    *,
+    only: list[str] | None = None,
+    split_key: bytes | None = None,
+    row_key_column: str | None = None,
+) -> dict[str, BankData]:
     """Load, validate, partition and split the data of every bank (or of the banks in ``only``).
 
     Banks with ``data`` set read their own file (validated against the dataset's schema);
-    the others share a partition of ``data.dataset``. All files are validated before
+    the others share a partition of ``data.dataset`` (its ``data.max_rows`` sample keeps the rows
+    with the smallest hash under the public key of ``config.seed``). All files are validated before
     anything else happens, so a bad file stops the run before training. With ``only``, the
-    files of other banks are not read (a bank's Job sees only its own data).
+    files of other banks are not read (a bank's Job sees only its own data). Each bank's rows are
+    then split by :func:`~fedlora.data.row_split.split_rows`; the customer-id column never reaches
+    the texts, the head's features or the frames.
+
+    Args:
+        config: The run's configuration.
+        only: The banks to load (default: all).
+        split_key: The bank's secret split key (``FEDLORA_BANK_SPLIT_KEY``); None = the public key of
+            ``config.seed`` (:func:`~fedlora.data.row_split.public_split_key`): stable, not secret.
+        row_key_column: The banks' customer-id column (``FEDLORA_BANK_ROW_KEY_COLUMN``); None =
+            ``data.row_key_column``. Applies to the banks' own files only.
+
+    Raises:
+        DataValidationError: a bank file is bad (or lacks the customer-id column).
+        RowSplitError: a bank's split is empty, or its train split holds one class.
+
     """
     schema = get_schema(config.data.dataset)
     feature_scale = config.model.schema_feature_scale if config.model.schema_features else None
     if feature_scale is not None:
         head_feature_width(schema)  # a schema the head cannot read stops the run before any file is read
+    public_key = public_split_key(config.seed)
+    id_column = row_key_column or config.data.row_key_column
     wanted = {b.name for b in config.federation.banks} if only is None else set(only)
     own = {
-        b.name: read_bank_file(b.data, schema)
+        b.name: read_bank_file(b.data, schema, row_key_column=id_column)
         for b in config.federation.banks
         if b.data is not None and b.name in wanted
     }
@@ -99,7 +136,8 @@ def build_bank_data(config: Config, *, only: list[str] | None = None) -> dict[st
     if shared_banks:
         frame, _ = load_dataset(config.data.dataset)
         if config.data.max_rows is not None:
-            frame = _sample_rows(frame, config.data.max_rows, config.seed)
+            keep = sample_rows(frame, schema, max_rows=config.data.max_rows, split_key=public_key)
+            frame = frame.iloc[keep].reset_index(drop=True)
         parts = partition(
             frame["label"].to_numpy(),
             len(shared_banks),
@@ -111,17 +149,20 @@ def build_bank_data(config: Config, *, only: list[str] | None = None) -> dict[st
         for name, idx in zip(shared_banks, parts, strict=True):
             frames[name] = frame.iloc[idx].reset_index(drop=True)
     banks: dict[str, BankData] = {}
-    for offset, b in enumerate(config.federation.banks):
+    for b in config.federation.banks:
         if b.name not in wanted:
             continue
         frame = frames[b.name]
-        split = stratified_split(
-            frame["label"].to_numpy(),
+        split = split_rows(
+            frame,
+            schema,
+            split_key=public_key if split_key is None else split_key,
             val_fraction=config.data.val_fraction,
             test_fraction=config.data.test_fraction,
-            seed=config.seed + offset,
         )
-        pieces = {"train": frame.iloc[split.train], "val": frame.iloc[split.val], "test": frame.iloc[split.test]}
+        check_split(b.name, frame["label"].to_numpy(), split)
+        rows = frame.drop(columns=[ROW_KEY], errors="ignore")
+        pieces = {"train": rows.iloc[split.train], "val": rows.iloc[split.val], "test": rows.iloc[split.test]}
         banks[b.name] = BankData(
             name=b.name,
             train=_to_textset(pieces["train"], schema, feature_scale=feature_scale),

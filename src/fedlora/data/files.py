@@ -30,11 +30,17 @@ def _read_one(path: Path) -> pd.DataFrame:
         ) from exc
 
 
-def read_bank_file(path: str | Path, schema: DatasetSchema) -> pd.DataFrame:
+def read_bank_file(path: str | Path, schema: DatasetSchema, *, row_key_column: str | None = None) -> pd.DataFrame:
     """Read and validate a bank's data: one CSV/Parquet file or a directory of them.
 
+    Args:
+        path: The file or directory.
+        schema: The dataset's schema.
+        row_key_column: The bank's customer-id column, which every file must hold (not a feature).
+
     Returns:
-        The validated features plus an int ``label`` column.
+        The validated features plus an int ``label`` column (and the customer ids in
+        :data:`~fedlora.data.schema.ROW_KEY` with ``row_key_column``).
 
     Raises:
         DataValidationError: naming the file, column, row and value of every problem found.
@@ -51,5 +57,5 @@ def read_bank_file(path: str | Path, schema: DatasetSchema) -> pd.DataFrame:
         files = [p]
     else:
         raise DataValidationError(f"{p}: unsupported file type {p.suffix!r} (use .csv or .parquet)")
-    frames = [validate_frame(_read_one(f), schema, source=str(f)) for f in files]
+    frames = [validate_frame(_read_one(f), schema, source=str(f), row_key_column=row_key_column) for f in files]
     return pd.concat(frames, ignore_index=True)

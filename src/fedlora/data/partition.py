@@ -1,4 +1,4 @@
-"""Partitioners that split one dataset across banks, and seeded stratified splits.
+"""Partitioners that split one dataset across banks (``fedlora simulate``).
 
 * IID: a seeded shuffle cut into equal parts.
 * Dirichlet label skew (Hsu et al., 2019, "Measuring the Effects of Non-Identical Data
@@ -7,6 +7,7 @@
 * Quantity skew: bank sizes ``p ~ Dir(alpha · 1_K)``, rows assigned IID.
 
 Every partitioner returns, per bank, sorted row indices; every row goes to exactly one bank.
+A bank's own train/validation/test split is :mod:`fedlora.data.row_split`'s keyed hash, not a shuffle.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from fedlora.errors import FedLoRAError
 
@@ -92,21 +92,9 @@ def partition(
 
 @dataclass(frozen=True)
 class SplitIndices:
-    """Row indices of a train/validation/test split."""
+    """Sorted row indices of a train/validation/test split."""
 
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
 
-
-def stratified_split(labels: np.ndarray, *, val_fraction: float, test_fraction: float, seed: int) -> SplitIndices:
-    """Seeded split stratified by label (falls back to unstratified when a class is too rare)."""
-    idx = np.arange(len(labels))
-    counts = np.bincount(labels, minlength=2)
-    stratify = labels if counts.min() >= 3 else None
-    rest, test = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=stratify)
-    rest_stratify = labels[rest] if stratify is not None else None
-    train, val = train_test_split(
-        rest, test_size=val_fraction / (1 - test_fraction), random_state=seed, stratify=rest_stratify
-    )
-    return SplitIndices(train=np.sort(train), val=np.sort(val), test=np.sort(test))

@@ -17,6 +17,9 @@ import pandas as pd
 
 from fedlora.errors import FedLoRAError
 
+ROW_KEY = "_row_key"
+"""Column of a validated frame holding the bank's customer id (as text), when it names one; never a feature."""
+
 
 class DataValidationError(FedLoRAError, ValueError):
     """A data file does not match the expected schema; the message names file, column and value.
@@ -143,10 +146,27 @@ def _column_errors(column: Column, values: pd.Series, source: str) -> list[tuple
     return errors
 
 
-def validate_frame(frame: pd.DataFrame, schema: DatasetSchema, *, source: str) -> pd.DataFrame:
+def _row_key_problems(frame: pd.DataFrame, schema: DatasetSchema, row_key_column: str, source: str) -> list[str]:
+    """What is wrong with the customer-id column (never a value): absent, a schema column, or a missing id."""
+    if row_key_column in (*schema.feature_names, schema.label_column):
+        return [
+            f"{source}: the customer-id column {row_key_column!r} (data.row_key_column) is a column of the "
+            f"{schema.name} schema; name a column outside the model's features"
+        ]
+    if row_key_column not in [str(c) for c in frame.columns]:
+        return [f"{source}: the customer-id column {row_key_column!r} (data.row_key_column) is missing"]
+    rows = [i + 1 for i, v in enumerate(frame[row_key_column].tolist()) if _is_missing(v)]
+    return [f"{source}: column {row_key_column!r}, row {r}: missing customer id" for r in rows[:_MAX_ERRORS_SHOWN]]
+
+
+def validate_frame(
+    frame: pd.DataFrame, schema: DatasetSchema, *, source: str, row_key_column: str | None = None
+) -> pd.DataFrame:
     """Check a raw frame against ``schema`` and return features plus an int ``label`` column.
 
-    Rows are numbered from 1 (the first data row after the header).
+    Rows are numbered from 1 (the first data row after the header). With ``row_key_column`` the
+    file must also hold that customer-id column (outside the schema, no id missing); its values,
+    as stripped text, come back in column :data:`ROW_KEY`, which no feature or text ever reads.
 
     Raises:
         DataValidationError: listing every problem found (up to a few per column).
@@ -157,8 +177,10 @@ def validate_frame(frame: pd.DataFrame, schema: DatasetSchema, *, source: str) -
     expected = [*schema.feature_names, schema.label_column]
     present = [str(c) for c in frame.columns]
     missing = [c for c in expected if c not in present]
-    extra = [c for c in present if c not in expected]
+    extra = [c for c in present if c not in expected and c != row_key_column]
     problems: list[tuple[str, str]] = []
+    if row_key_column is not None:
+        problems.extend((p, p) for p in _row_key_problems(frame, schema, row_key_column, source))
     if missing:
         text = f"{source}: missing column(s) {missing}"
         problems.append((text, text))
@@ -194,7 +216,16 @@ def validate_frame(frame: pd.DataFrame, schema: DatasetSchema, *, source: str) -
         lambda v: str(int(v)) if isinstance(v, (int, float)) and float(v).is_integer() else str(v).strip()
     )
     features["label"] = schema.encode_labels(labels).to_numpy()
+    if row_key_column is not None:
+        features[ROW_KEY] = frame[row_key_column].map(_id_text).to_numpy()
     return features.reset_index(drop=True)
+
+
+def _id_text(value: object) -> str:
+    """A customer id as text: integral numbers without ``.0`` (``7``, ``7.0`` and ``"7"`` are one id)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
 
 
 def categorical(
