@@ -153,6 +153,8 @@ def public_message(exc: BaseException) -> str:
     public = getattr(exc, "public_message", None)
     if isinstance(public, str):
         return public
-    if isinstance(exc, (ConfigError, PrivacyConfigError, PolicyError, StoreError, FederationError)):
+    if isinstance(exc, StoreError):  # keys and paths (the ledger's dataset, a bucket) stay in the bank: the kind only
+        return f"store error: {exc.kind} (details stay in the bank's own report)"
+    if isinstance(exc, (ConfigError, PrivacyConfigError, PolicyError, FederationError)):
         return str(exc)  # about settings and keys, not rows
     return f"{type(exc).__name__} (details stay in the bank's own report)"

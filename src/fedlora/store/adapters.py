@@ -39,7 +39,7 @@ def get_json(store: Store, key: str) -> Any:
     try:
         return json.loads(store.get(key).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StoreError(f"{store.uri(key)}: not valid JSON: {exc}") from exc
+        raise StoreError(f"{store.uri(key)}: not valid JSON: {exc}", kind="not valid JSON") from exc
 
 
 def save_adapter(store: Store, prefix: str, tensors: AdapterState, meta: dict[str, Any]) -> dict[str, Any]:

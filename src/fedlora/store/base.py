@@ -22,11 +22,49 @@ from fedlora.errors import FedLoRAError
 
 
 class StoreError(FedLoRAError, RuntimeError):
-    """A store operation failed; the message names the key."""
+    """A store operation failed; the message names the key.
+
+    Attributes:
+        kind: What went wrong, without key, path or bucket (``"not found"``, ``"access denied"``,
+            ``"unavailable"``, ``"invalid key"``, ...): the only part of a store error that may leave a bank.
+    """
+
+    def __init__(self, message: str, *, kind: str = "failed") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class IntegrityError(StoreError):
     """Stored bytes do not match their recorded sha256."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="integrity check failed")
+
+
+_BAD_SEGMENTS = frozenset({"", ".", ".."})
+
+
+def check_key(key: str, *, prefix: bool = False) -> str:
+    """Return ``key`` when it stays inside its store; raise :class:`StoreError` otherwise.
+
+    A key is ``/``-separated segments, none of them empty, ``.`` or ``..``, with no backslash or
+    NUL: then every store (a directory, an S3 prefix, a :class:`PrefixedStore` view) maps it under
+    its own root, and a listing of a prefix sees every key written under that prefix. A list
+    prefix (``prefix=True``) may be empty or end with ``/``.
+
+    Raises:
+        StoreError: (kind ``"invalid key"``) the key could leave its prefix or alias another key.
+    """
+    body = key[:-1] if prefix and key.endswith("/") else key
+    if prefix and body == "":
+        return key
+    if "\\" in key or "\x00" in key or any(s in _BAD_SEGMENTS for s in body.split("/")):
+        raise StoreError(
+            f"store key {key[:200]!r} escapes or aliases its prefix: "
+            "a key is plain relative segments (no '', '.' or '..', no backslash)",
+            kind="invalid key",
+        )
+    return key
 
 
 class Store(Protocol):
@@ -87,8 +125,8 @@ class PrefixedStore:
         self.store = store
         self.prefix = prefix.strip("/")
 
-    def _key(self, key: str) -> str:
-        return f"{self.prefix}/{key}"
+    def _key(self, key: str, *, prefix: bool = False) -> str:
+        return f"{self.prefix}/{check_key(key, prefix=prefix)}"
 
     def put(self, key: str, data: bytes) -> None:
         self.store.put(self._key(key), data)
@@ -101,7 +139,7 @@ class PrefixedStore:
 
     def list(self, prefix: str) -> list[str]:
         cut = len(self.prefix) + 1
-        return [k[cut:] for k in self.store.list(self._key(prefix))]
+        return [k[cut:] for k in self.store.list(self._key(prefix, prefix=True))]
 
     def delete(self, key: str) -> None:
         self.store.delete(self._key(key))
@@ -110,7 +148,7 @@ class PrefixedStore:
         self.store.check()
 
     def local_path(self, key: str) -> Path | None:
-        return self.store.local_path(self._key(key))
+        return self.store.local_path(self._key(key, prefix=True))
 
     def uri(self, key: str) -> str:
-        return self.store.uri(self._key(key))
+        return self.store.uri(self._key(key, prefix=True))

@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from fedlora.store.base import StoreError
+from fedlora.store.base import StoreError, check_key
 
 
 class LocalStore:
@@ -16,9 +16,9 @@ class LocalStore:
         self.root = Path(root)
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if self.root.resolve() not in path.parents:
-            raise StoreError(f"key {key!r} escapes the store root {self.root}")
+        path = (self.root / check_key(key)).resolve()
+        if self.root.resolve() not in path.parents:  # a symlink inside the root pointing out of it
+            raise StoreError(f"key {key!r} escapes the store root {self.root}", kind="invalid key")
         return path
 
     def put(self, key: str, data: bytes) -> None:
@@ -39,12 +39,13 @@ class LocalStore:
         try:
             return self._path(key).read_bytes()
         except FileNotFoundError as exc:
-            raise StoreError(f"{self.uri(key)}: not found") from exc
+            raise StoreError(f"{self.uri(key)}: not found", kind="not found") from exc
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
     def list(self, prefix: str) -> list[str]:
+        check_key(prefix, prefix=True)
         base = self.root
         if not base.exists():
             return []

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from fedlora.store.base import IntegrityError, StoreError
+from fedlora.store.base import IntegrityError, StoreError, check_key
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -38,15 +38,18 @@ NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/a/b`` -> ``("bucket", "a/b")``."""
     if not uri.startswith("s3://"):
-        raise StoreError(f"{uri!r} is not an s3:// URI")
+        raise StoreError(f"{uri!r} is not an s3:// URI", kind="invalid uri")
     bucket, _, prefix = uri[5:].partition("/")
     if not bucket:
-        raise StoreError(f"{uri!r} names no bucket")
+        raise StoreError(f"{uri!r} names no bucket", kind="invalid uri")
     return bucket, prefix.strip("/")
 
 
 class _NotFoundError(StoreError):
     """The object (or, on a HEAD request, possibly the bucket) does not exist."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="not found")
 
 
 def _is_transient(exc: Exception) -> bool:
@@ -114,8 +117,7 @@ class S3Store:
         self._bucket_checked = False
 
     def _key(self, key: str) -> str:
-        if key.startswith("/") or ".." in key.split("/"):
-            raise StoreError(f"key {key!r} escapes the store prefix")
+        check_key(key, prefix=True)  # "" and "dir/" name the prefix itself (uri, list)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def uri(self, key: str) -> str:
@@ -144,7 +146,8 @@ class S3Store:
                 if time.monotonic() + delay > deadline:
                     raise StoreError(
                         f"{what} {self.uri(key)}: S3 still unavailable after {attempt} attempts over "
-                        f"{self.retry_seconds:.0f}s: {exc}"
+                        f"{self.retry_seconds:.0f}s: {exc}",
+                        kind="unavailable",
                     ) from exc
                 log.warning("%s %s: transient S3 error (%s); retrying in %.1fs", what, self.uri(key), exc, delay)
                 time.sleep(delay * (0.5 + random.random()))  # jitter, not security
@@ -166,7 +169,8 @@ class S3Store:
                 "(not configured there, or it requires TLS); check store.sse"
             )
         hint = hints.get(code, str(exc))
-        return StoreError(f"{what} {self.uri(key)} failed: {code}: {hint}")
+        kind = "no such bucket" if code == "NoSuchBucket" else "access denied" if code in hints else "failed"
+        return StoreError(f"{what} {self.uri(key)} failed: {code}: {hint}", kind=kind)
 
     @property
     def _base(self) -> str:
@@ -228,7 +232,8 @@ class S3Store:
             self._call("open", "", lambda: self.client.head_bucket(Bucket=self.bucket))
         except _NotFoundError as exc:
             raise StoreError(
-                f"open {self.uri('')} failed: NoSuchBucket: bucket {self.bucket!r} does not exist"
+                f"open {self.uri('')} failed: NoSuchBucket: bucket {self.bucket!r} does not exist",
+                kind="no such bucket",
             ) from exc
         self._bucket_checked = True
 
@@ -237,7 +242,7 @@ class S3Store:
         keys: list[str] = []
 
         def page(token: str | None) -> dict[str, Any]:
-            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": base + prefix}
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": base + check_key(prefix, prefix=True)}
             if token:
                 kwargs["ContinuationToken"] = token
             return dict(self.client.list_objects_v2(**kwargs))
