@@ -232,3 +232,14 @@ def test_the_sample_is_not_the_split(german: pd.DataFrame) -> None:
     split = split_rows(german, GERMAN_CREDIT, split_key=key, val_fraction=0.1, test_fraction=0.2)
     share_in_test = np.isin(kept, split.test).mean()
     assert 0.1 < share_in_test < 0.3  # independent sub-keys: about test_fraction of the sample, not all of it
+
+
+def test_a_runtime_splits_with_the_banks_key_and_column(tmp_path: Path) -> None:
+    from fedlora.runtime import Runtime
+
+    path = _with_customers(tmp_path, [2] * 60)
+    config = _bank_config(path)
+    runtime = Runtime(config, split_key=KEY, row_key_column="customer_id")
+    direct = build_bank_data(config, split_key=KEY, row_key_column="customer_id")["bank-a"]
+    assert _where(runtime.bank_data("bank-a")) == _where(direct)
+    assert _where(direct) != _where(build_bank_data(config, row_key_column="customer_id")["bank-a"])  # the public key

@@ -135,17 +135,30 @@ class Runtime:
     several runs) starts from a fresh :class:`Runtime` instead of state it never resets.
     """
 
-    def __init__(self, config: Config, *, bank_files: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        bank_files: dict[str, str] | None = None,
+        split_key: bytes | None = None,
+        row_key_column: str | None = None,
+    ) -> None:
         """Create a runtime.
 
         Args:
             config: the run's configuration.
             bank_files: per-bank data paths that replace ``federation.banks[].data`` in this
                 process (a bank's Job mounts its data at a path only the bank knows).
+            split_key: the bank's secret key of its row split (``FEDLORA_BANK_SPLIT_KEY``); None =
+                the public key of the config's seed (:func:`fedlora.data.banks.build_bank_data`).
+            row_key_column: the bank's customer-id column (``FEDLORA_BANK_ROW_KEY_COLUMN``); None =
+                ``data.row_key_column``.
 
         """
         self.config = config
         self.bank_files = bank_files or {}
+        self.split_key = split_key
+        self.row_key_column = row_key_column
         self.timer = PhaseTimer()
         self._model: torch.nn.Module | None = None
         self._device = torch.device("cpu")
@@ -172,7 +185,14 @@ class Runtime:
         if name not in self._raw:
             only = None if self.all_readable() else [name]
             with self.timer.phase("load"):
-                self._raw.update(build_bank_data(self._config_with_files(), only=only))
+                self._raw.update(
+                    build_bank_data(
+                        self._config_with_files(),
+                        only=only,
+                        split_key=self.split_key,
+                        row_key_column=self.row_key_column,
+                    )
+                )
         return self._raw[name]
 
     def bank_names(self) -> set[str]:
