@@ -1,7 +1,8 @@
-"""An in-process fake of the Kubernetes API endpoints the bank Job launcher calls (not a test file).
+"""An in-process fake of the Kubernetes API endpoints the bank agent's Job launcher calls (not a test file).
 
 Read ConfigMaps, create/read/watch/delete Jobs, list pods and read pod logs, served by
-``http.server`` on a thread; ``FakeCluster.scenario`` decides how new Jobs end.
+``http.server`` on a thread; ``FakeCluster.scenario`` decides how new Jobs end. Every request is
+recorded (``requests``), so a test can show what the agent never asks for (logs, deletes).
 """
 
 from __future__ import annotations
@@ -20,8 +21,61 @@ from urllib.parse import parse_qs, urlparse
 import yaml
 from kubernetes import client
 
-from fedlora.kube.job_template import STREAM_LOGS_KEY, TEMPLATE_KEY, TEMPLATE_LABELS
+from fedlora.kube.job_template import TEMPLATE_KEY, TEMPLATE_LABELS
 from helpers import JsonHandler
+
+
+def bank_template() -> dict[str, Any]:
+    """What the bank's Helm chart puts in its ConfigMap (no name, no args)."""
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"labels": {"app.kubernetes.io/instance": "bank-a"}},
+        "spec": {
+            "backoffLimit": 0,
+            "ttlSecondsAfterFinished": 3600,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "serviceAccountName": "fedlora-bank-trainer",
+                    "automountServiceAccountToken": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 10001,
+                        "runAsGroup": 10001,
+                        "fsGroup": 10001,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "nodeSelector": {"nvidia.com/gpu.present": "true"},
+                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                    "containers": [
+                        {
+                            "name": "trainer",
+                            "image": "registry.bank-a.example/fedlora-trainer:0.1.0",
+                            "env": [
+                                {"name": "FEDLORA_BANK_DATA", "value": "/data/bank"},
+                                {"name": "HOME", "value": "/tmp"},
+                            ],
+                            "resources": {"limits": {"nvidia.com/gpu": "1", "memory": "16Gi"}},
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                            "volumeMounts": [
+                                {"name": "tmp", "mountPath": "/tmp"},
+                                {"name": "data", "mountPath": "/data/bank", "readOnly": True},
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "20Gi"}},
+                        {"name": "data", "persistentVolumeClaim": {"claimName": "bank-a-data", "readOnly": True}},
+                    ],
+                }
+            },
+        },
+    }
 
 
 def _now() -> str:
@@ -44,12 +98,12 @@ class FakeCluster:
         self.log_lines = ["loading model", "round 1: step 1/2 loss 0.6931", "round 1: done, ε=1.02"]
         self.version = 100
 
-    def add_template(self, namespace: str, name: str, manifest: dict[str, Any], *, stream_logs: bool = True) -> None:
+    def add_template(self, namespace: str, name: str, manifest: dict[str, Any]) -> None:
         self.configmaps[(namespace, name)] = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {"name": name, "namespace": namespace, "labels": dict(TEMPLATE_LABELS)},
-            "data": {TEMPLATE_KEY: yaml.safe_dump(manifest), STREAM_LOGS_KEY: str(stream_logs).lower()},
+            "data": {TEMPLATE_KEY: yaml.safe_dump(manifest)},
         }
 
     def next_version(self) -> str:

@@ -76,25 +76,25 @@ def test_rounds_loop_in_one_task_with_per_round_metrics_and_resume(
     assert calls == []
 
 
-def test_namespaced_banks_of_a_round_run_concurrently_and_published_ones_are_not_relaunched(
+def test_pull_banks_of_a_round_are_awaited_concurrently_and_published_ones_are_not_awaited_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each bank's Job is a thread of the coordinator: all three must be in flight at once (a barrier)."""
-    config = _tiny(tmp_path, "federation.rounds=1", "kubeflow.mode=namespaced")
+    """Each bank's wait is a thread of the coordinator: both must be in flight at once (a barrier)."""
+    config = _tiny(tmp_path, "federation.rounds=1", "kubeflow.mode=pull")
     inline = config.model_copy(update={"kubeflow": config.kubeflow.model_copy(update={"mode": "inline"})})
     initialize(inline, run="r")
     barrier = threading.Barrier(2, timeout=30)
     lock = threading.Lock()
     launched: list[str] = []
 
-    def job(config: Config, *, run: str, bank: str, round_index: int, api: Any = None) -> BankOutcome:
+    def agent(config: Config, *, run: str, bank: str, round_index: int) -> BankOutcome:
         launched.append(bank)
-        barrier.wait()  # times out (BrokenBarrierError) if the launches were sequential
-        with lock:  # the "bank's Job": the same training, in its own runtime
+        barrier.wait()  # times out (BrokenBarrierError) if the waits were sequential
+        with lock:  # the "bank's agent": the same training, in its own runtime
             return run_bank_round(inline, run=run, bank=bank, round_index=round_index)
 
     run_bank_round(inline, run="r", bank="bank-b", round_index=1)  # bank-b published before a coordinator restart
-    monkeypatch.setattr(bank_dispatch, "launch_bank_job", job)
+    monkeypatch.setattr(bank_dispatch, "await_bank_outcome", agent)
     records = coordinator.run_rounds(config, run="r")
     assert sorted(launched) == ["bank-a", "bank-c"]
     assert records[-1].banks == ["bank-a", "bank-b", "bank-c"]

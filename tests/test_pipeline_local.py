@@ -95,16 +95,20 @@ def test_failed_bank_is_reported_not_raised(tmp_path: Path, monkeypatch: pytest.
     assert text.startswith("### ❌ bank-b, round 1: failed") and "OSError: bank data volume is not mounted" in text
 
 
-def test_namespaced_mode_launches_the_banks_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("mode", ["pull", "namespaced"])
+def test_pull_and_namespaced_modes_wait_for_the_banks_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """The consortium creates nothing in a bank's namespace: namespaced (the older spelling) waits as pull does."""
     calls: list[tuple[str, int, str]] = []
 
-    def job(config: Config, *, run: str, bank: str, round_index: int) -> BankOutcome:
+    def agent(config: Config, *, run: str, bank: str, round_index: int) -> BankOutcome:
         calls.append((bank, round_index, config.kubeflow.mode))
-        return BankOutcome.failed(bank, round_index, "job fedlora-bank-a/x: timed out after 60 s")
+        return BankOutcome.failed(bank, round_index, "pull mode: bank bank-a published no outcome within 60s")
 
-    monkeypatch.setattr(bank_dispatch, "launch_bank_job", job)
+    monkeypatch.setattr(bank_dispatch, "await_bank_outcome", agent)
     metrics = FakeMetrics(tmp_path / "m")
-    config = _tiny(tmp_path, "kubeflow.mode=namespaced")
+    config = _tiny(tmp_path, f"kubeflow.mode={mode}")
     task_bodies.train_bank_step(
         config_yaml=config_to_yaml(config),
         run="r",
@@ -113,7 +117,7 @@ def test_namespaced_mode_launches_the_banks_job(tmp_path: Path, monkeypatch: pyt
         metrics=metrics,
         summary=FakeMetrics(tmp_path / "s.md"),
     )
-    assert calls == [("bank-a", 2, "namespaced")]
+    assert calls == [("bank-a", 2, mode)]
     assert metrics.metadata["failed"] == 1.0
 
 
@@ -165,9 +169,9 @@ def test_round_summary_shows_failed_banks() -> None:
 
 
 def test_bank_not_sampled_this_round_starts_no_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    no_job = lambda *a, **k: pytest.fail("no Job for a bank that sits out")  # noqa: E731
-    monkeypatch.setattr(bank_dispatch, "launch_bank_job", no_job)
-    config = _tiny(tmp_path, "kubeflow.mode=namespaced", "federation.fraction_fit=0.5", "federation.min_banks=1")
+    no_wait = lambda *a, **k: pytest.fail("no wait (and no Job) for a bank that sits out")  # noqa: E731
+    monkeypatch.setattr(bank_dispatch, "await_bank_outcome", no_wait)
+    config = _tiny(tmp_path, "kubeflow.mode=pull", "federation.fraction_fit=0.5", "federation.min_banks=1")
     selected = set(select_banks(config, 1))
     (sitting_out,) = {"bank-a", "bank-b"} - selected
     out = task_bodies.train_bank_step(

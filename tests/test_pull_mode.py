@@ -25,17 +25,21 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from fedlora.bank_agent import acquire_lease, process_pending, run_agent
+from fedlora.bank_agent import acquire_lease, list_runs, process_pending, run_agent
+from fedlora.bank_request import BankRequestError
 from fedlora.bank_round import read_bank_outcome
 from fedlora.cli import main
 from fedlora.config import Config, load_config
 from fedlora.federation import aggregate_round, initialize
+from fedlora.kube.agent_jobs import JobExecutor
+from fedlora.kube.launcher import BankJobLauncher, job_name
 from fedlora.pipeline.bank_dispatch import dispatch_bank_round
 from fedlora.pipeline.coordinator import run_rounds
 from fedlora.pipeline.pull import await_bank_outcome
 from fedlora.records import RoundRecord
 from fedlora.store.local import LocalStore
 from fedlora.store.run import open_run_store
+from kube_fake import FakeCluster, bank_template, serve
 
 TINY_POLICY = '{"minNoiseMultiplier": 0}'  # the tiny schedule calibrates to σ < 0.5
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,7 +184,7 @@ def test_two_agents_at_once_train_each_round_once(tiny_overrides: list[str], tmp
     config = _pull_config(tiny_overrides, str(exchange), ["bank-a"], "federation.min_banks=1")
     initialize(config, run="r1")
     env = {**os.environ, **_bank_env(tmp_path, "bank-a", str(exchange), 0), "PYTHONPATH": str(ROOT / "src")}
-    command = [sys.executable, "-m", "fedlora.cli", "bank-agent", "--bank", "bank-a", "--once"]
+    command = [sys.executable, "-m", "fedlora.cli", "bank-agent", "--bank", "bank-a", "--once", "--executor", "inline"]
     stepped_back = 0
     for round_index in (1, 2):
         agents = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
@@ -220,7 +224,8 @@ def test_the_lease_goes_to_one_of_many_agents_at_once(tmp_path: Path) -> None:
 
 
 def test_bank_agent_cli_exit_codes(tiny_overrides: list[str], tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["bank-agent", "--bank", "bank-a", "--once"], env={"FEDLORA_BANK_LEDGER": ""})
+    agent = ["bank-agent", "--bank", "bank-a", "--once", "--executor", "inline"]
+    result = CliRunner().invoke(main, agent, env={"FEDLORA_BANK_LEDGER": ""})
     assert result.exit_code == 2 and "FEDLORA_BANK_LEDGER" in result.output
     exchange = tmp_path / "exchange"
     config = _pull_config(tiny_overrides, str(exchange), ["bank-a"], "federation.min_banks=1")
@@ -228,20 +233,83 @@ def test_bank_agent_cli_exit_codes(tiny_overrides: list[str], tmp_path: Path) ->
     inline = load_config(None, [*tiny_overrides, f"store.uri={exchange}", "output.run_name=r2"])
     initialize(inline, run="r2")  # an inline run in the same exchange: the coordinator trains it, not the agent
     env = _bank_env(tmp_path, "bank-a", str(exchange), 0)
-    result = CliRunner().invoke(main, ["bank-agent", "--bank", "bank-a", "--once"], env=env)
+    result = CliRunner().invoke(main, agent, env=env)
     assert result.exit_code == 0, result.output
     assert result.output.strip().startswith("run r1 round 1 bank bank-a: ok (epsilon ")
     assert "r2" not in result.output and not (exchange / "r2/rounds/0001").exists()
     r3 = _pull_config(tiny_overrides, str(exchange), ["bank-a"], "federation.min_banks=1", "output.run_name=r3")
     initialize(r3, run="r3")
     bad = {**env, "FEDLORA_BANK_DATA": str(tmp_path / "missing.csv")}  # the bank's data volume is broken
-    result = CliRunner().invoke(main, ["bank-agent", "--bank", "bank-a", "--run", "r3", "--once"], env=bad)
+    result = CliRunner().invoke(main, [*agent, "--run", "r3"], env=bad)
     assert result.exit_code == 1
     published = json.loads((exchange / "r3/rounds/0001/updates/bank-a/outcome.json").read_text())
     assert published["status"] == "failed" and published["message"].startswith("bank bank-a round 1: ")
     assert result.output.strip() == f"run r3 round 1 bank bank-a: failed ({published['message']})"
     assert _charges(tmp_path / "bank-a-ledger", "r3", 1) == []
     assert (tmp_path / "bank-a-ledger/errors/r3/0001.txt").exists()  # the full text stays with the bank
+
+
+def test_the_agent_creates_one_job_per_pending_round_and_publishes_a_silent_failure(
+    tiny_overrides: list[str], tmp_path: Path
+) -> None:
+    """The chart's agent (--executor job): CPU-only, no bank data, no ledger; the bank's template makes the Jobs."""
+    exchange = tmp_path / "exchange"
+    config = _pull_config(tiny_overrides, str(exchange), ["bank-a", "bank-b"], "federation.min_banks=1")
+    for run in ("r1", "r2"):
+        initialize(config, run=run)
+    inline = load_config(None, [*tiny_overrides, f"store.uri={exchange}", "output.run_name=r3"])
+    initialize(inline, run="r3")  # an inline run: the coordinator trains it, never the agent
+    (exchange / "A_b").mkdir()  # a run name that is not an identifier: never a Job
+    (exchange / "A_b/config.yaml").write_bytes((exchange / "r1/config.yaml").read_bytes())
+    env = {"FEDLORA_STORE_URI": str(exchange)}  # the exchange only: no FEDLORA_BANK_DATA, _LEDGER or _POLICY
+    state = FakeCluster()
+    state.add_template("bank-a", "fedlora-bank-job-template", bank_template())
+    state.scenario = "hang"
+    lines: list[str] = []
+    with serve(state) as api:
+        agent = JobExecutor(BankJobLauncher(api, namespace="bank-a", template_configmap="fedlora-bank-job-template"))
+
+        def one_pass() -> list[tuple[str, Any]]:
+            return process_pending(env, bank="bank-a", executor=agent, echo=lines.append).outcomes
+
+        assert one_pass() == []  # the Jobs are created; the pass does not wait for them
+        names = {job_name(run=run, bank="bank-a", round_index=1) for run in ("r1", "r2")}
+        assert {name for _, name in state.jobs} == names
+        for posted in state.posted:
+            args = posted["spec"]["template"]["spec"]["containers"][0]["args"]
+            run = args[2]
+            assert args == ["train-bank", "--run", run, "--bank", "bank-a", "--round", "1"]
+            env_of = {e["name"]: e.get("value") for e in posted["spec"]["template"]["spec"]["containers"][0]["env"]}
+            assert env_of["FEDLORA_REQUEST_CONFIG"] == (exchange / run / "config.yaml").read_text()
+        assert one_pass() == [] and len(state.posted) == 4 and len(state.jobs) == 2  # 409: nothing more
+        for entry in state.jobs.values():  # both trainer pods die (e.g. OOM-killed) before publishing anything
+            entry["scenario"] = "fail"
+        state.run_seconds = 0.0
+        failed = one_pass()
+        assert sorted(run for run, _ in failed) == ["r1", "r2"]
+        for run, outcome in failed:
+            published = read_bank_outcome(config, run=run, bank="bank-a", round_index=1)
+            assert published == outcome and outcome.status == "failed" and "BackoffLimitExceeded" in outcome.message
+        assert sorted(lines) == [f"run {r} round 1 bank bank-a: failed ({o.message})" for r, o in sorted(failed)]
+        posts = len(state.posted)
+        assert one_pass() == [] and len(state.posted) == posts  # published: nothing more, not even a create
+    assert not (exchange / "r3/rounds/0001").exists() and not (exchange / "A_b/rounds").exists()
+
+
+def test_run_names_that_are_not_identifiers_are_skipped_or_refused(tmp_path: Path) -> None:
+    class Listing:
+        def list(self, prefix: str) -> list[str]:
+            return ["../x/config.yaml", "A_b/config.yaml", "ok-1/config.yaml", "a/b/config.yaml", "ok-1/rounds/x"]
+
+    assert list_runs(Listing()) == ["ok-1"]  # type: ignore[arg-type]
+    env = {"FEDLORA_STORE_URI": str(tmp_path)}
+    for runs, bank in ((["../x"], "bank-a"), (["A_b"], "bank-a"), ([], "../bank")):
+        with pytest.raises(BankRequestError, match="not an identifier"):
+            process_pending(env, bank=bank, executor=JobExecutor(None), runs=runs)  # type: ignore[arg-type]
+    result = CliRunner().invoke(
+        main, ["bank-agent", "--bank", "bank-a", "--run", "../x", "--once", "--executor", "inline"]
+    )
+    assert result.exit_code == 2 and "not an identifier" in result.output
 
 
 class _Saw(logging.Handler):

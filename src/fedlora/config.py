@@ -96,10 +96,13 @@ class BankConfig(_Section):
     namespace: str | None = Field(
         None,
         pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
-        description="Kubernetes namespace of the bank's Helm release (kubeflow.mode=namespaced); None = the name.",
+        description="Ignored (kept so configs written before 2026-12-07 load): the consortium creates nothing in a "
+        "bank's namespace; the bank's agent runs its Jobs there.",
     )
     job_template: str = Field(
-        "fedlora-bank-job-template", description="ConfigMap holding the bank's trainer Job template."
+        "fedlora-bank-job-template",
+        description="Ignored (kept so configs written before 2026-12-07 load): the bank's agent reads its own "
+        "template (the bank chart's jobTemplate.name).",
     )
 
 
@@ -312,14 +315,15 @@ class KubeflowConfig(_Section):
 
     mode: Literal["inline", "namespaced", "pull"] = Field(
         "inline",
-        description="inline = train inside the pipeline task; namespaced = a Job in the bank's namespace; pull = "
-        "wait for the bank's own agent (fedlora bank-agent, in the bank's cluster) to publish its outcome.",
+        description="inline = train inside the pipeline task; pull = wait for the bank's own agent (fedlora "
+        "bank-agent, the bank chart's agent) to train in the bank's cluster and publish its outcome; namespaced = "
+        "the same as pull (its older name: the consortium creates no Job in a bank's namespace).",
     )
     job_timeout_seconds: int = Field(
         6 * 3600,
         ge=60,
-        description="A bank's Job that runs longer is stopped and counted as failed (pull: how long the "
-        "coordinator waits for the bank's outcome).",
+        description="How long the coordinator waits for a bank's outcome (pull) before counting the bank as "
+        "failed for the round; the bank's agent also ends its inline rounds' leases after it.",
     )
     poll_seconds: float = Field(
         30.0,
@@ -364,7 +368,12 @@ class OutputConfig(_Section):
     """Where runs are written."""
 
     dir: str = Field("runs", description="Parent folder of run directories.")
-    run_name: str | None = Field(None, description="Run directory name; None = timestamp.")
+    run_name: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+        description="Run name (a DNS label: lowercase letters, digits, '-'; it names keys in the exchange and in "
+        "every bank's ledger, never a path); None = the UTC time, YYYYMMDD-HHMMSS.",
+    )
 
 
 class Config(_Section):
@@ -503,15 +512,23 @@ def _format_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong and where (line, column), without quoting the text around it."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
+
+
 def _parse_tree(text: str, source: str) -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config {source} is not valid YAML: {exc}") from exc
+    except yaml.YAMLError as exc:  # the position and the problem only: the text may be a data file given by mistake
+        raise ConfigError(f"config {source} is not valid YAML: {_yaml_problem(exc)}") from exc
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ConfigError(f"config {source} must hold a mapping at the top level")
+        raise ConfigError(f"config {source} must hold a mapping at the top level (got a {type(loaded).__name__})")
     return loaded
 
 

@@ -1,4 +1,4 @@
-"""Kubernetes shell: the trainer Job template shared by each bank's Helm chart and the pipeline's launcher."""
+"""Kubernetes shell: the trainer Job template in each bank's Helm chart, and the bank agent's Job launcher."""
 
 from fedlora.kube.job_template import (
     LAUNCHER_ENV_PREFIX,

@@ -1,17 +1,18 @@
-"""The trainer Job template: one definition shared by the bank's Helm chart and the pipeline's launcher.
+"""The trainer Job template: one definition shared by the bank's Helm chart and the bank agent's launcher.
 
 Each bank's Helm release stores a ``batch/v1`` Job *without a name* in a ConfigMap in the bank's namespace
-(data key :data:`TEMPLATE_KEY`, labels :data:`TEMPLATE_LABELS`). The consortium pipeline's launcher reads it,
-checks it with :func:`parse_job_template` and fills in one training request with :func:`render_job`.
+(data key :data:`TEMPLATE_KEY`, labels :data:`TEMPLATE_LABELS`). The bank's own agent
+(:mod:`fedlora.kube.launcher`) reads it, checks it with :func:`parse_job_template` and fills in one training
+request with :func:`render_job`. The consortium never shapes a pod in a bank's namespace.
 
 Who decides what:
 
-* The **consortium** decides only the training request: the trainer container's ``args`` (the image's
-  entrypoint is ``fedlora``, e.g. ``["train-bank", "--run", "...", "--bank", "bank-a", "--round", "3"]``),
-  environment variables whose names start with :data:`LAUNCHER_ENV_PREFIX` (``FEDLORA_REQUEST_``), the
-  Job's name, namespace and labels, and optionally a deadline.
+* The **request** (run, bank and round, checked identifiers, and the run's config) fills in only the trainer
+  container's ``args`` (the image's entrypoint is ``fedlora``, e.g.
+  ``["train-bank", "--run", "...", "--bank", "bank-a", "--round", "3"]``), environment variables whose names
+  start with :data:`LAUNCHER_ENV_PREFIX` (``FEDLORA_REQUEST_``), and the Job's name and labels.
 * The **bank** decides everything else: image, service account, resources (including ``nvidia.com/gpu``),
-  node selector, tolerations, volumes, its data path (``FEDLORA_BANK_DATA``), its exchange store
+  node selector, tolerations, volumes, deadline, its data path (``FEDLORA_BANK_DATA``), its exchange store
   (``FEDLORA_STORE_URI``), credentials (``AWS_*`` from Secrets) and the pod security below.
 
 Environment precedence (:func:`render_job`): the template's ``env`` entries are kept as they are and come
@@ -19,9 +20,8 @@ first. A launcher entry whose name the template already sets is dropped: **the b
 every name it sets. The exception is ``FEDLORA_REQUEST_*``: those names belong to the launcher, a template
 may not set them (:func:`parse_job_template` rejects it), and the launcher's values are always used. Launcher
 entries with other names the template does not set are appended. (Kubernetes gives ``env`` precedence over
-``envFrom``, so a bank that pins a name through ``envFrom`` only should also list it under ``env``.) A bank whose
-Helm release turns on its admission policy (``admissionPolicy.enabled``) admits only ``FEDLORA_REQUEST_*``
-additions, so a launcher should pass nothing else.
+``envFrom``, so a bank that pins a name through ``envFrom`` only should also list it under ``env``.) The bank
+agent passes ``FEDLORA_REQUEST_*`` only.
 
 Pod security the template must keep (checked for the trainer and every init container; a container's
 ``securityContext`` overrides the pod's for ``runAsNonRoot``, ``runAsUser`` and ``seccompProfile``):
@@ -49,7 +49,6 @@ from fedlora.errors import FedLoRAError
 
 __all__ = [
     "LAUNCHER_ENV_PREFIX",
-    "STREAM_LOGS_KEY",
     "TEMPLATE_KEY",
     "TEMPLATE_LABELS",
     "TRAINER_CONTAINER",
@@ -65,18 +64,14 @@ log = logging.getLogger(__name__)
 TEMPLATE_KEY = "job-template.yaml"
 """Data key of the Job template in the bank's ConfigMap."""
 
-STREAM_LOGS_KEY = "streamLogs"
-"""Data key of the bank's ConfigMap that says whether its Job's log may be streamed to the consortium
-(``"true"``; anything else, or no key, keeps the log in the bank's namespace)."""
-
 TEMPLATE_LABELS = {"app.kubernetes.io/component": "job-template", "fedlora.io/job-template": "true"}
-"""Labels the bank's job-template ConfigMap carries (the launcher may select on them)."""
+"""Labels the bank's job-template ConfigMap carries (the agent's launcher may select on them)."""
 
 TRAINER_CONTAINER = "trainer"
 """Name of the one container in the Job's pod."""
 
 LAUNCHER_ENV_PREFIX = "FEDLORA_REQUEST_"
-"""Environment variables with this prefix belong to the launcher (the training request)."""
+"""Environment variables with this prefix belong to the agent's launcher (the training request)."""
 
 _POD = "spec.template.spec"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -108,13 +103,10 @@ class JobTemplate:
     Attributes:
         manifest: A ``batch/v1`` Job without ``metadata.name``; treat it as read-only.
         source: Where it came from, for messages (e.g. ``"configmap bank-a/fedlora-bank-job-template"``).
-        stream_logs: The bank lets the launcher read its Job's log into the consortium's task log
-            (:data:`STREAM_LOGS_KEY`); False keeps it in the bank's namespace.
     """
 
     manifest: dict[str, Any]
     source: str
-    stream_logs: bool = False
 
 
 def _as_map(value: Any) -> dict[str, Any] | None:
@@ -281,8 +273,7 @@ def job_template_from_configmap(configmap: Mapping[str, Any]) -> JobTemplate:
             ``kubernetes.client.ApiClient().sanitize_for_serialization(v1_config_map)`` or a rendered manifest.
 
     Returns:
-        The checked template; its ``source`` is ``"configmap <namespace>/<name>"``, ``stream_logs`` from
-        :data:`STREAM_LOGS_KEY`.
+        The checked template; its ``source`` is ``"configmap <namespace>/<name>"``.
 
     Raises:
         JobTemplateError: if the object is not a ConfigMap, lacks :data:`TEMPLATE_KEY`, or the template is bad.
@@ -296,9 +287,7 @@ def job_template_from_configmap(configmap: Mapping[str, Any]) -> JobTemplate:
     text = data.get(TEMPLATE_KEY)
     if not isinstance(text, str):
         raise JobTemplateError(source, [f"data.{TEMPLATE_KEY} is missing"])
-    template = parse_job_template(text, source=source)
-    stream = str(data.get(STREAM_LOGS_KEY, "false")).strip().lower() == "true"
-    return JobTemplate(manifest=template.manifest, source=template.source, stream_logs=stream)
+    return parse_job_template(text, source=source)
 
 
 def _check_labels(labels: Mapping[str, str]) -> None:
@@ -358,10 +347,10 @@ def render_job(
 
     The template is deep-copied; the result sets ``metadata.name``/``namespace``, adds ``labels`` to the
     Job's and the pod template's labels where the template does not set the key (the bank's labels win: its
-    NetworkPolicies and admission policy select the pods by them), sets the trainer
+    NetworkPolicies select the pods by them), sets the trainer
     container's ``args``, merges ``env`` as described in the module docstring (the bank's template wins,
     except for ``FEDLORA_REQUEST_*``) and sets ``spec.activeDeadlineSeconds``. If the template already has a
-    deadline, the shorter one is kept: the bank may cap how long the consortium's Jobs run.
+    deadline, the shorter one is kept.
 
     Args:
         template: The bank's checked template.

@@ -1,90 +1,79 @@
-"""Run one bank's training round as a Kubernetes Job in the bank's own namespace.
+"""The bank agent's Job launcher: one trainer Job per round, in the agent's own namespace, from the bank's template.
 
-A Kubeflow task cannot run in another namespace, so the pipeline's train step asks the
-Kubernetes API for a Job in the bank's namespace instead:
+Only the bank's own agent (``fedlora bank-agent --executor job``, :mod:`fedlora.kube.agent_jobs`) creates
+trainer Jobs; the consortium has no right in a bank's namespace. The launcher
 
-1. read the bank's trainer Job template from the ConfigMap its Helm release installed
-   (:func:`fedlora.kube.job_template.job_template_from_configmap`; the bank decides image,
-   service account, GPU resources, node placement, data volume and pod security);
-2. fill in the training request (:func:`fedlora.kube.job_template.render_job`: ``args`` of
-   the ``fedlora`` entrypoint and ``FEDLORA_REQUEST_*`` variables, nothing else) and create it;
-3. watch it until its ``Complete`` or ``Failed`` condition, or until the timeout
-   (:mod:`fedlora.kube.job_watch`, which also streams the log and diagnoses a failed pod);
-4. stream its pod's log into our log while it runs, only if the bank allows it (its ConfigMap's
-   ``streamLogs``, the chart's ``logs.streamToConsortium``, off by default: the log may hold what
-   only the bank should see);
-5. delete it (propagation ``Background``, so its pods go too) whatever happened.
+1. reads the bank's trainer Job template from the ConfigMap its Helm release installed
+   (:func:`fedlora.kube.job_template.job_template_from_configmap`; the bank decides image, service account,
+   GPU resources, node placement, data volume, pod security and deadline);
+2. fills in one training request (:func:`fedlora.kube.job_template.render_job`: ``args`` of the ``fedlora``
+   entrypoint and ``FEDLORA_REQUEST_*`` variables, nothing else) and creates it under a name derived from
+   (run, bank, round) (:func:`job_name`): a second create of the same round answers 409 AlreadyExists, which
+   is the lease: a round gets at most one Job at a time;
+3. reads a Job's final condition on a later pass (:func:`fedlora.kube.job_watch.job_state`), never its log.
 
-The result is a small :class:`JobResult`; the caller turns a failed or timed-out Job into a
-failed bank for the round, it never raises for a bank's outage. A Job that already exists
-under the same name (a retried pipeline task) is adopted while it runs, and replaced when it
-has already finished.
+Finished Jobs are left to the template's ``ttlSecondsAfterFinished``: the bank keeps their logs and events.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from fedlora.kube.job_template import (
-    JobTemplate,
-    JobTemplateError,
-    job_template_from_configmap,
-    render_job,
-)
-from fedlora.kube.job_watch import LogFollower, api_error, diagnose_pods, job_state, read_job, wait_for_job
+from fedlora.kube.job_template import JobTemplate, JobTemplateError, job_template_from_configmap, render_job
+from fedlora.kube.job_watch import job_state, read_job
 
 __all__ = [
     "JOB_LABELS",
+    "SERVICE_ACCOUNT_NAMESPACE",
     "BankJobLauncher",
-    "JobResult",
+    "JobStatus",
     "api_client",
     "job_name",
     "label_value",
+    "own_namespace",
 ]
 
 log = logging.getLogger(__name__)
 
-JOB_LABELS = {"app.kubernetes.io/managed-by": "fedlora-launcher"}
-"""Labels on every Job the launcher creates (plus ``fedlora.io/run``, ``/bank`` and ``/round``).
+JOB_LABELS = {"app.kubernetes.io/managed-by": "fedlora-bank-agent"}
+"""Labels on every Job the agent creates (plus ``fedlora.io/run``, ``/bank`` and ``/round``).
 
 Only keys the bank's template does not set: the template's own labels (``app.kubernetes.io/name``,
-``/instance``, ``/component``) are what the bank's NetworkPolicies and admission policy select on, so
-they are never overwritten. The bank's admission policy lets the consortium delete only Jobs that
-carry ``app.kubernetes.io/managed-by=fedlora-launcher``."""
+``/instance``, ``/component``) are what the bank's NetworkPolicies select on, so they are never overwritten."""
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+"""Where a pod with a mounted ServiceAccount token finds its own namespace."""
 
 _NOT_DNS = re.compile(r"[^a-z0-9-]+")
 _NOT_LABEL = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 @dataclass(frozen=True)
-class JobResult:
-    """How a bank's Job ended.
+class JobStatus:
+    """What a round's Job is doing.
 
     Attributes:
         name: The Job's name.
-        namespace: The bank's namespace.
-        succeeded: True when the Job reached its ``Complete`` condition.
-        reason: Why it ended, e.g. ``"Complete"``, ``"BackoffLimitExceeded: Job has reached the
-            specified backoff limit"``, ``"timed out after 3600 s"``, ``"no job template: ..."``.
-        logs_tail: The last lines of the trainer's log (at most 50).
-        seconds: Wall seconds from creation to the end.
+        exists: False when there is no such Job (never created, or removed by its TTL).
+        finished: True once the Job has a final condition.
+        succeeded: True when that condition is ``Complete``.
+        reason: The condition's reason (``Complete``, ``BackoffLimitExceeded``, ``DeadlineExceeded``...), or "".
     """
 
     name: str
-    namespace: str
-    succeeded: bool
-    reason: str
-    logs_tail: str = ""
-    seconds: float = 0.0
+    exists: bool
+    finished: bool = False
+    succeeded: bool = False
+    reason: str = ""
 
 
 def job_name(*, run: str, bank: str, round_index: int) -> str:
@@ -92,7 +81,8 @@ def job_name(*, run: str, bank: str, round_index: int) -> str:
 
     The hash (10 hex digits of sha256 over run, bank and round) keeps names of different
     runs apart; the bank part is shortened so that the name fits 63 characters (Kubernetes
-    copies it into the pod's ``job-name`` label).
+    copies it into the pod's ``job-name`` label). Deterministic: the same round always gets the
+    same name, so a second create is refused by the API server (the agent's lease).
     """
     digest = hashlib.sha256(f"{run}\0{bank}\0{round_index}".encode()).hexdigest()[:10]
     suffix = f"-r{round_index}-{digest}"
@@ -110,6 +100,14 @@ def label_value(text: str) -> str:
     return value
 
 
+def own_namespace(path: Path = SERVICE_ACCOUNT_NAMESPACE) -> str | None:
+    """The namespace this pod runs in (from its ServiceAccount mount), or None outside a pod."""
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
 def api_client(kubeconfig: str | None = None, *, context: str | None = None) -> client.ApiClient:
     """An API client: the pod's service account in a cluster, else a kubeconfig.
 
@@ -120,8 +118,6 @@ def api_client(kubeconfig: str | None = None, *, context: str | None = None) -> 
     Raises:
         kubernetes.config.ConfigException: no usable configuration.
     """
-    import os
-
     from kubernetes import config as kube_config
 
     if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
@@ -133,34 +129,21 @@ def api_client(kubeconfig: str | None = None, *, context: str | None = None) -> 
 
 
 class BankJobLauncher:
-    """Creates, watches, logs and deletes one bank's trainer Job.
+    """Reads the bank's template, creates a round's trainer Job in the bank's namespace, reads its status.
 
     Args:
         api: A configured Kubernetes API client (see :func:`api_client`).
-        poll_seconds: Pause between checks of the Job's pods for logs, and the first backoff
-            after an API error (doubled up to 30 s).
-        watch_seconds: Longest single watch request; the launcher re-reads the Job in between.
-        log_sink: Where log lines go (default: our logger at INFO; the KFP task log shows it).
-        clock: Monotonic clock, for tests.
+        namespace: The bank's namespace (the agent's own).
+        template_configmap: The ConfigMap holding the bank's trainer Job template.
     """
 
-    def __init__(
-        self,
-        api: client.ApiClient,
-        *,
-        poll_seconds: float = 2.0,
-        watch_seconds: int = 60,
-        log_sink: Callable[[str], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, api: client.ApiClient, *, namespace: str, template_configmap: str) -> None:
         self.core = client.CoreV1Api(api)
         self.batch = client.BatchV1Api(api)
-        self.poll_seconds = poll_seconds
-        self.watch_seconds = watch_seconds
-        self.log_sink = log_sink or (lambda line: log.info("%s", line))
-        self.clock = clock
+        self.namespace = namespace
+        self.template_configmap = template_configmap
 
-    def template(self, *, namespace: str, template_configmap: str) -> JobTemplate:
+    def template(self) -> JobTemplate:
         """Read and check the bank's template ConfigMap.
 
         Raises:
@@ -168,11 +151,11 @@ class BankJobLauncher:
             ApiException: the API refused to read it (other than 404).
         """
         try:
-            configmap = self.core.read_namespaced_config_map(template_configmap, namespace)
+            configmap = self.core.read_namespaced_config_map(self.template_configmap, self.namespace)
         except ApiException as exc:
             if exc.status == 404:
                 raise JobTemplateError(
-                    f"configmap {namespace}/{template_configmap}",
+                    f"configmap {self.namespace}/{self.template_configmap}",
                     ["not found: is the bank's Helm release installed in this namespace?"],
                 ) from exc
             raise
@@ -180,136 +163,46 @@ class BankJobLauncher:
 
     def render(
         self,
+        template: JobTemplate,
         *,
-        namespace: str,
-        template_configmap: str,
         name: str,
         args: list[str],
         env: dict[str, str],
         labels: dict[str, str],
-        timeout_seconds: int,
-        template: JobTemplate | None = None,
     ) -> dict[str, Any]:
-        """Read the bank's template ConfigMap (unless ``template`` is given) and return the Job manifest.
+        """The Job manifest: ``template`` filled with one request (the template's deadline, TTL and labels kept).
 
         Raises:
-            JobTemplateError: the ConfigMap is missing or holds a bad template.
-            ApiException: the API refused to read it (other than 404).
+            ValueError: a name, label, argument or environment entry is not valid.
         """
-        template = template or self.template(namespace=namespace, template_configmap=template_configmap)
         return render_job(
-            template,
-            name=name,
-            namespace=namespace,
-            args=args,
-            env=env,
-            labels={**JOB_LABELS, **labels},
-            active_deadline_seconds=timeout_seconds,
+            template, name=name, namespace=self.namespace, args=args, env=env, labels={**JOB_LABELS, **labels}
         )
 
-    def run(
-        self,
-        *,
-        namespace: str,
-        template_configmap: str,
-        name: str,
-        args: list[str],
-        env: dict[str, str],
-        labels: dict[str, str],
-        timeout_seconds: int,
-    ) -> JobResult:
-        """Run the Job to its end (or the timeout), stream its logs, delete it, and say how it ended.
+    def create(self, manifest: dict[str, Any]) -> bool:
+        """Create the Job; False when a Job of that name exists already (the round is taken: do nothing).
 
-        Never raises for the Job's own failure, a missing template, a refused request or a
-        timeout: those come back as ``succeeded=False`` with the reason.
+        Raises:
+            ApiException: the API refused the Job (other than 409 AlreadyExists), e.g. quota or admission.
         """
-        started = self.clock()
         try:
-            template = self.template(namespace=namespace, template_configmap=template_configmap)
-            manifest = self.render(
-                namespace=namespace,
-                template_configmap=template_configmap,
-                name=name,
-                args=args,
-                env=env,
-                labels=labels,
-                timeout_seconds=timeout_seconds,
-                template=template,
-            )
-        except (JobTemplateError, ValueError) as exc:
-            return JobResult(name, namespace, False, f"bad job template: {exc}")
+            self.batch.create_namespaced_job(self.namespace, manifest)
         except ApiException as exc:
-            return JobResult(name, namespace, False, f"cannot read the job template: {api_error(exc)}")
+            if exc.status == 409:
+                return False
+            raise
+        return True
 
-        follower = LogFollower(self.core, namespace, name, self.log_sink, self.poll_seconds, template.stream_logs)
-        if not template.stream_logs:
-            self.log_sink(
-                f"[{namespace}/{name}] the bank keeps its Job's log in its namespace (its chart's "
-                "logs.streamToConsortium is false): only the Job's status and the outcome it publishes come back"
-            )
-        try:
-            self._create(namespace, name, manifest)
-        except ApiException as exc:
-            return JobResult(name, namespace, False, f"cannot create the job: {api_error(exc)}")
-        log.info("job %s/%s created; waiting up to %d s", namespace, name, timeout_seconds)
-        ended = False
-        grace = min(30.0, 5 * self.poll_seconds + 5)
-        try:
-            follower.start()
-            succeeded, reason, ended = wait_for_job(
-                self.batch,
-                namespace,
-                name,
-                deadline=started + timeout_seconds,
-                timeout_seconds=timeout_seconds,
-                poll_seconds=self.poll_seconds,
-                watch_seconds=self.watch_seconds,
-                clock=self.clock,
-            )
-            if not succeeded:
-                reason += diagnose_pods(self.core, namespace, name)
-        finally:
-            if ended:  # the pod has exited: collect the last of its log before the pod goes away
-                tail = follower.finish(timeout=grace)
-                self._delete(namespace, name)
-            else:  # timed out or interrupted: stop the pod first, which also ends its log stream
-                self._delete(namespace, name)
-                tail = follower.finish(timeout=grace)
-        seconds = self.clock() - started
-        level = logging.INFO if succeeded else logging.WARNING
-        log.log(level, "job %s/%s ended after %.0f s: %s", namespace, name, seconds, reason)
-        return JobResult(name, namespace, succeeded, reason, tail, seconds)
+    def status(self, name: str) -> JobStatus:
+        """The Job's status (see :class:`JobStatus`).
 
-    # --- steps ---------------------------------------------------------------------------
-
-    def _create(self, namespace: str, name: str, manifest: dict[str, Any]) -> None:
-        """Create the Job; adopt a running one of the same name, replace a finished one."""
-        try:
-            self.batch.create_namespaced_job(namespace, manifest)
-            return
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-        existing = read_job(self.batch, namespace, name)
-        if existing is not None and job_state(existing) is None:
-            log.info("job %s/%s already exists and runs (a retried task): following it", namespace, name)
-            return
-        log.info("job %s/%s already exists and has finished: replacing it", namespace, name)
-        self._delete(namespace, name)
-        deadline = self.clock() + 120
-        while read_job(self.batch, namespace, name) is not None:
-            if self.clock() > deadline:
-                raise ApiException(status=409, reason=f"job {namespace}/{name} is still being deleted")
-            time.sleep(self.poll_seconds)
-        self.batch.create_namespaced_job(namespace, manifest)
-
-    def _delete(self, namespace: str, name: str) -> None:
-        """Delete the Job and (in the background) its pods; a missing Job is fine."""
-        try:
-            self.batch.delete_namespaced_job(
-                name, namespace, body=client.V1DeleteOptions(propagation_policy="Background")
-            )
-            log.info("job %s/%s deleted", namespace, name)
-        except ApiException as exc:
-            if exc.status != 404:
-                log.warning("could not delete job %s/%s: %s", namespace, name, api_error(exc))
+        Raises:
+            ApiException: the API refused to read it (other than 404).
+        """
+        job = read_job(self.batch, self.namespace, name)
+        if job is None:
+            return JobStatus(name, exists=False)
+        state = job_state(job)
+        if state is None:
+            return JobStatus(name, exists=True)
+        return JobStatus(name, exists=True, finished=True, succeeded=state[0], reason=state[1])

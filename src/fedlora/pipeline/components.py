@@ -157,7 +157,7 @@ def train_bank(
     metrics: Output[Metrics],
     summary: Output[Markdown],
 ) -> str:
-    """Train one bank for one round: inline, or as a Job in the bank's namespace (kubeflow.mode).
+    """Train one bank for one round: inline, or wait for the bank's own agent to train it (kubeflow.mode=pull).
 
     A bank that fails or times out does not fail this task: it is reported as a failed bank
     (summary and metrics) and the aggregation applies federation.min_banks.
@@ -217,7 +217,7 @@ def federate_rounds(
     roc: Output[ClassificationMetrics],
     summary: Output[Markdown],
 ) -> str:
-    """Every round in one task: the banks of a round train (namespaced: their Jobs, concurrently), then aggregate.
+    """Every round in one task: the banks of a round train (pull: waited for concurrently), then aggregate.
 
     The graph of large federations (kubeflow.graph): its size does not grow with rounds × banks.
     Resumable: a retry continues after the last round committed in the store. Per-round metrics go

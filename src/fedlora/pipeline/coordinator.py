@@ -7,10 +7,10 @@ finalize`` instead, and ``federate-rounds`` runs :func:`run_rounds`:
 
 for each round r not yet committed in the store:
   1. every bank selected for r trains (:func:`fedlora.pipeline.bank_dispatch.dispatch_bank_round`, the dispatch of
-     the unrolled graph's ``train-<bank>`` task): in ``namespaced`` mode as a Job in the bank's
-     namespace through the launcher, all banks of the round **concurrently**; in ``inline`` mode
-     one after the other with the model loaded once; in ``pull`` mode by the banks' own agents in
-     their clusters, waited for concurrently (:mod:`fedlora.pipeline.pull`);
+     the unrolled graph's ``train-<bank>`` task): in ``inline`` mode one after the other with the
+     model loaded once; in ``pull`` mode (``namespaced`` is its older spelling) by the banks' own
+     agents in their clusters, all banks of the round waited for **concurrently**
+     (:mod:`fedlora.pipeline.pull`);
   2. :func:`fedlora.federation.aggregate_round` averages, evaluates, commits the round (manifest
      written last) and logs the round's metrics to MLflow (step = round).
 
@@ -90,7 +90,7 @@ def run_rounds(config: Config, *, run: str, on_round: RoundCallback | None = Non
     Raises:
         FederationError: a round had fewer than ``federation.min_banks`` valid updates.
     """
-    runtime = Runtime(config)  # loads the model on first use only (namespaced: for nothing but the aggregation)
+    runtime = Runtime(config)  # loads the model on first use only (pull: for nothing but the aggregation)
     records = committed_records(config, run=run)
     if records and records[-1].stopped_early:
         return records

@@ -18,7 +18,7 @@ Large federations, ``coordinator`` (e.g. 200 rounds × 10 banks)::
     initialize ─► federate-rounds ─► finalize
 
 ``federate-rounds`` loops the rounds in one pod with the same steps (:mod:`fedlora.pipeline.coordinator`):
-each round, every selected bank trains (namespaced: its Job in its namespace, the round's Jobs
+each round, every selected bank trains (pull: by its own agent, the round's banks waited for
 concurrently), then the aggregation commits the round. Its size does not depend on rounds or banks.
 
 ``auto`` (the default) picks ``rounds`` while rounds × (banks + 1) + 2 ≤ ``kubeflow.max_graph_tasks``.

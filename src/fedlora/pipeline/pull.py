@@ -12,8 +12,10 @@ waits for that key:
 * an error reading the store (S3 down longer than ``store.retry_seconds``) is logged and the wait
   goes on: only the deadline ends it;
 * after ``kubeflow.job_timeout_seconds`` without an outcome the bank is a ``failed`` outcome for the
-  round (not a failed run), exactly like a namespaced Job that timed out; the aggregation's
-  minimum-banks rule decides whether the round goes on.
+  round (not a failed run); the aggregation's minimum-banks rule decides whether the round goes on.
+
+``kubeflow.mode=namespaced`` (its older spelling) waits the same way: the consortium creates no Job or
+pod in a bank's namespace; the bank's agent builds the trainer Job from the bank's own template.
 """
 
 from __future__ import annotations

@@ -128,7 +128,7 @@ def train_bank_step(
     metrics: MetricsOutput,
     summary: FileOutput,
 ) -> str:
-    """Train one bank for one round, inline or as a Job in its namespace (``kubeflow.mode``).
+    """Train one bank for one round, inline or by the bank's own agent (``kubeflow.mode``).
 
     A bank's failure does not fail the task: it is reported (status ``failed`` in the
     Markdown summary and ``failed=1`` in the metrics) and the aggregation applies the
