@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from http.server import BaseHTTPRequestHandler
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from click.testing import CliRunner
 
@@ -118,3 +120,53 @@ def tiny_pipeline_config(tmp_path: Path, banks: list[str], *extra: str) -> Confi
     listed = ", ".join(f"{{name: {b}}}" for b in banks)
     overrides = [o for o in tiny_overrides_for(tmp_path / "runs") if not o.startswith("output.run_name")]
     return load_config(None, [*overrides, f"federation.banks=[{listed}]", f"store.uri={tmp_path / 'store'}", *extra])
+
+
+# --- a bank's Job on a two-bank consortium (tests of the bank's guarantee) ---------------------
+
+BANK_TEST_POLICY = json.dumps({"minNoiseMultiplier": 0.0})
+"""The tiny test schedule (2 rounds x 2 steps at ε=8) calibrates to σ < 0.5, the default policy's floor."""
+
+
+def german_rows(path: Path, rows: int = 200, start: int = 0) -> Path:
+    """Write ``rows`` rows of the bundled German Credit file, from ``start``, to ``path`` (a bank's file)."""
+    with resources.files("fedlora.data").joinpath("german_credit.csv").open("r", encoding="utf-8") as f:
+        pd.read_csv(f, dtype=object).iloc[start : start + rows].to_csv(path, index=False)
+    return path
+
+
+def bank_consortium(tmp_path: Path, tiny_overrides: list[str], *extra: str) -> Config:
+    """A two-bank run ``r1`` (bank-a reads its own file) initialized in the exchange ``tmp_path/exchange``."""
+    from fedlora.federation import initialize
+
+    config = load_config(
+        None,
+        [
+            *tiny_overrides,
+            "federation.banks=[{name: bank-a, data: /data/only-bank-a-sees-this.csv}, {name: bank-b}]",
+            f"store.uri={tmp_path / 'exchange'}",
+            *extra,
+        ],
+    )
+    initialize(config, run="r1", runtime=Runtime(config))
+    return config
+
+
+def bank_job(config: Config, tmp_path: Path, *, round_index: int = 1, run: str = "r1", **env: str) -> dict[str, Any]:
+    """Run bank-a's Job command; return its outcome (the last stdout line) plus the exit code and output."""
+    from fedlora.config import config_to_yaml
+
+    base = {
+        "FEDLORA_REQUEST_CONFIG": config_to_yaml(config),
+        "FEDLORA_BANK_DATA": str(german_rows(tmp_path / "credit.csv")),
+        "FEDLORA_BANK_LEDGER": str(tmp_path / "bank-a-ledger"),
+        "FEDLORA_BANK_POLICY": BANK_TEST_POLICY,
+    }
+    result = CliRunner().invoke(
+        main,
+        ["train-bank", "--run", run, "--bank", "bank-a", "--round", str(round_index)],
+        env=base | env,
+    )
+    last = result.output.strip().splitlines()[-1] if result.output.strip() else ""
+    outcome = json.loads(last) if last.startswith("{") else {}
+    return {"exit_code": result.exit_code, "output": result.output, **outcome}

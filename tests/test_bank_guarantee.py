@@ -17,18 +17,14 @@ import os
 import subprocess
 import sys
 import threading
-from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 from sklearn.metrics import roc_auc_score
 
 from fedlora.bank_round import run_bank_round
-from fedlora.cli import main
 from fedlora.config import Config, config_to_yaml, load_config
 from fedlora.federation import aggregate_round, initialize
 from fedlora.privacy.accounting import MechanismRun, compute_epsilon
@@ -40,47 +36,12 @@ from fedlora.privacy.randomness import SecureRandomness, SeededRandomness
 from fedlora.runtime import Runtime
 from fedlora.store.local import LocalStore
 from fedlora.store.run import open_run_store
+from helpers import BANK_TEST_POLICY, bank_consortium, bank_job, german_rows
 
-TINY_POLICY = json.dumps({"minNoiseMultiplier": 0.0})
-"""The tiny test schedule (2 rounds x 2 steps at ε=8) calibrates to σ < 0.5, the default policy's floor."""
-
-
-def _rows(path: Path, rows: int = 200, start: int = 0) -> Path:
-    with resources.files("fedlora.data").joinpath("german_credit.csv").open("r", encoding="utf-8") as f:
-        pd.read_csv(f, dtype=object).iloc[start : start + rows].to_csv(path, index=False)
-    return path
-
-
-def _consortium(tmp_path: Path, tiny_overrides: list[str], *extra: str) -> Config:
-    config = load_config(
-        None,
-        [
-            *tiny_overrides,
-            "federation.banks=[{name: bank-a, data: /data/only-bank-a-sees-this.csv}, {name: bank-b}]",
-            f"store.uri={tmp_path / 'exchange'}",
-            *extra,
-        ],
-    )
-    initialize(config, run="r1", runtime=Runtime(config))
-    return config
-
-
-def _job(config: Config, tmp_path: Path, *, round_index: int = 1, run: str = "r1", **env: str) -> dict[str, Any]:
-    """Run bank-a's Job command; return its outcome (the last stdout line) plus the exit code and output."""
-    base = {
-        "FEDLORA_REQUEST_CONFIG": config_to_yaml(config),
-        "FEDLORA_BANK_DATA": str(_rows(tmp_path / "credit.csv")),
-        "FEDLORA_BANK_LEDGER": str(tmp_path / "bank-a-ledger"),
-        "FEDLORA_BANK_POLICY": TINY_POLICY,
-    }
-    result = CliRunner().invoke(
-        main,
-        ["train-bank", "--run", run, "--bank", "bank-a", "--round", str(round_index)],
-        env=base | env,
-    )
-    last = result.output.strip().splitlines()[-1] if result.output.strip() else ""
-    outcome = json.loads(last) if last.startswith("{") else {}
-    return {"exit_code": result.exit_code, "output": result.output, **outcome}
+TINY_POLICY = BANK_TEST_POLICY
+_rows = german_rows
+_consortium = bank_consortium
+_job = bank_job
 
 
 # --- 1. noise nobody can replay -------------------------------------------------------------
@@ -342,12 +303,16 @@ def test_namespaced_aggregation_reports_no_test_auc_on_the_coordinators_copy(
     )
     runtime = Runtime(config)
     initialize(config, run="r1", runtime=runtime)
-    side = BankSide(
-        policy=BankPolicy.model_validate({"releaseMetrics": True, "minNoiseMultiplier": 0}),
-        ledger_store=LocalStore(tmp_path / "l"),
-    )
-    outcomes = [
-        run_bank_round(config, run="r1", bank=b.name, round_index=1, runtime=runtime, side=side)
+    policy = BankPolicy.model_validate({"releaseMetrics": True, "minNoiseMultiplier": 0})
+    outcomes = [  # each bank has its own ledger store
+        run_bank_round(
+            config,
+            run="r1",
+            bank=b.name,
+            round_index=1,
+            runtime=runtime,
+            side=BankSide(policy=policy, ledger_store=LocalStore(tmp_path / f"ledger-{b.name}")),
+        )
         for b in config.federation.banks
     ]
     record = aggregate_round(config, run="r1", round_index=1, outcomes=outcomes, runtime=runtime)
@@ -359,17 +324,19 @@ def test_namespaced_aggregation_reports_no_test_auc_on_the_coordinators_copy(
 
 @pytest.mark.parametrize(
     ("request_override", "rule"),
-    [("training.batch_size=1000", "exceeds this bank's training rows"), ("privacy.delta=0.009", "not below 1/n")],
+    [
+        ("training.batch_size=1000", "exceeds this bank's training rows (n ≈ 140)"),
+        ("privacy.delta=0.009", "the bank allows at most 1/(10·n) = 0.000714"),
+    ],
 )
-def test_a_schedule_that_breaks_on_the_banks_own_rows_is_refused_without_revealing_n(
+def test_a_schedule_that_breaks_on_the_banks_own_rows_is_refused_naming_only_the_declared_n(
     tiny_overrides: list[str], tmp_path: Path, request_override: str, rule: str
 ) -> None:
     config = _consortium(tmp_path, tiny_overrides)
     request = load_config(None, [*tiny_overrides, request_override, f"store.uri={tmp_path / 'exchange'}"])
     request = request.model_copy(update={"federation": config.federation})
-    outcome = _job(request, tmp_path)  # a 200-row file: about 140 training rows
-    assert outcome["status"] == "refused" and rule in outcome["message"]
-    assert not any(str(n) in outcome["message"] for n in range(120, 161))  # the exact n stays in the bank
+    outcome = _job(request, tmp_path)  # a 200-row file: 140 declared training rows (70 % of 200)
+    assert outcome["status"] == "refused" and rule in outcome["message"], outcome["message"]
 
 
 def test_a_refused_schedule_never_runs_the_banks_rows_through_the_model(

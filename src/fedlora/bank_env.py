@@ -12,6 +12,9 @@ as YAML). The bank's Helm release decides where its data is and how it reaches t
   (the consortium's ``store.uri``); runs live under it and the bank writes only its own keys.
 * ``FEDLORA_BANK_POLICY``: the bank's privacy policy (JSON/YAML, the chart's ``privacyPolicy``
   values); absent = the conservative defaults of :class:`~fedlora.privacy.policy.BankPolicy`.
+* ``FEDLORA_BANK_DATASET_ID``: the identity of the bank's dataset (the chart's ``ledger.datasetId``,
+  an identifier; default ``default``). The ledger is keyed by it, so a data refresh of the same
+  customers is charged to the same lifetime budget.
 * ``FEDLORA_BANK_LEDGER``: where the bank's own privacy ledger lives, out of the coordinator's
   reach: a directory on the bank's volume, or ``s3://bucket/prefix`` in its private bucket
   (reached with the ``FEDLORA_BANK_DATA_*`` settings). Required: without it the Job refuses.
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlora.config import Config, ConfigError, load_config_text
+from fedlora.names import check_name
 from fedlora.privacy.policy import BankPolicy
 from fedlora.store.base import Store
 
@@ -62,6 +66,15 @@ def bank_policy(env: Mapping[str, str]) -> BankPolicy:
     """
     text = env.get("FEDLORA_BANK_POLICY", "").strip()
     return BankPolicy.from_text(text) if text else BankPolicy.model_validate({})
+
+
+def bank_dataset_id(env: Mapping[str, str]) -> str:
+    """The dataset identity the bank declares (``FEDLORA_BANK_DATASET_ID``; ``default`` when unset).
+
+    Raises:
+        InvalidName: it is not an identifier (a DNS label).
+    """
+    return check_name(env.get("FEDLORA_BANK_DATASET_ID", "").strip() or "default", kind="dataset")
 
 
 def _private_s3_client(env: Mapping[str, str]) -> Any:

@@ -15,9 +15,10 @@ import logging
 import traceback
 from collections.abc import Mapping
 
-from fedlora.bank_env import bank_data_path, bank_ledger_store, bank_policy, request_config
+from fedlora.bank_env import bank_data_path, bank_dataset_id, bank_ledger_store, bank_policy, request_config
 from fedlora.bank_round import run_bank_round
 from fedlora.config import ConfigError
+from fedlora.names import InvalidName, check_name
 from fedlora.privacy.bank_side import BankSide, public_message
 from fedlora.privacy.policy import PolicyError
 from fedlora.records import BankOutcome
@@ -43,8 +44,10 @@ def bank_side(env: Mapping[str, str]) -> BankSide:
         BankRequestError: no ledger, or a policy that does not validate.
     """
     try:
-        return BankSide(ledger_store=bank_ledger_store(env), policy=bank_policy(env), job=True)
-    except (ConfigError, PolicyError, OSError) as exc:
+        return BankSide(
+            ledger_store=bank_ledger_store(env), policy=bank_policy(env), job=True, dataset_id=bank_dataset_id(env)
+        )
+    except (ConfigError, PolicyError, InvalidName, OSError) as exc:
         raise BankRequestError(str(exc)) from exc
 
 
@@ -79,8 +82,10 @@ def train_request(
         BankTrainingError: the round failed (public message; full text in the ledger store).
     """
     try:
+        check_name(run, kind="run")  # a key prefix of the exchange and of the bank's ledger: never a path
+        check_name(bank, kind="bank")
         config = request_config(env, config_text=config_text)
-    except ConfigError as exc:
+    except (ConfigError, InvalidName) as exc:
         raise BankRequestError(str(exc)) from exc
     side = bank_side(env)
     try:

@@ -33,9 +33,17 @@ from fedlora.local_round import LocalRoundResult, run_local_round
 from fedlora.model import AdapterState
 from fedlora.model.encoding import RowSet
 from fedlora.model.lora import load_adapter_state
+from fedlora.names import check_name
 from fedlora.privacy.accounting import PrivacyConfigError, PrivacyPlan, declared_count
 from fedlora.privacy.bank_ledger import BankLedger, BudgetSpent, ClaimRefused, dataset_fingerprint
-from fedlora.privacy.bank_side import BankSide, bank_randomness, plan_bank, publish_privacy_report
+from fedlora.privacy.bank_side import (
+    BankSide,
+    bank_delta,
+    bank_randomness,
+    plan_bank,
+    publish_privacy_report,
+    training_count,
+)
 from fedlora.privacy.dp_evaluation import ScoreHistograms, noised, score_histograms
 from fedlora.privacy.policy import BankPolicy
 from fedlora.privacy.randomness import Randomness
@@ -144,6 +152,7 @@ def run_bank_round(
         FederationError: the previous round is not committed or the bank is unknown.
 
     """
+    check_name(run, kind="run")  # a run name is a key prefix in the exchange and the bank's ledger, never a path
     if bank not in {b.name for b in config.federation.banks}:
         raise FederationError(f"unknown bank {bank!r}; banks: {[b.name for b in config.federation.banks]}")
     runtime = runtime or Runtime(config)
@@ -162,16 +171,23 @@ def run_bank_round(
         return _train_and_publish(
             job, runtime.bank(bank), incoming, baseline, bank_randomness(config, bank, round_index), canaries=canaries
         )
-    # planned from the validated rows: a schedule the bank cannot honour is refused before its rows are
-    # tokenized and run through the frozen layers (runtime.bank)
-    plan = _plan_or_refuse(job, policy, len(rows.train), in_job=side.job)
+    # planned from the declared total of the validated rows (a refusal reveals nothing finer than what the bank
+    # publishes), before the rows are tokenized and run through the frozen layers (runtime.bank)
+    plan = _plan_or_refuse(job, policy, training_count(config, sum(map(len, rows.frames.values()))), in_job=side.job)
     if isinstance(plan, BankOutcome):
         return plan
-    sets = runtime.bank(bank)
-    ledger = BankLedger(ledger_store, fingerprint, delta=plan.delta, accountant=plan.accountant)
+    ledger = BankLedger(
+        ledger_store,
+        side.dataset_id,
+        delta=plan.delta,
+        lifetime_delta=bank_delta(policy, plan.declared_examples),
+        accountant=plan.accountant,
+    )
     refused = _claim_or_refuse(job, plan, policy, ledger)
     if refused is not None:
         return refused
+    ledger.record_fingerprint(fingerprint, run=run, round_index=round_index)  # a changed dataset: logged, same budget
+    sets = runtime.bank(bank)  # tokenized and through the frozen layers only once the round is charged
     epsilon = publish_privacy_report(job.store, plan, ledger, run)  # the charge is made; the report may go first
     randomness = bank_randomness(config, bank, round_index)
     release = (

@@ -30,6 +30,7 @@ from fedlora.privacy.accounting import PrivacyPlan
 from fedlora.privacy.bank_side import (
     load_bank_privacy,
     plan_bank,
+    training_count,
 )
 from fedlora.privacy.dp_evaluation import ScoreHistograms, pooled_metrics
 from fedlora.privacy.policy import BankPolicy
@@ -68,7 +69,8 @@ def initialize(config: Config, *, run: str, runtime: Runtime | None = None, resu
         if config.kubeflow.mode != "inline" or not runtime.can_read(spec.name):  # the bank plans in its cluster
             log.info("bank %s: plans its own σ from its own rows in its first round", spec.name)
             continue
-        train_rows = len(runtime.bank_data(spec.name).train)  # validated rows; no tokenizing or frozen pass yet
+        frames = runtime.bank_data(spec.name).frames  # validated rows; no tokenizing or frozen pass yet
+        train_rows = training_count(config, sum(map(len, frames.values())))
         if config.privacy.enabled:
             with runtime.timer.phase("load"):  # validates δ < 1/n, batch ≤ n etc. before anything is computed
                 policy = BankPolicy.for_simulation(config, spec.name)

@@ -129,6 +129,30 @@ def declared_count(num_examples: int) -> int:
     return max(10, round(num_examples / step) * step)
 
 
+def count_upper_bound(declared: int) -> int:
+    """The largest exact ``n`` whose :func:`declared_count` can be ``declared``: a public bound on the bank's n.
+
+    With ``s = 10^max(1, digits(declared) − 2)`` every ``n`` that rounds to ``declared`` satisfies
+    ``n ≤ declared + s/2`` (a count that rounded up to a new digit, 995 → 1000, is within the
+    coarser step of 1000 too). Checks that must hold for the exact ``n`` (``δ < 1/n``) use this
+    bound, so that passing or failing them reveals nothing finer than the declared bucket.
+    """
+    step: int = 10 ** max(1, len(str(int(declared))) - 2)
+    return int(declared) + step // 2
+
+
+def declared_training_count(total_rows: int, *, train_fraction: float) -> int:
+    """The training count a bank declares: ``declared_count(round(declared_count(N) · f_train))``.
+
+    It depends on the bank's exact row count ``N`` only through ``declared_count(N)``: the split
+    fractions are the request's, and a training count taken from the exact split would let a
+    request that moves ``data.test_fraction`` by 1e-6 find where the rounded count flips, and so
+    the exact ``N`` (issue 27, finding 3). The DP guarantee does not depend on it: the sample rate
+    ``q`` is what Poisson sampling uses and what is accounted.
+    """
+    return declared_count(max(1, round(declared_count(total_rows) * train_fraction)))
+
+
 def default_delta(num_examples: int) -> float:
     """δ = 1/(10·n): below 1/n, the largest δ that is still meaningful for n records."""
     return 0.1 / num_examples
@@ -227,6 +251,10 @@ def plan_privacy(
     their σ is calibrated so that they alone cost ``evaluation_epsilon``, and the DP-SGD σ so
     that training *and* evaluation together stay within ``target_epsilon``.
 
+    ``num_examples`` is the bank's training count; every check and every planned value uses only
+    its :func:`declared_count` (and that bucket's :func:`count_upper_bound` for ``δ < 1/n``), so a
+    refused schedule reveals nothing finer than the count the bank publishes anyway.
+
     Raises:
         PrivacyConfigError: ε ≤ 0, δ ≥ 1/n, batch larger than the data, or an unreachable target.
 
@@ -237,18 +265,16 @@ def plan_privacy(
         raise PrivacyConfigError(f"bank {bank}: no training examples")
     declared = declared_count(num_examples)
     delta = default_delta(declared) if delta is None else delta  # 0.1/n_declared < 1/n: n < 10·n_declared
-    if not 0 < delta < 1 / num_examples:
+    bound = count_upper_bound(declared)
+    if not 0 < delta < 1 / bound:
         raise PrivacyConfigError(
-            f"bank {bank}: privacy.delta={delta:g} must be in (0, 1/n) = (0, {1 / num_examples:.3g}) for its "
-            f"n={num_examples} training rows; a δ ≥ 1/n allows releasing a whole record",
-            f"bank {bank}: privacy.delta={delta:g} is not below 1/n for this bank's training rows; a δ ≥ 1/n "
-            "allows releasing a whole record",
+            f"bank {bank}: privacy.delta={delta:g} is not below 1/n for this bank's training rows (n ≈ {declared}, "
+            f"so δ < {1 / bound:.3g}); a δ ≥ 1/n allows releasing a whole record"
         )
-    if batch_size > num_examples:
+    if batch_size > declared:
         fix = f"give this bank its own batch (federation.banks[name={bank}].batch_size) or lower training.batch_size"
         raise PrivacyConfigError(
-            f"bank {bank}: batch_size={batch_size} exceeds its {num_examples} training rows; {fix}",
-            f"bank {bank}: batch_size={batch_size} exceeds this bank's training rows; {fix}",
+            f"bank {bank}: batch_size={batch_size} exceeds this bank's training rows (n ≈ {declared}); {fix}"
         )
     sample_rate = min(1.0, batch_size / declared)
     planned = rounds * steps_per_round

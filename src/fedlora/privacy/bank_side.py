@@ -18,7 +18,14 @@ import numpy as np
 
 from fedlora.config import Config, ConfigError
 from fedlora.errors import FederationError
-from fedlora.privacy.accounting import PrivacyConfigError, PrivacyPlan, declared_count, default_delta, plan_privacy
+from fedlora.privacy.accounting import (
+    PrivacyConfigError,
+    PrivacyPlan,
+    declared_count,
+    declared_training_count,
+    default_delta,
+    plan_privacy,
+)
 from fedlora.privacy.bank_ledger import BankLedger
 from fedlora.privacy.policy import BankPolicy, PolicyError
 from fedlora.privacy.randomness import Randomness, make_randomness
@@ -31,12 +38,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BankSide",
+    "bank_delta",
     "bank_randomness",
     "load_bank_privacy",
     "plan_bank",
     "privacy_key",
     "public_message",
     "publish_privacy_report",
+    "training_count",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,6 +70,8 @@ class BankSide:
     ledger_store: Store | None = None
     policy: BankPolicy | None = None
     job: bool = False
+    dataset_id: str = "default"
+    """The dataset identity the bank declares (``FEDLORA_BANK_DATASET_ID``): its ledger's key."""
 
     def policy_for(self, config: Config, bank: str) -> BankPolicy:
         return self.policy if self.policy is not None else BankPolicy.for_simulation(config, bank)
@@ -69,21 +80,56 @@ class BankSide:
         return self.ledger_store if self.ledger_store is not None else PrefixedStore(run_store, f"bank-ledgers/{bank}")
 
 
-def plan_bank(config: Config, bank: str, num_examples: int, *, policy: BankPolicy, runtime: Runtime) -> PrivacyPlan:
-    """Calibrate ``bank``'s σ from its own row count for its target (ε, δ) over the whole schedule.
+def bank_delta(policy: BankPolicy, declared_examples: int) -> float:
+    """The bank's δ: its policy's ``maxDelta``, else ``1/(10·n_declared)``; the lifetime ledger is composed at it."""
+    return policy.max_delta if policy.max_delta is not None else default_delta(declared_count(declared_examples))
 
-    δ is the request's, else ``1/(10·n_declared)``, never above the policy's ``maxDelta``; the
-    evaluation releases are reserved up front when the policy releases metrics. Plans are
-    cached in the runtime (a deterministic search of seconds with the PRV accountant).
+
+def training_count(config: Config, total_rows: int) -> int:
+    """The training count ``bank`` plans with: from its declared total and the request's split fractions.
+
+    See :func:`fedlora.privacy.accounting.declared_training_count`: nothing finer than the declared
+    total of the bank's rows enters the plan or any refusal.
     """
+    train_fraction = 1.0 - config.data.val_fraction - config.data.test_fraction
+    return declared_training_count(total_rows, train_fraction=train_fraction)
+
+
+def plan_bank(config: Config, bank: str, num_examples: int, *, policy: BankPolicy, runtime: Runtime) -> PrivacyPlan:
+    """Calibrate ``bank``'s σ from its own (declared) row count for its target (ε, δ) over the whole schedule.
+
+    δ is the request's when it is within the bank's δ (:func:`bank_delta`: ``maxDelta``, else
+    ``1/(10·n_declared)``), else the request is refused; without a request δ it is the bank's δ.
+    The evaluation releases are reserved up front when the policy releases metrics. Plans are
+    cached in the runtime (a deterministic search of seconds with the PRV accountant).
+
+    Args:
+        config: The request.
+        bank: The bank.
+        num_examples: The bank's training count (:func:`training_count`; only its declared value is used).
+        policy: The bank's policy.
+        runtime: Where plans are cached.
+
+    Raises:
+        PrivacyConfigError: the request's δ is above the bank's, or the schedule cannot be honoured.
+    """
+    declared = declared_count(num_examples)
+    allowed = bank_delta(policy, declared)
     delta = config.privacy.delta
-    if delta is None and policy.max_delta is not None:
-        delta = min(policy.max_delta, default_delta(declared_count(num_examples)))
+    if delta is None:
+        delta = allowed
+    elif delta > allowed:
+        rule = (
+            f"maxDelta={policy.max_delta:g}"
+            if policy.max_delta is not None
+            else f"1/(10·n) = {allowed:.3g} for its training rows (n ≈ {declared}; maxDelta unset)"
+        )
+        raise PrivacyConfigError(f"bank {bank}: the request asks for δ={delta:g}; the bank allows at most {rule}")
     training = config.training_for(bank)
     key = (
         config.target_epsilon_for(bank),
         delta,
-        num_examples,
+        declared,
         training.model_dump_json(),
         config.federation.rounds,
         config.privacy.max_grad_norm,
@@ -94,12 +140,11 @@ def plan_bank(config: Config, bank: str, num_examples: int, *, policy: BankPolic
     if key not in runtime.plans:
         runtime.plans[key] = plan_privacy(
             bank=bank,
-            num_examples=num_examples,
+            num_examples=declared,
             target_epsilon=key[0],
             delta=delta,
             batch_size=training.batch_size,
-            # the schedule follows the declared n: the published step count must not reveal the exact n
-            steps_per_round=steps_per_round(num_examples=declared_count(num_examples), config=training),
+            steps_per_round=steps_per_round(num_examples=declared, config=training),
             rounds=config.federation.rounds,
             max_grad_norm=config.privacy.max_grad_norm,
             noise_multiplier=config.privacy.noise_multiplier,

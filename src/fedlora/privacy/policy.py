@@ -38,7 +38,11 @@ class BankPolicy(BaseModel):
         16.0, gt=0, description="Cap on ε composed over every run ever trained on the same rows (the dataset's ledger)."
     )
     max_delta: float | None = Field(
-        None, gt=0, lt=1, description="Largest δ a request may use; None = 1/(10·n), and always δ < 1/n."
+        None,
+        gt=0,
+        lt=1,
+        description="Largest δ a request may use and the δ of the lifetime ledger; None = 1/(10·n) for the "
+        "bank's declared training count n (enforced: a request above it is refused), and always δ < 1/n.",
     )
     min_noise_multiplier: float = Field(
         0.5, ge=0, description="Smallest σ the bank accepts, whatever the ε arithmetic says."
@@ -76,7 +80,7 @@ class BankPolicy(BaseModel):
         return cls(
             max_epsilon_per_run=target,
             lifetime_epsilon=math.inf,
-            max_delta=None,
+            max_delta=config.privacy.delta,  # the user is every bank: the config's δ is the bank's
             min_noise_multiplier=0.0,
             accountant=config.privacy.accountant,
             release_metrics=config.privacy.release_metrics,
