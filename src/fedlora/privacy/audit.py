@@ -67,6 +67,22 @@ def epsilon_lower_bound(*, canaries: int, guesses: int, correct: int, delta: flo
     return lo
 
 
+def correct_guesses(scores: np.ndarray, included: np.ndarray, *, guesses_in: int, guesses_out: int) -> int:
+    """Guess "in" for the ``guesses_in`` highest scores and "out" for the ``guesses_out`` lowest; count the right ones.
+
+    The auditor abstains on the others (Steinke, Nasr & Jagielski, 2023, Alg. 1: ``k₊ + k₋ ≤ m``).
+
+    Raises:
+        ValueError: more guesses than canaries.
+
+    """
+    if guesses_in < 0 or guesses_out < 0 or guesses_in + guesses_out > len(scores):
+        raise ValueError(f"need 0 ≤ k₊, k₋ and k₊ + k₋ ≤ m = {len(scores)}; got {guesses_in} and {guesses_out}")
+    order = np.argsort(scores, kind="stable")
+    top = order[len(order) - guesses_in :]
+    return int(included[top].sum() + (~included[order[:guesses_out]]).sum())
+
+
 NoiseMode = Literal["secure", "off", "known-seed"]
 
 
@@ -143,9 +159,8 @@ def run_audit(
             noise_total += replay.normal(torch.Size([dim]), sigma * c, device=param.device, dtype=torch.float64)
     released = param + noise_total / expected_batch  # the auditor's best view (noise removed if it can)
     scores = (-released[:canaries]).numpy()  # a canary that was in moved its coordinate by −C/B per sample
-    order = np.argsort(scores)
     half = guesses // 2
-    correct = int(included[order[-half:]].sum() + (~included[order[:half]]).sum())
+    correct = correct_guesses(scores, included, guesses_in=half, guesses_out=half)
     reported = compute_epsilon([MechanismRun(noise_multiplier, sample_rate, steps)], delta=delta)
     return AuditResult(
         mode=mode,
