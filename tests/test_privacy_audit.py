@@ -91,12 +91,16 @@ def test_a_bank_round_without_canaries_trains_bit_identically(tmp_path: Path) ->
 
 @pytest.fixture(scope="module")
 def round_audits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RoundAuditResult]:
-    """One secure and one noiseless audit of bank-a's round, 256 canaries on the LoRA B matrices, 60 "in" guesses."""
+    """A secure audit at ε = 1 and a noiseless one of bank-a's round: 256 canaries on the LoRA B matrices, 60 guesses.
+
+    The audit's ceiling here (every guess right) is ε 2.76: at the default ε = 8 a secure run would pass
+    whatever its noise, so the secure run targets ε = 1, where a missing or mis-scaled noise would show.
+    """
     return {
         mode: audit_bank_round(
-            _round_config(tmp_path_factory.mktemp(mode)), mode=mode, canaries=256, guesses_in=60, seed=3
+            _round_config(tmp_path_factory.mktemp(mode), *target), mode=mode, canaries=256, guesses_in=60, seed=3
         )
-        for mode in ("secure", "off")
+        for mode, target in (("secure", ["privacy.target_epsilon=1"]), ("off", []))
     }
 
 
@@ -105,7 +109,7 @@ def test_the_audit_of_a_secure_bank_round_stays_below_the_ledgers_epsilon(
 ) -> None:
     secure = round_audits["secure"]
     assert secure.noise_multiplier > 0 and secure.steps == 8 and secure.guesses == 60
-    assert 7.5 < secure.reported_epsilon <= 8.0  # the whole target, spent in the run's one round
+    assert 0.9 < secure.reported_epsilon <= 1.0  # the whole target, spent in the run's one round
     assert 0.0 <= secure.epsilon_lower_bound <= secure.reported_epsilon
 
 
@@ -114,6 +118,6 @@ def test_without_noise_the_audit_of_a_bank_round_finds_a_large_epsilon(
 ) -> None:
     off, secure = round_audits["off"], round_audits["secure"]
     assert off.noise_multiplier == 0.0 and off.reported_epsilon == math.inf
-    # 60 of 60 right gives 2.75 at this δ; 2 wrong still 2.08 (6 seeds tried: 60 of 60 every time)
+    # 60 of 60 right gives 2.76 at this δ, 2 wrong still 2.08 (seeds 0-4: 60 of 60 every time); secure ε=1: 0.00
     assert off.epsilon_lower_bound > 2.0
-    assert off.epsilon_lower_bound > secure.epsilon_lower_bound + 0.5
+    assert off.epsilon_lower_bound > secure.epsilon_lower_bound + 1.0
