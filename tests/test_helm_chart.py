@@ -1,13 +1,13 @@
-"""The bank's Helm chart (helm/fedlora-bank): render, schema, lint, Kubernetes schemas, checkov, launcher contract.
+"""The bank's Helm chart (helm/fedlora-bank): render, schema, lint, Kubernetes schemas, checkov, the agent's contract.
 
 Everything runs offline: helm_python renders and lints with Helm's own engine, kubernetes-validate checks
 every manifest against the Kubernetes OpenAPI schemas, checkov (in its own venv, .venv-checkov) scans the
-rendered manifests together with the Jobs the pipeline's launcher would create from the chart's template.
+rendered manifests together with the Jobs the bank's agent creates from the chart's template (served by a fake
+Kubernetes API, tests/kube_fake.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import re
@@ -20,10 +20,13 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from kubernetes.utils import parse_quantity
 
+from fedlora.bank_agent import RoundRequest
+from fedlora.config import config_to_yaml, load_config
 from fedlora.kube import TEMPLATE_KEY, TEMPLATE_LABELS, TRAINER_CONTAINER
-from fedlora.kube.job_template import STREAM_LOGS_KEY
-from fedlora.kube.launcher import BankJobLauncher, job_name
+from fedlora.kube.agent_jobs import JobExecutor
+from fedlora.kube.launcher import BankJobLauncher
 from kube_fake import FakeCluster, serve
 
 helm_python = pytest.importorskip("helm_python")
@@ -33,16 +36,22 @@ CHART = ROOT / "helm" / "fedlora-bank"
 CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
 K8S_VERSIONS = ["1.30.0", "1.33.0", kubernetes_validate.latest_version()]
 RELEASE = "fedlora-bank"
-# cluster-scoped objects, each only when a value asks (namespace.create, admissionPolicy.enabled)
-CLUSTER_SCOPED = {"Namespace", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+# the one cluster-scoped object, only when a value asks (namespace.create)
+CLUSTER_SCOPED = {"Namespace"}
+# what may create a pod: an object that grants `create` on one of these is a way to shape a pod here
+WORKLOADS = {"jobs", "pods", "cronjobs", "deployments", "replicasets", "statefulsets", "daemonsets", "*"}
 
 MINIMAL: dict[str, Any] = {
     "bank": {"name": "bank-m"},
-    "consortium": {"serviceAccount": {"name": "fedlora-pipeline", "namespace": "kubeflow"}},
     "ledger": {"pvc": {"claimName": "bank-m-ledger"}},
     "store": {"uri": "s3://fedlora-exchange/consortium-m"},
     "data": {"pvc": {"claimName": "bank-m-data"}},
-    "networkPolicy": {"egress": {"store": {"cidrs": ["10.20.0.0/16"], "ports": [443]}}},
+    "networkPolicy": {
+        "egress": {
+            "store": {"cidrs": ["10.20.0.0/16"], "ports": [443]},
+            "kubernetesApi": {"cidrs": ["10.20.0.1/32"], "ports": [443]},
+        }
+    },
 }
 
 
@@ -58,13 +67,6 @@ SCENARIOS: dict[str, tuple[dict[str, Any], str]] = {
     "managed-namespace": (_ci("managed-namespace-values.yaml"), "fedlora-system"),
     "minimal": (MINIMAL, "bank-m"),
     "agent": (_ci("agent-values.yaml"), "bank-d"),
-}
-
-LAUNCH = {
-    "args": ["train-bank", "--run", "s3://fedlora-exchange/runs/r1", "--bank", "BANK", "--round", "1"],
-    "env": {"FEDLORA_REQUEST_ROUND": "1", "FEDLORA_REQUEST_RUN": "r1", "FEDLORA_STORE_URI": "s3://elsewhere/"},
-    "labels": {"fedlora.io/run": "r1", "fedlora.io/round": "1"},
-    "active_deadline_seconds": 7200,
 }
 
 
@@ -90,23 +92,35 @@ def render(values: dict[str, Any], namespace: str) -> list[dict[str, Any]]:
 
 
 def launcher_job(docs: list[dict[str, Any]], bank: str) -> dict[str, Any]:
-    """What the pipeline's launcher creates from this release's template: its ConfigMap, served by a fake API
-    server, read and filled in by ``BankJobLauncher.render`` (the launcher's own labels included)."""
+    """What the bank's agent creates from this release's template for round 1 of run ``r1``: its ConfigMap, served
+    by a fake API server, read and filled in by the agent's ``job`` executor (its own labels included)."""
     (configmap,) = [d for d in docs if d["kind"] == "ConfigMap"]
     namespace, name = configmap["metadata"]["namespace"], configmap["metadata"]["name"]
+    config = load_config(None, [f"federation.banks=[{{name: {bank}}}]", "federation.min_banks=1", "kubeflow.mode=pull"])
+    request = RoundRequest(run="r1", bank=bank, round_index=1, config_text=config_to_yaml(config), config=config)
     state = FakeCluster()
     state.configmaps[(namespace, name)] = configmap
-    args = [a.replace("BANK", bank) for a in LAUNCH["args"]]  # type: ignore[attr-defined]
     with serve(state) as api:
-        return BankJobLauncher(api).render(
-            namespace=namespace,
-            template_configmap=name,
-            name=job_name(run="r1", bank=bank, round_index=1),
-            args=args,
-            env=LAUNCH["env"],  # type: ignore[arg-type]
-            labels={**LAUNCH["labels"], "fedlora.io/bank": bank},  # type: ignore[dict-item]
-            timeout_seconds=LAUNCH["active_deadline_seconds"],  # type: ignore[arg-type]
-        )
+        assert JobExecutor(BankJobLauncher(api, namespace=namespace, template_configmap=name)).take(request) is None
+    (job,) = state.posted
+    return job
+
+
+def agent_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The pod template of the agent's CronJob."""
+    (cronjob,) = by_kind(docs, "CronJob")
+    pod: dict[str, Any] = cronjob["spec"]["jobTemplate"]["spec"]["template"]
+    return pod
+
+
+def agent_subject(docs: list[dict[str, Any]]) -> dict[str, str]:
+    """The agent's ServiceAccount as a RoleBinding subject."""
+    (account,) = [a for a in by_kind(docs, "ServiceAccount") if a["metadata"]["name"].endswith("-agent")]
+    return {
+        "kind": "ServiceAccount",
+        "name": account["metadata"]["name"],
+        "namespace": account["metadata"]["namespace"],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +153,7 @@ def test_lint_strict(scenario: str, kube_version: str) -> None:
 def test_lint_with_default_values_names_the_required_values() -> None:
     report = helm_python.lint(str(CHART), None, strict=True)
     text = "\n".join(report["errors"])
-    for path in ["/bank/name", "/store/uri", "/consortium/serviceAccount/name", "/data/pvc/claimName"]:
+    for path in ["/bank/name", "/store/uri", "/data/pvc/claimName"]:
         assert path in text
 
 
@@ -166,13 +180,12 @@ def test_every_object_is_namespaced_in_the_bank_namespace(rendered: dict[str, li
             assert "Namespace" in kinds
             assert "ResourceQuota" not in kinds
             assert "LimitRange" not in kinds
-            assert "ServiceAccount" not in kinds  # an existing one
+            assert [a["metadata"]["name"] for a in by_kind(docs, "ServiceAccount")] == [f"{RELEASE}-agent"]
         else:
             assert {"ResourceQuota", "LimitRange", "ServiceAccount"} <= set(kinds)
-        assert not {"ClusterRole", "ClusterRoleBinding"} & set(kinds)
+        assert not {"ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy"} & set(kinds)
         assert ("Namespace" in kinds) == values.get("namespace", {}).get("create", False)
-        asks_policy = values.get("admissionPolicy", {}).get("enabled", True)  # on by default
-        assert ("ValidatingAdmissionPolicy" in kinds) == asks_policy
+        assert {"CronJob", "Role", "RoleBinding"} <= set(kinds)  # the agent is on by default
         for doc in docs:
             if doc["kind"] in CLUSTER_SCOPED:
                 assert doc["kind"] != "Namespace" or doc["metadata"]["name"] == expected_ns
@@ -195,27 +208,26 @@ def test_managed_namespace_must_differ_from_the_release_namespace() -> None:
         render(values, values["namespace"]["name"])
 
 
-# ------------------------------------------------------------------------ the launcher's contract
+# --------------------------------------------------------------------------- the agent's contract
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_job_template_is_accepted_by_the_launcher(rendered: dict[str, list[dict[str, Any]]], scenario: str) -> None:
+def test_job_template_is_accepted_by_the_agent(rendered: dict[str, list[dict[str, Any]]], scenario: str) -> None:
     values, _ = SCENARIOS[scenario]
     docs = rendered[scenario]
     (configmap,) = by_kind(docs, "ConfigMap")
     assert configmap["metadata"]["name"] == values.get("jobTemplate", {}).get("name", "fedlora-bank-job-template")
     assert TEMPLATE_LABELS.items() <= configmap["metadata"]["labels"].items()
-    assert sorted(configmap["data"]) == sorted([TEMPLATE_KEY, STREAM_LOGS_KEY])
-    assert configmap["data"][STREAM_LOGS_KEY] == str(values.get("logs", {}).get("streamToConsortium", False)).lower()
+    assert sorted(configmap["data"]) == [TEMPLATE_KEY]
 
     job = launcher_job(docs, values["bank"]["name"])
     container = trainer(job)
     env = {e["name"]: e for e in container["env"]}
-    # the consortium's request
-    assert container["args"][0] == "train-bank"
+    # the request: run, bank, round and the run's config, nothing else
+    assert container["args"] == ["train-bank", "--run", "r1", "--bank", values["bank"]["name"], "--round", "1"]
     assert env["FEDLORA_REQUEST_ROUND"]["value"] == "1"
     assert job["metadata"]["labels"]["fedlora.io/run"] == "r1"
-    # the bank's decisions stand: its exchange prefix wins over the launcher's
+    # the bank's decisions stand
     assert env["FEDLORA_STORE_URI"]["value"] == values["store"]["uri"]
     assert env["FEDLORA_BANK_NAME"]["value"] == values["bank"]["name"]
     assert env["HF_HOME"]["value"].startswith("/cache/")
@@ -253,6 +265,7 @@ def test_data_source_bucket_and_credentials_from_existing_secrets(rendered: dict
     assert env["FEDLORA_STORE_PATH_STYLE"]["value"] == "true"
     refs = {n: e["valueFrom"]["secretKeyRef"] for n, e in env.items() if "valueFrom" in e}
     assert refs == {
+        "FEDLORA_BANK_SPLIT_KEY": {"name": "bank-b-split-key", "key": "key"},
         "FEDLORA_BANK_DATA_AWS_ACCESS_KEY_ID": {"name": "bank-b-data-keys", "key": "access-key"},
         "FEDLORA_BANK_DATA_AWS_SECRET_ACCESS_KEY": {"name": "bank-b-data-keys", "key": "secret-key"},
         "AWS_ACCESS_KEY_ID": {"name": "fedlora-exchange-keys", "key": "AWS_ACCESS_KEY_ID"},
@@ -264,95 +277,7 @@ def test_data_source_bucket_and_credentials_from_existing_secrets(rendered: dict
         assert not by_kind(docs, "Secret"), scenario
 
 
-# ----------------------------------------------------------------------------- admission policy
-
-
-def _tampered(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Jobs the consortium could create with its RBAC that differ from the bank's template."""
-
-    def variant(change: Any) -> dict[str, Any]:
-        out = copy.deepcopy(job)
-        change(out["spec"]["template"]["spec"], out["spec"]["template"]["spec"]["containers"][0], out)
-        return out
-
-    return {
-        "image": variant(lambda p, c, j: c.update(image="evil.example/exfil:1")),
-        "command": variant(lambda p, c, j: c.update(command=["sh", "-c", "cat /data/bank/*"])),
-        "subcommand": variant(lambda p, c, j: c.update(args=["simulate"])),
-        "service-account": variant(lambda p, c, j: p.update(serviceAccountName="default")),
-        "api-token": variant(lambda p, c, j: p.update(automountServiceAccountToken=True)),
-        "extra-env": variant(lambda p, c, j: c["env"].append({"name": "AWS_ENDPOINT_URL", "value": "https://x"})),
-        "store-override": variant(lambda p, c, j: c["env"].append({"name": "FEDLORA_STORE_URI", "value": "s3://x/"})),
-        "env-from": variant(lambda p, c, j: c.update(envFrom=[{"secretRef": {"name": "bank-secrets"}}])),
-        "host-path": variant(lambda p, c, j: p["volumes"].append({"name": "h", "hostPath": {"path": "/"}})),
-        "other-claim": variant(
-            lambda p, c, j: p["volumes"].append({"name": "x", "persistentVolumeClaim": {"claimName": "other"}})
-        ),
-        "sidecar": variant(lambda p, c, j: p["containers"].append(dict(c, name="sidecar"))),
-        "init": variant(lambda p, c, j: p.update(initContainers=[dict(c, name="init")])),
-        "capabilities": variant(lambda p, c, j: c["securityContext"]["capabilities"].update(add=["NET_ADMIN"])),
-        "host-network": variant(lambda p, c, j: p.update(hostNetwork=True)),
-        "labels": variant(
-            lambda p, c, j: j["spec"]["template"]["metadata"]["labels"].pop("app.kubernetes.io/component")
-        ),
-    }
-
-
-def admission(
-    docs: list[dict[str, Any]],
-    *,
-    obj: dict[str, Any] | None,
-    old: dict[str, Any] | None = None,
-    operation: str = "CREATE",
-    user: str | None = None,
-) -> list[str] | None:
-    """Evaluate the chart's admission policies as the API server would for one request.
-
-    Returns the denial messages ([] = admitted), or None when no policy matches the request. The CEL runs in
-    cel-python (a CEL implementation; the API server uses cel-go); an evaluation error denies, as with
-    ``failurePolicy: Fail``.
-    """
-    celpy = pytest.importorskip("celpy", reason="cel-python evaluates the admission policy's CEL")
-    env = celpy.Environment()
-    namespace = (obj or old or {}).get("metadata", {}).get("namespace")
-    request = {"operation": operation, "userInfo": {"username": user or ""}, "namespace": namespace}
-    activation: dict[str, Any] = {
-        "object": celpy.json_to_cel(obj),
-        "oldObject": celpy.json_to_cel(old),
-        "request": celpy.json_to_cel(request),
-    }
-    matched, denials = False, []
-    for policy in by_kind(docs, "ValidatingAdmissionPolicy"):
-        spec = policy["spec"]
-        constraints = spec["matchConstraints"]
-        if constraints["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] != namespace:
-            continue
-        if not any(operation in rule["operations"] for rule in constraints["resourceRules"]):
-            continue
-        conditions = [env.program(env.compile(c["expression"])) for c in spec.get("matchConditions", [])]
-        if not all(bool(c.evaluate(activation)) for c in conditions):
-            continue
-        matched = True
-        variables = {}
-        for v in spec.get("variables", []):
-            activation["variables"] = celpy.celtypes.MapType(variables)
-            with contextlib.suppress(Exception):  # an unusable variable fails the validations that use it
-                program = env.program(env.compile(v["expression"]))
-                variables[celpy.celtypes.StringType(v["name"])] = program.evaluate(activation)
-        activation["variables"] = celpy.celtypes.MapType(variables)
-        for validation in spec["validations"]:
-            try:
-                result = env.program(env.compile(validation["expression"])).evaluate(activation)
-            except Exception:
-                result = False
-            if isinstance(result, Exception) or not bool(result):
-                denials.append(validation["message"])
-    return denials if matched else None
-
-
-def consortium_user(values: dict[str, Any]) -> str:
-    sa = values["consortium"]["serviceAccount"]
-    return f"system:serviceaccount:{sa['namespace']}:{sa['name']}"
+# ------------------------------------------------------ RBAC: the consortium is granted nothing in the namespace
 
 
 def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -371,74 +296,73 @@ def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     return True
 
 
+def _creates_workloads(rule: dict[str, Any]) -> bool:
+    """Whether an RBAC rule lets its subject create something that runs a pod."""
+    return bool({"create", "*"} & set(rule.get("verbs", []))) and bool(WORKLOADS & set(rule.get("resources", [])))
+
+
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_the_launchers_job_is_selected_by_the_trainer_policies_and_admitted(
+def test_the_consortium_is_bound_to_nothing_in_the_banks_namespace(
     rendered: dict[str, list[dict[str, Any]]], scenario: str
 ) -> None:
-    """Blocker: the launcher's labels must not break the bank's own NetworkPolicies or admission policy."""
+    """Issue 27, finding 1: the only RoleBinding's only subject is the agent's own ServiceAccount, in this namespace."""
+    docs = rendered[scenario]
+    assert not {"ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy"} & {d["kind"] for d in docs}
+    agent = agent_subject(docs)
+    bindings = by_kind(docs, "RoleBinding")
+    assert bindings
+    for binding in bindings:
+        assert binding["subjects"] == [agent], binding["metadata"]["name"]
+        assert binding["roleRef"]["kind"] == "Role"
+    assert not [d for d in docs if "fedlora-pipeline" in json.dumps(d)]  # the consortium's account: named nowhere
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_only_the_agents_own_account_may_create_a_workload(
+    rendered: dict[str, list[dict[str, Any]]], scenario: str
+) -> None:
+    docs = rendered[scenario]
+    roles = [*by_kind(docs, "Role"), *by_kind(docs, "ClusterRole")]
+    creating = {r["metadata"]["name"] for r in roles if any(_creates_workloads(rule) for rule in r["rules"])}
+    agent = agent_subject(docs)
+    for binding in [*by_kind(docs, "RoleBinding"), *by_kind(docs, "ClusterRoleBinding")]:
+        if binding["roleRef"]["name"] in creating:
+            assert binding["subjects"] == [agent]
+    (role,) = by_kind(docs, "Role")
+    rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): r for r in role["rules"]}
+    assert set(rules) == {(("batch",), ("jobs",)), (("",), ("pods",)), (("",), ("configmaps",))}
+    assert set(rules[("batch",), ("jobs",)]["verbs"]) == {"create", "get", "list", "watch"}  # no delete, no update
+    assert set(rules[("",), ("pods",)]["verbs"]) == {"get", "list"}  # no create, no pods/log, no pods/exec
+    template = SCENARIOS[scenario][0].get("jobTemplate", {}).get("name", "fedlora-bank-job-template")
+    assert rules[("",), ("configmaps",)] == {
+        "apiGroups": [""],
+        "resources": ["configmaps"],
+        "resourceNames": [template],
+        "verbs": ["get"],
+    }
+
+
+def test_without_the_agent_nobody_may_create_anything() -> None:
+    docs = render(merged(MINIMAL, {"agent": {"enabled": False}}), "bank-m")
+    kinds = {d["kind"] for d in docs}
+    assert not {"CronJob", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"} & kinds
+    assert [a["metadata"]["name"] for a in by_kind(docs, "ServiceAccount")] == [f"{RELEASE}-trainer"]
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_the_agents_job_is_selected_by_the_trainer_network_policy(
+    rendered: dict[str, list[dict[str, Any]]], scenario: str
+) -> None:
+    """The agent's labels must not break the bank's own NetworkPolicies."""
     values, _ = SCENARIOS[scenario]
     docs = rendered[scenario]
     job = launcher_job(docs, values["bank"]["name"])
     pod_labels = job["spec"]["template"]["metadata"]["labels"]
-    policies = by_kind(docs, "NetworkPolicy")
     if values.get("networkPolicy", {}).get("enabled", True):
+        policies = by_kind(docs, "NetworkPolicy")
         egress = [p for p in policies if "Egress" in p["spec"]["policyTypes"] and p["spec"].get("egress")]
-        assert egress, "the chart has no egress policy for the trainer"
         selecting = [p["metadata"]["name"] for p in egress if selects(p["spec"]["podSelector"], pod_labels)]
-        assert selecting, f"no egress NetworkPolicy selects the launched pod (labels {pod_labels})"
-    denials = admission(docs, obj=job, user=consortium_user(values))
-    if by_kind(docs, "ValidatingAdmissionPolicy"):
-        assert denials == [], denials
-
-
-def test_admission_policy_admits_the_launcher_and_nothing_else(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    docs = rendered["pvc"]
-    (policy, *_) = by_kind(docs, "ValidatingAdmissionPolicy")
-    (binding, *_) = by_kind(docs, "ValidatingAdmissionPolicyBinding")
-    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
-    assert "Deny" in binding["spec"]["validationActions"]
-    spec = policy["spec"]
-    assert spec["failurePolicy"] == "Fail"
-    assert spec["matchConstraints"]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "bank-a"}}
-    user = consortium_user(SCENARIOS["pvc"][0])
-    assert user == "system:serviceaccount:consortium-kubeflow:fedlora-pipeline"
-    assert user in spec["matchConditions"][0]["expression"]
-
-    job = launcher_job(docs, "bank-a")
-    assert admission(docs, obj=job, user=user) == []
-    assert admission(docs, obj=job, user="system:serviceaccount:bank-a:bank-operator") is None  # the bank's own
-    for name, tampered in _tampered(job).items():
-        assert admission(docs, obj=tampered, user=user), f"the admission policy admits a tampered Job ({name})"
-
-
-# ---------------------------------------------------------------------- RBAC and NetworkPolicies
-
-
-def test_consortium_may_only_run_jobs(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    docs = rendered["bucket"]
-    (role,) = by_kind(docs, "Role")
-    rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): r for r in role["rules"]}
-    assert set(rules) == {(("batch",), ("jobs",)), (("",), ("pods",)), (("",), ("pods/log",)), (("",), ("configmaps",))}
-    assert set(rules[("batch",), ("jobs",)]["verbs"]) == {"create", "get", "list", "watch", "delete"}
-    assert set(rules[("",), ("pods",)]["verbs"]) == {"get", "list"}  # the launcher never watches pods
-    assert rules[("",), ("pods/log",)]["verbs"] == ["get"]  # bank-b streams its log (logs.streamToConsortium)
-    (quiet,) = by_kind(rendered["pvc"], "Role")  # the default: the log stays in the bank, no pods/log
-    assert [r for r in quiet["rules"] if "pods/log" in r["resources"]] == []
-    assert rules[("",), ("configmaps",)] == {
-        "apiGroups": [""],
-        "resources": ["configmaps"],
-        "resourceNames": ["fedlora-bank-job-template"],
-        "verbs": ["get"],
-    }
-    (binding,) = by_kind(docs, "RoleBinding")
-    assert binding["roleRef"] == {
-        "apiGroup": "rbac.authorization.k8s.io",
-        "kind": "Role",
-        "name": role["metadata"]["name"],
-    }
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "fedlora-pipeline", "namespace": "kubeflow-user-consortium"}
-    ]
+        assert selecting == [f"{RELEASE}-trainer"], f"labels {pod_labels}"
 
 
 def test_network_policies(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -457,8 +381,8 @@ def test_network_policies(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert egress[2] == {"to": [{"ipBlock": {"cidr": "10.40.8.0/24"}}], "ports": [{"protocol": "TCP", "port": 443}]}
     assert len(egress) == 3  # no Kubernetes API, no extras
     managed = by_kind(rendered["managed-namespace"], "NetworkPolicy")
-    assert [p["metadata"]["name"] for p in managed] == [f"{RELEASE}-trainer"]
-    assert managed[0]["spec"]["egress"][-1] == {
+    assert [p["metadata"]["name"] for p in managed] == [f"{RELEASE}-trainer", f"{RELEASE}-agent"]
+    assert managed[1]["spec"]["egress"][-1] == {
         "to": [{"ipBlock": {"cidr": "10.96.0.1/32"}}],
         "ports": [{"protocol": "TCP", "port": 443}],
     }
@@ -489,7 +413,12 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("root", {"trainer": {"runAsUser": 0}}, "/trainer/runAsUser"),
     ("cidr", {"networkPolicy": {"egress": {"store": {"cidrs": ["10.0.0.0"]}}}}, "/networkPolicy/egress/store/cidrs/0"),
     ("namespace-create", {"namespace": {"create": True}}, "/namespace/name"),
-    ("consortium", {"consortium": {"serviceAccount": {"name": "runner"}}}, "/consortium/serviceAccount/namespace"),
+    # values of the consortium's access, removed with it (issue 27): an old values file is refused, not ignored
+    ("consortium", {"consortium": {"serviceAccount": {"name": "runner"}}}, "additional properties 'consortium'"),
+    ("admission", {"admissionPolicy": {"enabled": True}}, "additional properties 'admissionPolicy'"),
+    ("logs", {"logs": {"streamToConsortium": True}}, "additional properties 'logs'"),
+    ("dataset-id", {"ledger": {"datasetId": "../other"}}, "/ledger/datasetId"),
+    ("split-key", {"data": {"splitKey": {"existingSecret": "k", "key": ""}}}, "/data/splitKey/key"),
 ]
 
 
@@ -498,8 +427,6 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
 )
 def test_bad_values_rejected_by_the_schema(override: dict[str, Any], expected: str) -> None:
     values = merged(MINIMAL, override)
-    if override == {"consortium": {"serviceAccount": {"name": "runner"}}}:
-        values["consortium"] = override["consortium"]
     with pytest.raises(helm_python.HelmValuesError) as info:
         render(values, "bank-m")
     assert expected in str(info.value)
@@ -514,7 +441,11 @@ def test_bad_values_rejected_by_the_schema(override: dict[str, Any], expected: s
             "networkPolicy.egress.data.cidrs is empty while data.source=bucket",
         ),
         ({"trainer": {"extraEnv": [{"name": "DB_PASSWORD", "value": "x"}]}}, "credentials are not allowed"),
-        ({"trainer": {"extraEnv": [{"name": "FEDLORA_REQUEST_X", "value": "x"}]}}, "belong to the consortium"),
+        ({"trainer": {"extraEnv": [{"name": "FEDLORA_REQUEST_X", "value": "x"}]}}, "carry the request"),
+        (
+            {"networkPolicy": {"egress": {"kubernetesApi": {"cidrs": []}}}},
+            "networkPolicy.egress.kubernetesApi.cidrs is empty while agent.enabled",
+        ),
         ({"serviceAccount": {"create": False}}, "serviceAccount.name"),
         (
             {"namespace": {"labels": {"pod-security.kubernetes.io/enforce": "privileged"}}},
@@ -633,7 +564,7 @@ def test_checkov_passes(rendered: dict[str, list[dict[str, Any]]], tmp_path_fact
     shutil.rmtree(folder, ignore_errors=True)
 
 
-# ------------------------------------------- issue 10 / 12: policy, ledger, model, CA, logs, delete
+# ------------------------------------------------ issue 10 / 12 / 27: policy, ledger, model, CA, split
 
 
 def test_bank_privacy_policy_and_ledger_reach_the_trainer(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -653,7 +584,7 @@ def test_bank_privacy_policy_and_ledger_reach_the_trainer(rendered: dict[str, li
     assert json.loads(bucket["FEDLORA_BANK_POLICY"])["maxDelta"] == 1e-5
 
 
-def test_ledger_claim_is_created_kept_mounted_writable_and_admitted(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_ledger_claim_is_created_kept_and_mounted_writable(rendered: dict[str, list[dict[str, Any]]]) -> None:
     docs = rendered["pvc"]
     (claim,) = by_kind(docs, "PersistentVolumeClaim")
     assert claim["metadata"]["name"] == f"{RELEASE}-ledger"
@@ -664,13 +595,6 @@ def test_ledger_claim_is_created_kept_mounted_writable_and_admitted(rendered: di
     assert volumes["ledger"]["persistentVolumeClaim"] == {"claimName": f"{RELEASE}-ledger"}
     mount = next(m for m in trainer(job)["volumeMounts"] if m["name"] == "ledger")
     assert mount["mountPath"] == "/var/lib/fedlora/ledger" and not mount.get("readOnly")
-    user = consortium_user(SCENARIOS["pvc"][0])
-    assert admission(docs, obj=job, user=user) == []
-    swapped = copy.deepcopy(job)  # the consortium points the ledger at a fresh claim: refused
-    next(v for v in swapped["spec"]["template"]["spec"]["volumes"] if v["name"] == "ledger")["persistentVolumeClaim"][
-        "claimName"
-    ] = "empty-ledger"
-    assert admission(docs, obj=swapped, user=user)
     (namespace,) = by_kind(rendered["managed-namespace"], "Namespace")
     assert namespace["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
 
@@ -688,7 +612,7 @@ def test_chart_refuses_to_render_without_one_ledger(override: dict[str, Any], ex
         render(merged(MINIMAL, override), "bank-m")
 
 
-def test_model_weights_from_a_read_only_claim_and_ca_bundle_are_admitted(
+def test_model_weights_from_a_read_only_claim_and_ca_bundle(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
     job = launcher_job(rendered["pvc"], "bank-a")
@@ -696,12 +620,8 @@ def test_model_weights_from_a_read_only_claim_and_ca_bundle_are_admitted(
     assert env["HF_HUB_CACHE"] == "/models/hub" and env["HF_HUB_OFFLINE"] == "1"
     volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
     assert volumes["model"]["persistentVolumeClaim"] == {"claimName": "llama-3-1-8b-hub", "readOnly": True}
-    user = consortium_user(SCENARIOS["pvc"][0])
-    writable = copy.deepcopy(job)  # a writable model volume would let a Job tamper with the bank's weights
-    next(m for m in writable["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] if m["name"] == "model")[
-        "readOnly"
-    ] = False
-    assert admission(rendered["pvc"], obj=writable, user=user)
+    mount = next(m for m in trainer(job)["volumeMounts"] if m["name"] == "model")
+    assert mount["readOnly"] is True  # a Job cannot tamper with the bank's weights
 
     docs = rendered["bucket"]
     job = launcher_job(docs, "bank-b")
@@ -710,43 +630,6 @@ def test_model_weights_from_a_read_only_claim_and_ca_bundle_are_admitted(
         assert env[variable] == "/etc/fedlora/ca/ca.crt"
     volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
     assert volumes["ca-bundle"]["configMap"] == {"name": "bank-b-internal-ca"}
-    user = consortium_user(SCENARIOS["bucket"][0])
-    assert admission(docs, obj=job, user=user) == []
-    other = copy.deepcopy(job)
-    other["spec"]["template"]["spec"]["volumes"].append({"name": "x", "configMap": {"name": "bank-b-secrets-as-cm"}})
-    assert admission(docs, obj=other, user=user)
-
-
-def test_consortium_may_delete_only_the_jobs_its_launcher_created(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    docs = rendered["pvc"]
-    user = consortium_user(SCENARIOS["pvc"][0])
-    job = launcher_job(docs, "bank-a")
-    assert job["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "fedlora-launcher"
-    assert admission(docs, obj=None, old=job, operation="DELETE", user=user) == []
-    banks_own = copy.deepcopy(job)
-    del banks_own["metadata"]["labels"]["app.kubernetes.io/managed-by"]
-    assert admission(docs, obj=None, old=banks_own, operation="DELETE", user=user)
-    assert admission(docs, obj=banks_own, user=user)  # and it cannot create a Job without the label either
-    assert admission(docs, obj=None, old=banks_own, operation="DELETE", user="system:serviceaccount:bank-a:ops") is None
-
-
-def test_admission_policy_is_on_by_default_and_the_binding_needs_it(capfd: pytest.CaptureFixture[str]) -> None:
-    docs = render(MINIMAL, "bank-m")
-    assert len(by_kind(docs, "ValidatingAdmissionPolicy")) == 2  # create/update and delete
-    off = merged(MINIMAL, {"admissionPolicy": {"enabled": False}})
-    with pytest.raises(helm_python.HelmError, match=re.escape("admissionPolicy.allowUnrestrictedConsortium=true")):
-        render(off, "bank-m")
-    opted_out = render(merged(off, {"admissionPolicy": {"allowUnrestrictedConsortium": True}}), "bank-m")
-    assert by_kind(opted_out, "RoleBinding") and not by_kind(opted_out, "ValidatingAdmissionPolicy")
-    # Helm's lint mode logs a template's `fail` instead of stopping (render has no kube version to set)
-    capfd.readouterr()
-    helm_python.lint(str(CHART), MINIMAL, strict=True, namespace="bank-m", kube_version="v1.29.0")
-    logged = capfd.readouterr().err
-    assert "needs Kubernetes >= 1.30" in logged and "this cluster is v1.29.0" in logged
-    assert "allowUnrestrictedConsortium=true" in logged
-    capfd.readouterr()
-    helm_python.lint(str(CHART), MINIMAL, strict=True, namespace="bank-m", kube_version="v1.30.0")
-    assert "needs Kubernetes >= 1.30" not in capfd.readouterr().err
 
 
 def test_dns_ports_are_a_value() -> None:
@@ -758,58 +641,77 @@ def test_dns_ports_are_a_value() -> None:
     ]
 
 
-# ------------------------------------------------------------------------- pull mode: the bank's agent
+# ------------------------------------------------------------------------------------------ the bank's agent
 
 
-def test_agent_is_off_by_default(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    for scenario in ("pvc", "bucket", "managed-namespace", "minimal"):
-        assert by_kind(rendered[scenario], "CronJob") == []
+def test_agent_is_on_by_default_and_runs_the_job_executor(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for scenario, docs in rendered.items():
+        values, _ = SCENARIOS[scenario]
+        (cronjob,) = by_kind(docs, "CronJob")
+        assert cronjob["metadata"]["name"] == f"{RELEASE}-agent"
+        assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+        (container,) = agent_pod(docs)["spec"]["containers"]
+        template = values.get("jobTemplate", {}).get("name", "fedlora-bank-job-template")
+        runs = [a for r in values.get("agent", {}).get("runs", []) for a in ("--run", r)]
+        assert container["args"] == [
+            "bank-agent", "--bank", values["bank"]["name"], "--once", "--executor", "job", "--job-template", template,
+            *runs,
+        ]  # fmt: skip
+    spec = by_kind(rendered["agent"], "CronJob")[0]["spec"]
+    assert spec["schedule"] == "*/2 * * * *" and spec["jobTemplate"]["spec"]["activeDeadlineSeconds"] == 300
 
 
-def test_agent_runs_bank_agent_in_the_trainers_own_pod(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    """The CronJob's pod is the trainer Job template's pod: only the arguments (and an agent label) differ."""
-    docs = rendered["agent"]
-    (cronjob,) = by_kind(docs, "CronJob")
-    assert cronjob["metadata"]["name"] == f"{RELEASE}-agent" and cronjob["metadata"]["namespace"] == "bank-d"
-    spec = cronjob["spec"]
-    assert spec["schedule"] == "*/2 * * * *" and spec["concurrencyPolicy"] == "Forbid"
-    assert spec["jobTemplate"]["spec"]["backoffLimit"] == 0
-    assert spec["jobTemplate"]["spec"]["activeDeadlineSeconds"] == 21600
-    pod = copy.deepcopy(spec["jobTemplate"]["spec"]["template"])
-    container = trainer({"spec": {"template": pod}})
-    assert container["args"] == ["bank-agent", "--bank", "bank-d", "--once", "--run", "credit-risk-2026-q4"]
-    assert pod["metadata"]["labels"].pop("fedlora.io/agent") == "true"
-    (configmap,) = by_kind(docs, "ConfigMap")
-    template = yaml.safe_load(configmap["data"][TEMPLATE_KEY])["spec"]["template"]
-    del pod["spec"]["containers"][0]["args"]
-    assert pod == template  # same image, ServiceAccount, security, env, volumes, resources, labels
-    env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["FEDLORA_STORE_URI"] == "s3://fedlora-exchange/consortium-2026"
-    assert env["FEDLORA_BANK_LEDGER"] == "/var/lib/fedlora/ledger" and env["FEDLORA_BANK_DATA"].startswith(
-        "/data/bank/"
-    )
-    assert json.loads(env["FEDLORA_BANK_POLICY"])["maxEpsilonPerRun"] == 4
-    assert not [name for name in env if name.startswith("FEDLORA_REQUEST_")]  # the request comes from the exchange
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_agent_pod_is_light_cpu_only_and_reads_no_bank_data(
+    rendered: dict[str, list[dict[str, Any]]], scenario: str
+) -> None:
+    """Finding 8: the agent holds no GPU and little memory; it mounts no data and gets no bank-data secret."""
+    docs = rendered[scenario]
+    pod = agent_pod(docs)["spec"]
+    (container,) = pod["containers"]
+    resources = container["resources"]
+    for kind in ("requests", "limits"):
+        assert set(resources[kind]) <= {"cpu", "memory"}, resources  # no nvidia.com/gpu, nothing else
+    assert parse_quantity(resources["requests"]["memory"]) <= 512 * 2**20
+    assert parse_quantity(resources["limits"]["memory"]) <= 512 * 2**20
+    assert all("emptyDir" in v or "configMap" in v for v in pod["volumes"]), pod["volumes"]  # no PVC: no data
+    env = {e["name"]: e for e in container["env"]}
+    assert not [n for n in env if n.startswith("FEDLORA_BANK_")]  # no data, ledger, policy, split key
+    secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in env.values() if "secretKeyRef" in e.get("valueFrom", {})}
+    assert secrets <= {SCENARIOS[scenario][0].get("store", {}).get("existingSecret")}  # at most the exchange keys
+    assert env["FEDLORA_AGENT_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert pod["serviceAccountName"] == agent_subject(docs)["name"] and pod["automountServiceAccountToken"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True and pod["securityContext"]["runAsNonRoot"]
+    # the trainer Job the agent creates keeps the GPU, and no API token
+    job = launcher_job(docs, SCENARIOS[scenario][0]["bank"]["name"])
+    assert trainer(job)["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert job["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
 
 
-def test_agent_pods_are_selected_by_the_trainer_network_policy(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    docs = rendered["agent"]
-    (cronjob,) = by_kind(docs, "CronJob")
-    labels = cronjob["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+def test_agent_network_policy(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """The agent reaches DNS, the exchange and the API server; never the private data. The trainer never the API."""
+    docs = rendered["bucket"]
     policies = {p["metadata"]["name"]: p["spec"] for p in by_kind(docs, "NetworkPolicy")}
-    trainer_policy = policies[f"{RELEASE}-trainer"]
-    assert selects(trainer_policy["podSelector"], labels)
-    assert trainer_policy["ingress"] == []
-    assert {"ipBlock": {"cidr": "52.218.0.0/17"}} in trainer_policy["egress"][1]["to"]
+    agent = policies[f"{RELEASE}-agent"]
+    labels = agent_pod(docs)["metadata"]["labels"]
+    assert selects(agent["podSelector"], labels) and not selects(policies[f"{RELEASE}-trainer"]["podSelector"], labels)
+    assert agent["ingress"] == []
+    targets = [t for rule in agent["egress"] for t in rule["to"]]
+    assert {"ipBlock": {"cidr": "198.51.100.20/32"}} in targets and {"ipBlock": {"cidr": "10.40.0.1/32"}} in targets
+    assert {"ipBlock": {"cidr": "10.40.8.0/24"}} not in targets  # the private data endpoint
+    trainer_targets = [t for rule in policies[f"{RELEASE}-trainer"]["egress"] for t in rule["to"]]
+    assert {"ipBlock": {"cidr": "10.40.0.1/32"}} not in trainer_targets
 
 
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ({"agent": {"enabled": True, "schedule": "every minute"}}, "/agent/schedule"),
-        ({"agent": {"enabled": True, "runs": ["a/b"]}}, "/agent/runs/0"),
-        ({"agent": {"enabled": True, "activeDeadlineSeconds": 5}}, "/agent/activeDeadlineSeconds"),
+        ({"agent": {"schedule": "every minute"}}, "/agent/schedule"),
+        ({"agent": {"runs": ["a/b"]}}, "/agent/runs/0"),
+        ({"agent": {"runs": ["A_b"]}}, "/agent/runs/0"),
+        ({"agent": {"activeDeadlineSeconds": 5}}, "/agent/activeDeadlineSeconds"),
         ({"agent": {"enable": True}}, "additional properties 'enable' not allowed"),
+        ({"agent": {"resources": {"limits": {"nvidia.com/gpu": 1}}}}, "/agent/resources/limits"),
     ],
 )
 def test_bad_agent_values_rejected_by_the_schema(override: dict[str, Any], expected: str) -> None:
@@ -819,11 +721,19 @@ def test_bad_agent_values_rejected_by_the_schema(override: dict[str, Any], expec
 
 
 def test_agent_with_a_macro_schedule_renders() -> None:
-    docs = render(merged(MINIMAL, {"agent": {"enabled": True, "schedule": "@hourly"}}), "bank-m")
+    docs = render(merged(MINIMAL, {"agent": {"schedule": "@hourly"}}), "bank-m")
     (cronjob,) = by_kind(docs, "CronJob")
     assert cronjob["spec"]["schedule"] == "@hourly"
-    args = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args == ["bank-agent", "--bank", "bank-m", "--once"]
+
+
+def test_split_and_dataset_settings_reach_the_trainer_only(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    env = {e["name"]: e for e in trainer(launcher_job(rendered["bucket"], "bank-b"))["env"]}
+    assert env["FEDLORA_BANK_DATASET_ID"]["value"] == "retail-credit"
+    assert env["FEDLORA_BANK_ROW_KEY_COLUMN"]["value"] == "customer_id"
+    assert env["FEDLORA_BANK_SPLIT_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "bank-b-split-key", "key": "key"}}
+    default = {e["name"]: e for e in trainer(launcher_job(rendered["minimal"], "bank-m"))["env"]}
+    assert default["FEDLORA_BANK_DATASET_ID"]["value"] == "default"
+    assert "FEDLORA_BANK_ROW_KEY_COLUMN" not in default and "FEDLORA_BANK_SPLIT_KEY" not in default
 
 
 def test_chart_and_default_image_carry_the_package_version() -> None:

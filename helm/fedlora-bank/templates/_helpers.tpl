@@ -51,12 +51,78 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: trainer
 {{- end }}
 
-{{/* Labels of the trainer Jobs and pods (no Helm labels: the launcher, not Helm, creates them). */}}
+{{/* Labels of the trainer Jobs and pods (no Helm labels: the bank's agent, not Helm, creates them). */}}
 {{- define "fedlora-bank.trainerLabels" -}}
 {{ include "fedlora-bank.trainerSelectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/part-of: fedlora
 fedlora.io/bank: {{ .Values.bank.name | quote }}
+{{- end }}
+
+{{/* Labels that select the agent's pods (its NetworkPolicy). */}}
+{{- define "fedlora-bank.agentSelectorLabels" -}}
+{{ include "fedlora-bank.selectorLabels" . }}
+app.kubernetes.io/component: agent
+{{- end }}
+
+{{/* The agent's own ServiceAccount name (the only subject of the agent's Role). */}}
+{{- define "fedlora-bank.agentServiceAccountName" -}}
+{{- default (printf "%s-agent" (include "fedlora-bank.fullname" .)) .Values.agent.serviceAccount.name }}
+{{- end }}
+
+{{/* How a pod reaches the exchange bucket: FEDLORA_STORE_* and, with store.existingSecret, the static keys
+(the trainer and the agent both use it). */}}
+{{- define "fedlora-bank.storeEnv" -}}
+- name: FEDLORA_STORE_URI
+  value: {{ .Values.store.uri | quote }}
+{{- with .Values.store.endpointUrl }}
+- name: FEDLORA_STORE_ENDPOINT_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.store.region }}
+- name: FEDLORA_STORE_REGION
+  value: {{ . | quote }}
+{{- end }}
+- name: FEDLORA_STORE_PATH_STYLE
+  value: {{ .Values.store.pathStyle | quote }}
+- name: FEDLORA_STORE_SSE
+  value: {{ .Values.store.sse | quote }}
+{{- with .Values.store.sseKmsKeyId }}
+- name: FEDLORA_STORE_SSE_KMS_KEY_ID
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.store.existingSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.store.accessKeyIdKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.store.secretAccessKeyKey }}
+{{- if $.Values.store.sessionTokenKey }}
+- name: AWS_SESSION_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.store.sessionTokenKey }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The CA bundle's environment (caBundle.configMap), or nothing. */}}
+{{- define "fedlora-bank.caEnv" -}}
+{{- if .Values.caBundle.configMap }}
+{{- $bundle := printf "/etc/fedlora/ca/%s" .Values.caBundle.key }}
+- name: AWS_CA_BUNDLE
+  value: {{ $bundle | quote }}
+- name: REQUESTS_CA_BUNDLE
+  value: {{ $bundle | quote }}
+- name: SSL_CERT_FILE
+  value: {{ $bundle | quote }}
+{{- end }}
 {{- end }}
 
 {{/* The trainer's ServiceAccount name. */}}
@@ -97,7 +163,7 @@ fedlora.io/bank: {{ .Values.bank.name | quote }}
 {{- fail (printf "trainer.extraEnv %s: credentials are not allowed as plain values; put them in a Secret and use store.existingSecret or data.bucket.existingSecret" .name) }}
 {{- end }}
 {{- if hasPrefix "FEDLORA_REQUEST_" .name }}
-{{- fail (printf "trainer.extraEnv %s: FEDLORA_REQUEST_* variables belong to the consortium's launcher" .name) }}
+{{- fail (printf "trainer.extraEnv %s: FEDLORA_REQUEST_* variables carry the request the bank's agent fills in" .name) }}
 {{- end }}
 {{- end }}
 {{- end }}

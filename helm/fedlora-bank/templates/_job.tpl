@@ -1,7 +1,8 @@
 {{/*
-The trainer Job template: a batch/v1 Job without a name. The consortium's launcher reads it from the
+The trainer Job template: a batch/v1 Job without a name. The bank's agent (agent-cronjob.yaml) reads it from the
 job-template ConfigMap (fedlora.kube.job_template), sets the name, labels, the trainer's args and the
-FEDLORA_REQUEST_* environment, and creates the Job in this namespace. Everything else is decided here.
+FEDLORA_REQUEST_* environment (run, bank, round and the run's config only), and creates the Job in this
+namespace. Everything else is decided here.
 */}}
 {{- define "fedlora-bank.job" -}}
 apiVersion: batch/v1
@@ -13,7 +14,7 @@ metadata:
   {{- if not .Values.image.digest }}
   {{- $skips = append $skips "CKV_K8S_43=the image tag is pinned (image.tag, never latest); set image.digest to pull by digest" }}
   {{- end }}
-  {{- if or .Values.store.existingSecret .Values.data.bucket.existingSecret }}
+  {{- if or .Values.store.existingSecret .Values.data.bucket.existingSecret .Values.data.splitKey.existingSecret }}
   {{- $skips = append $skips "CKV_K8S_35=static S3 keys reach the AWS SDK as env from an existing Secret by secretKeyRef (never literal); prefer workload identity via serviceAccount.annotations" }}
   {{- end }}
   {{- if $skips }}
@@ -106,43 +107,7 @@ spec:
                   key: {{ $.Values.data.bucket.secretAccessKeyKey }}
             {{- end }}
             {{- end }}
-            - name: FEDLORA_STORE_URI
-              value: {{ .Values.store.uri | quote }}
-            {{- with .Values.store.endpointUrl }}
-            - name: FEDLORA_STORE_ENDPOINT_URL
-              value: {{ . | quote }}
-            {{- end }}
-            {{- with .Values.store.region }}
-            - name: FEDLORA_STORE_REGION
-              value: {{ . | quote }}
-            {{- end }}
-            - name: FEDLORA_STORE_PATH_STYLE
-              value: {{ .Values.store.pathStyle | quote }}
-            - name: FEDLORA_STORE_SSE
-              value: {{ .Values.store.sse | quote }}
-            {{- with .Values.store.sseKmsKeyId }}
-            - name: FEDLORA_STORE_SSE_KMS_KEY_ID
-              value: {{ . | quote }}
-            {{- end }}
-            {{- with .Values.store.existingSecret }}
-            - name: AWS_ACCESS_KEY_ID
-              valueFrom:
-                secretKeyRef:
-                  name: {{ . }}
-                  key: {{ $.Values.store.accessKeyIdKey }}
-            - name: AWS_SECRET_ACCESS_KEY
-              valueFrom:
-                secretKeyRef:
-                  name: {{ . }}
-                  key: {{ $.Values.store.secretAccessKeyKey }}
-            {{- if $.Values.store.sessionTokenKey }}
-            - name: AWS_SESSION_TOKEN
-              valueFrom:
-                secretKeyRef:
-                  name: {{ . }}
-                  key: {{ $.Values.store.sessionTokenKey }}
-            {{- end }}
-            {{- end }}
+            {{- include "fedlora-bank.storeEnv" . | nindent 12 }}
             - name: HOME
               value: /tmp
             - name: XDG_CACHE_HOME
@@ -165,14 +130,21 @@ spec:
               value: {{ $policy | toJson | quote }}
             - name: FEDLORA_BANK_LEDGER
               value: {{ include "fedlora-bank.ledger" . | quote }}
-            {{- if .Values.caBundle.configMap }}
-            {{- $bundle := printf "/etc/fedlora/ca/%s" .Values.caBundle.key }}
-            - name: AWS_CA_BUNDLE
-              value: {{ $bundle | quote }}
-            - name: REQUESTS_CA_BUNDLE
-              value: {{ $bundle | quote }}
-            - name: SSL_CERT_FILE
-              value: {{ $bundle | quote }}
+            - name: FEDLORA_BANK_DATASET_ID
+              value: {{ .Values.ledger.datasetId | quote }}
+            {{- with .Values.data.rowKeyColumn }}
+            - name: FEDLORA_BANK_ROW_KEY_COLUMN
+              value: {{ . | quote }}
+            {{- end }}
+            {{- with .Values.data.splitKey.existingSecret }}
+            - name: FEDLORA_BANK_SPLIT_KEY
+              valueFrom:
+                secretKeyRef:
+                  name: {{ . }}
+                  key: {{ $.Values.data.splitKey.key }}
+            {{- end }}
+            {{- with include "fedlora-bank.caEnv" . | trim }}
+            {{- . | nindent 12 }}
             {{- end }}
             {{- range .Values.trainer.extraEnv }}
             - name: {{ .name }}
