@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlora.config import Config, load_config_text
+from fedlora.names import check_name
 from fedlora.store.base import Store
 from fedlora.store.local import LocalStore
 from fedlora.store.s3 import S3Store, parse_s3_uri
@@ -40,7 +41,13 @@ def open_store(config: Config, uri: str, *, under: str = "") -> Store:
 
 
 def open_run_store(config: Config, run: str) -> Store:
-    """The store of run ``run``: ``store.uri``/run (S3 or a directory), or ``output.dir``/run."""
+    """The store of run ``run``: ``store.uri``/run (S3 or a directory), or ``output.dir``/run.
+
+    Raises:
+        InvalidName: ``run`` is not an identifier (every shell opens a run's store here, so a run
+            name that is a path never reaches a store).
+    """
+    check_name(run, kind="run")
     uri = config.store.uri
     if uri is None:
         return LocalStore(Path(config.output.dir) / run)
