@@ -25,8 +25,8 @@ and a different seed gives a different split.
 The unit of privacy is one row, taken to be one customer record. A bank whose customers have
 several rows must name its customer-id column (``FEDLORA_BANK_ROW_KEY_COLUMN`` or
 ``data.row_key_column``) so that all of a customer's rows land in the same split. DP-SGD then
-still protects one row, not one customer: a customer with m rows is protected at group privacy
-of size m (roughly m·ε), unless the bank aggregates each customer's rows into one row first.
+still protects one row, not one customer: a customer with m rows gets only group privacy,
+(m·ε, m·e^((m−1)·ε)·δ), unless the bank aggregates each customer's rows into one row first.
 """
 
 from __future__ import annotations
@@ -108,8 +108,8 @@ def _canonical_cells(name: str, values: pd.Series) -> list[str]:
         text = np.where(integral, np.where(integral, x, 0).astype(np.int64).astype(str), x.astype(str))
         return [f"{name}={t}" for t in np.where(missing, _MISSING, text).tolist()]
     cells = values.tolist()
-    text = {v: f"{name}={_MISSING if _is_missing(v) else json.dumps(str(v).strip())}" for v in set(cells)}
-    return [text[v] for v in cells]
+    cell_text = {v: f"{name}={_MISSING if _is_missing(v) else json.dumps(str(v).strip())}" for v in set(cells)}
+    return [cell_text[v] for v in cells]
 
 
 def _is_missing(value: object) -> bool:
