@@ -113,8 +113,8 @@ def test_tasks_request_resources_retry_and_aggregation_survives_a_crashed_train_
     assert "triggerPolicy" not in tasks["train-bank-a"]
     for executor in _platform(path).values():  # PodDefaults can select the pipeline's pods
         assert executor["podMetadata"]["labels"] == {"fedlora.io/pipeline": "fedlora"}
-    namespaced = load_config(None, ["federation.rounds=1", "kubeflow.mode=namespaced", "kubeflow.accelerator_type=x"])
-    spec = _spec(compile_pipeline(namespaced, tmp_path / "n.yaml"))
+    pull = load_config(None, ["federation.rounds=1", "kubeflow.mode=pull", "kubeflow.accelerator_type=x"])
+    spec = _spec(compile_pipeline(pull, tmp_path / "n.yaml"))  # no task of ours trains: no accelerator
     assert not any("accelerator" in e["container"]["resources"] for e in spec["deploymentSpec"]["executors"].values())
 
 
@@ -283,7 +283,7 @@ def test_image_and_consortium_config(tmp_path: Path) -> None:
         ["initialize", "finalize", *[f"round-{r}" for r in range(1, config.federation.rounds + 1)]]
     )
     assert graph["comp-round-1"] == sorted(["aggregate-round-1", *[f"train-{b}" for b in banks]])
-    assert config.kubeflow.mode == "namespaced"
+    assert config.kubeflow.mode == "pull"  # the banks' agents train; the pipeline only waits
 
 
 def test_secret_and_ca_bundle_reach_every_task(tmp_path: Path) -> None:
