@@ -1,4 +1,4 @@
-"""The trainer Job template shared by the bank's Helm chart and the pipeline's launcher."""
+"""The trainer Job template shared by the bank's Helm chart and the bank agent's launcher."""
 
 from __future__ import annotations
 
@@ -404,5 +404,5 @@ def test_the_banks_labels_are_never_overwritten_by_the_launchers() -> None:
     for labels in (job["metadata"]["labels"], job["spec"]["template"]["metadata"]["labels"]):
         assert labels["app.kubernetes.io/name"] == "fedlora-bank"
         assert labels["fedlora.io/run"] == "run1"
-        assert labels["app.kubernetes.io/managed-by"] == "fedlora-launcher"
+        assert labels["app.kubernetes.io/managed-by"] == "fedlora-bank-agent"
     assert "app.kubernetes.io/name" not in JOB_LABELS
