@@ -97,4 +97,3 @@ class SplitIndices:
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
-
