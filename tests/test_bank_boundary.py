@@ -224,7 +224,7 @@ def test_a_dataset_identity_that_is_a_path_is_refused(tiny_overrides: list[str],
 def test_a_data_file_given_as_the_request_is_not_quoted(tiny_overrides: list[str], tmp_path: Path) -> None:
     bad = tmp_path / "credit.csv"
     frame = pd.read_csv(german_rows(tmp_path / "src.csv"), dtype=object)
-    frame.loc[0, "purpose"] = "secret-customer-value: [unclosed"
+    frame.loc[0, "purpose"] = "secret-customer-value: x"  # a ': ' makes YAML fail on this data row
     frame.to_csv(bad, index=False)
     result = CliRunner().invoke(
         main,
@@ -258,3 +258,12 @@ def test_a_charge_that_vanishes_between_list_and_read_does_not_crash_the_claim(t
     assert charge.run == "r1"
     with pytest.raises(BudgetSpent):
         ledger.claim(run="r1", round_index=2, mechanisms=[MechanismRun(0.3, 1.0, 50)], run_cap=8, lifetime_cap=8)
+
+
+def test_the_jobs_split_uses_the_banks_own_key_from_its_environment(tiny_overrides: list[str], tmp_path: Path) -> None:
+    config = bank_consortium(tmp_path, tiny_overrides)
+    short = bank_job(config, tmp_path, FEDLORA_BANK_SPLIT_KEY="k3y-too-short")  # read, checked, never printed
+    assert short["exit_code"] == 1 and "FEDLORA_BANK_SPLIT_KEY" in short["output"]
+    assert "k3y-too-short" not in short["output"]
+    ok = bank_job(config, tmp_path, FEDLORA_BANK_SPLIT_KEY="a-32-byte-secret-of-bank-a-000001")
+    assert ok["status"] == "ok", ok["output"]

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from fedlora.bank_env import bank_data_path, bank_dataset_id, bank_ledger_store, bank_policy, request_config
 from fedlora.bank_round import run_bank_round
 from fedlora.config import ConfigError
+from fedlora.data.row_split import row_key_column_from_env, split_key_from_env
 from fedlora.names import InvalidName, check_name
 from fedlora.privacy.bank_side import BankSide, public_message
 from fedlora.privacy.policy import PolicyError
@@ -90,7 +91,12 @@ def train_request(
     side = bank_side(env)
     try:
         data = bank_data_path(env)
-        runtime = Runtime(config, bank_files={bank: data} if data else None)
+        runtime = Runtime(
+            config,
+            bank_files={bank: data} if data else None,
+            split_key=split_key_from_env(env),  # the bank's secret key for the per-customer split
+            row_key_column=row_key_column_from_env(env),
+        )
         return run_bank_round(config, run=run, bank=bank, round_index=round_index, runtime=runtime, side=side)
     except Exception as exc:  # everything said here may reach the consortium: no data values
         keep_private_error(side, run, round_index, exc)
