@@ -402,8 +402,9 @@ def test_bank_writes_only_its_own_update_under_the_consortium_policy(
     for key in ["privacy/bank-b.json", "rounds/0001/MANIFEST.json", "rounds/0001/global/meta.json", "config.yaml"]:
         with pytest.raises(StoreError, match="AccessDenied"):
             put_json(bank_a, key, {"forged": True})
+    forger = BankSide(ledger_store=LocalStore(tmp_path / "forger-ledger"), policy=side.policy, job=True)
     with pytest.raises(StoreError, match="AccessDenied"):  # training bank B's round with A's keys
-        run_bank_round(config, run=run, bank="bank-b", round_index=1, runtime=runtime, side=side)
+        run_bank_round(config, run=run, bank="bank-b", round_index=1, runtime=runtime, side=forger)
 
     # Bank B's update is unchanged (its sha256 still verifies) and the coordinator reads both.
     _set_credentials(monkeypatch, ceph_s3.access_key, ceph_s3.secret_key)
