@@ -61,8 +61,8 @@ class CacheProgress:
 
     Silent for a pass shorter than ``quiet_seconds``; after that a line at most every
     ``every_seconds`` and one when the pass ends. Only percentages and seconds are logged, never
-    a row count: a bank's log may be read outside the bank (:mod:`fedlora.kube.job_watch`), and
-    its ``n`` is published only rounded.
+    a row count: the log stays in the bank, but it is read by people the bank lets read it (the
+    platform team, its log pipeline), and ``n`` is published only rounded.
     """
 
     def __init__(self, bank: str, *, total: int, quiet_seconds: float = 5.0, every_seconds: float = 30.0) -> None:
