@@ -186,7 +186,8 @@ def run_bank_round(
     refused = _claim_or_refuse(job, plan, policy, ledger)
     if refused is not None:
         return refused
-    ledger.record_fingerprint(fingerprint, run=run, round_index=round_index)  # a changed dataset: logged, same budget
+    # a changed dataset is the same customers: logged, kept in the bank's report, charged to the same budget
+    rows_changed = ledger.record_fingerprint(fingerprint, run=run, round_index=round_index)
     sets = runtime.bank(bank)  # tokenized and through the frozen layers only once the round is charged
     epsilon = publish_privacy_report(job.store, plan, ledger, run)  # the charge is made; the report may go first
     randomness = bank_randomness(config, bank, round_index)
@@ -202,7 +203,9 @@ def run_bank_round(
         _Schedule.private(plan, epsilon),
         randomness,
         release=release,
-        keep=lambda result: ledger.keep_report(run, round_index, _private_report(result)),
+        keep=lambda result: ledger.keep_report(
+            run, round_index, {**_private_report(result), "rows_changed_since_last_version": rows_changed}
+        ),
         canaries=canaries,
     )
 

@@ -41,7 +41,8 @@ class DataConfig(_Section):
     dataset: str = Field(
         "taiwan_credit",
         description="Built-in dataset: taiwan_credit or german_credit (bundled), credit_data or lending_club "
-        "(need the 'datasets' extra). Ignored for a bank with its own file (federation.banks[].data), except "
+        "(need the 'datasets' extra), or the text task tfns (bundled finance tweets, FinLoRA's instruction format; "
+        "needs a decoder model). Ignored for a bank with its own file (federation.banks[].data), except "
         "for its schema.",
     )
     partition: Literal["iid", "dirichlet", "quantity"] = Field(
@@ -70,12 +71,37 @@ class DataConfig(_Section):
         "feature. A bank's FEDLORA_BANK_ROW_KEY_COLUMN wins. None = each row is keyed by its content.",
     )
 
+    labels: list[str] | None = Field(
+        None,
+        min_length=2,
+        description="Text tasks (data.dataset=tfns): the label words, in class-id order, that the prompt offers and "
+        "the model answers; None = the task's own (tfns: negative, neutral, positive). Ignored for credit data.",
+    )
+    text_column: str = Field(
+        "text", min_length=1, description="Text tasks: the text column of a bank's CSV/Parquet file (JSONL: context)."
+    )
+    label_column: str = Field(
+        "label",
+        min_length=1,
+        description="Text tasks: the label column of a bank's CSV/Parquet file, a label word or its index (JSONL: "
+        "target).",
+    )
+
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
         from fedlora.data.datasets import get_schema  # the data layer does not import config
+        from fedlora.data.text_tasks import is_text_task
 
-        get_schema(value)  # raises naming the built-in datasets
+        if not is_text_task(value):
+            get_schema(value)  # raises naming the built-in datasets
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct_labels(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len({v.strip().lower() for v in value}) != len(value):
+            raise ValueError("data.labels must be distinct words")
         return value
 
 
@@ -430,9 +456,10 @@ class Config(_Section):
         try:  # the data layer needs pandas, which a client-only install (compile, submit) lacks
             from fedlora.data.datasets import get_schema  # the data layer does not import config
             from fedlora.data.features import lists_every_category
+            from fedlora.data.text_tasks import is_text_task
         except ImportError:
             return self  # stays on; a schema without categories then stops the run, naming this flag
-        if not lists_every_category(get_schema(self.data.dataset)):
+        if is_text_task(self.data.dataset) or not lists_every_category(get_schema(self.data.dataset)):
             self.model.schema_features = False
         return self
 
