@@ -21,11 +21,12 @@ from fedlora.data.partition import SplitIndices, partition
 from fedlora.data.row_split import RowSplitError, public_split_key, sample_rows, split_rows
 from fedlora.data.schema import ROW_KEY, DatasetSchema
 from fedlora.data.serialize import serialize_frame
+from fedlora.data.text_tasks import TextTask, get_text_task, is_text_task, load_text_task, read_text_file
 
 
 @dataclass(frozen=True)
 class TextSet:
-    """Serialized rows and their 0/1 labels (1 = default)."""
+    """Serialized rows and their 0/1 labels (1 = default), or a text task's prompts and class ids 0 … K−1."""
 
     texts: list[str]
     labels: np.ndarray
@@ -58,7 +59,9 @@ class BankData:
     frames: dict[str, pd.DataFrame]
 
 
-def _to_textset(frame: pd.DataFrame, schema: DatasetSchema, *, feature_scale: float | None) -> TextSet:
+def _to_textset(frame: pd.DataFrame, schema: DatasetSchema | TextTask, *, feature_scale: float | None) -> TextSet:
+    if isinstance(schema, TextTask):  # the prompts as they are, class ids 0 … K−1
+        return TextSet(texts=frame["text"].tolist(), labels=frame["label"].to_numpy(dtype=np.int64))
     return TextSet(
         texts=serialize_frame(frame, schema),
         labels=frame["label"].to_numpy(dtype=np.int64),
@@ -98,7 +101,8 @@ def build_bank_data(
 ) -> dict[str, BankData]:
     """Load, validate, partition and split the data of every bank (or of the banks in ``only``).
 
-    Banks with ``data`` set read their own file (validated against the dataset's schema);
+    Banks with ``data`` set read their own file (validated against the dataset's schema, or for a
+    text task, :mod:`fedlora.data.text_tasks`, against its label set);
     the others share a partition of ``data.dataset`` (its ``data.max_rows`` sample keeps the rows
     with the smallest hash under the public key of ``config.seed``). All files are validated before
     anything else happens, so a bad file stops the run before training. With ``only``, the
@@ -119,22 +123,31 @@ def build_bank_data(
         RowSplitError: a bank's split is empty, or its train split holds one class.
 
     """
-    schema = get_schema(config.data.dataset)
+    text_task = get_text_task(config.data.dataset, config.data.labels) if is_text_task(config.data.dataset) else None
+    schema: DatasetSchema | TextTask = text_task or get_schema(config.data.dataset)
     feature_scale = config.model.schema_feature_scale if config.model.schema_features else None
-    if feature_scale is not None:
+    if feature_scale is not None and isinstance(schema, DatasetSchema):
         head_feature_width(schema)  # a schema the head cannot read stops the run before any file is read
     public_key = public_split_key(config.seed)
     id_column = row_key_column or config.data.row_key_column
+
+    def read(path: str) -> pd.DataFrame:
+        if text_task is None:
+            return read_bank_file(path, get_schema(config.data.dataset), row_key_column=id_column)
+        return read_text_file(
+            path,
+            text_task,
+            text_column=config.data.text_column,
+            label_column=config.data.label_column,
+            row_key_column=id_column,
+        )
+
     wanted = {b.name for b in config.federation.banks} if only is None else set(only)
-    own = {
-        b.name: read_bank_file(b.data, schema, row_key_column=id_column)
-        for b in config.federation.banks
-        if b.data is not None and b.name in wanted
-    }
+    own = {b.name: read(b.data) for b in config.federation.banks if b.data is not None and b.name in wanted}
     shared_banks = [b.name for b in config.federation.banks if b.data is None]
     frames: dict[str, pd.DataFrame] = dict(own)
     if shared_banks:
-        frame, _ = load_dataset(config.data.dataset)
+        frame = load_dataset(config.data.dataset)[0] if text_task is None else load_text_task(text_task)
         if config.data.max_rows is not None:
             keep = sample_rows(frame, schema, max_rows=config.data.max_rows, split_key=public_key)
             frame = frame.iloc[keep].reset_index(drop=True)

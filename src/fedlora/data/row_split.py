@@ -35,12 +35,13 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 
 from fedlora.data.partition import SplitIndices
-from fedlora.data.schema import ROW_KEY, DatasetSchema
+from fedlora.data.schema import ROW_KEY
 from fedlora.errors import FedLoRAError
 
 SPLIT_KEY_ENV = "FEDLORA_BANK_SPLIT_KEY"
@@ -50,6 +51,13 @@ MIN_SPLIT_KEY_BYTES = 16
 
 _MISSING = "\x00"
 _SEPARATOR = "\x1f"
+
+
+class RowSchema(Protocol):
+    """What the content key reads: the model's input columns (a credit schema's features, a text task's ``text``)."""
+
+    @property
+    def feature_names(self) -> list[str]: ...
 
 
 class RowSplitError(FedLoRAError, ValueError):
@@ -116,7 +124,7 @@ def _is_missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value))
 
 
-def row_keys(frame: pd.DataFrame, schema: DatasetSchema) -> list[bytes]:
+def row_keys(frame: pd.DataFrame, schema: RowSchema) -> list[bytes]:
     """The stable key of every row of a validated frame (from :func:`~fedlora.data.schema.validate_frame`).
 
     The customer id (column :data:`~fedlora.data.schema.ROW_KEY`) when the frame has one, else the
@@ -152,14 +160,14 @@ def hash_split(u: np.ndarray, *, val_fraction: float, test_fraction: float) -> S
 
 
 def split_rows(
-    frame: pd.DataFrame, schema: DatasetSchema, *, split_key: bytes, val_fraction: float, test_fraction: float
+    frame: pd.DataFrame, schema: RowSchema, *, split_key: bytes, val_fraction: float, test_fraction: float
 ) -> SplitIndices:
     """The train/validation/test rows of ``frame``, each row placed by its own keyed hash (module docstring)."""
     u = uniform_hashes(row_keys(frame, schema), split_key, purpose="split")
     return hash_split(u, val_fraction=val_fraction, test_fraction=test_fraction)
 
 
-def sample_rows(frame: pd.DataFrame, schema: DatasetSchema, *, max_rows: int, split_key: bytes) -> np.ndarray:
+def sample_rows(frame: pd.DataFrame, schema: RowSchema, *, max_rows: int, split_key: bytes) -> np.ndarray:
     """Sorted indices of the ``max_rows`` rows with the smallest keyed hash (bottom-k sampling); all when fewer.
 
     A separate sub-key from the split's, so the sample is independent of the split. Adding a row
