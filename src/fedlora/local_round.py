@@ -19,7 +19,7 @@ from fedlora.model import AdapterState
 from fedlora.model.lora import adapter_state, load_adapter_state
 from fedlora.privacy.randomness import Randomness
 from fedlora.runtime import EncodedSplits
-from fedlora.training import DPSettings, GradientCanaries, TrainStats, predict_default_probability, train_local
+from fedlora.training import DPSettings, GradientCanaries, TrainStats, predict_scores, train_local
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def run_local_round(
     """
     started = time.perf_counter()
     load_adapter_state(model, global_adapter)
-    scores = predict_default_probability(model, sets.val, batch_size=training.eval_batch_size, device=device)
+    scores = predict_scores(model, sets.val, batch_size=training.eval_batch_size, device=device)
     incoming = compute_metrics(sets.val.labels.numpy(), scores)
     eval_seconds = time.perf_counter() - started
     started = time.perf_counter()

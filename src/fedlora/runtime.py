@@ -23,17 +23,19 @@ from fedlora.config import COLUMN_READING_PRESETS, Config
 from fedlora.data.banks import BankData, build_bank_data
 from fedlora.data.datasets import get_schema
 from fedlora.data.features import SchemaFeaturesError, head_feature_width
+from fedlora.data.text_tasks import TextTask, get_text_task, is_text_task
 from fedlora.evaluation import Metrics, compute_metrics
 from fedlora.model import AdapterState
 from fedlora.model.cache import cache_frozen_layers
 from fedlora.model.centring import centre_head_on_public_rows
+from fedlora.model.completion import encode_completion
 from fedlora.model.encoding import EncodedSet, RowSet, encode
 from fedlora.model.heads import MeanPooledBertForSequenceClassification, add_feature_inputs
-from fedlora.model.loading import load_base_model
+from fedlora.model.loading import load_base_model, load_causal_lm
 from fedlora.model.lora import adapter_state, attach_lora, load_adapter_state
 from fedlora.privacy.accounting import PrivacyPlan
 from fedlora.tracking import Tracker
-from fedlora.training import predict_default_probability
+from fedlora.training import predict_scores
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +212,12 @@ class Runtime:
         if self._model is None:
             cfg = self.config
             with self.timer.phase("load"):
+                if self.text_task is not None:  # the seed's objective: a causal LM, completion loss
+                    loaded = load_causal_lm(cfg.model.name, quantization=cfg.model.quantization, seed=cfg.seed)
+                    self._device, self._tokenizer = loaded.device, loaded.tokenizer
+                    self._model = attach_lora(loaded, cfg.lora, seed=cfg.seed)
+                    self._initial = adapter_state(self._model)
+                    return self._model
                 loaded = load_base_model(cfg.model.name, quantization=cfg.model.quantization, seed=cfg.seed)
                 schema = get_schema(cfg.data.dataset)
                 if cfg.model.schema_features:
@@ -229,6 +237,12 @@ class Runtime:
                 self._model = attach_lora(loaded, cfg.lora, seed=cfg.seed)
                 self._initial = adapter_state(self._model)
         return self._model
+
+    @property
+    def text_task(self) -> TextTask | None:
+        """The run's text task (``data.dataset=tfns``, with ``data.labels``), None for credit data."""
+        data = self.config.data
+        return get_text_task(data.dataset, data.labels) if is_text_task(data.dataset) else None
 
     @property
     def initial_adapter(self) -> AdapterState:
@@ -254,8 +268,17 @@ class Runtime:
         if name not in self._sets:
             data = self.bank_data(name)
             _ = self.model  # loads the tokenizer
+            task = self.text_task
             with self.timer.phase("load"):
                 max_length = self.config.model.max_length
+                if task is not None:
+                    self._sets[name] = EncodedSplits(
+                        *(
+                            encode_completion(part, self._tokenizer, labels=task.labels, max_length=max_length)  # type: ignore[arg-type]
+                            for part in (data.train, data.val, data.test)
+                        )
+                    )
+                    return self._sets[name]
                 encoded = [
                     encode(part, self._tokenizer, max_length=max_length)  # type: ignore[arg-type]
                     for part in (data.train, data.val, data.test)
@@ -288,12 +311,11 @@ class Runtime:
             labels, scores, per_bank = [], [], {}
             for spec in cfg.federation.banks:
                 test = self.bank(spec.name).test
-                p = predict_default_probability(
-                    self.model, test, batch_size=cfg.training.eval_batch_size, device=self.device
-                )
+                p = predict_scores(self.model, test, batch_size=cfg.training.eval_batch_size, device=self.device)
                 y = test.labels.numpy()
                 per_bank[spec.name] = compute_metrics(y, p)
                 labels.append(y)
                 scores.append(p)
             y_all, p_all = np.concatenate(labels), np.concatenate(scores)
-            return Evaluation(pooled=compute_metrics(y_all, p_all), per_bank=per_bank, roc=thin_roc(y_all, p_all))
+            roc = thin_roc(y_all, p_all) if p_all.ndim == 1 else {"fpr": [], "tpr": [], "thresholds": []}
+            return Evaluation(pooled=compute_metrics(y_all, p_all), per_bank=per_bank, roc=roc)

@@ -26,11 +26,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from fedlora.config import TrainingConfig
-from fedlora.model.encoding import RowSet
+from fedlora.model.encoding import RowSet, example_losses
 from fedlora.privacy.clipping import clip_and_sum
 from fedlora.privacy.per_sample import PerExampleGradients
 from fedlora.privacy.randomness import Randomness
@@ -136,8 +135,7 @@ def dp_gradient(
         if len(chunk) == 0:
             continue
         with collector:
-            logits, labels = data.logits(model, chunk, device)
-            losses = F.cross_entropy(logits, labels, reduction="none")
+            losses = example_losses(model, data, chunk, device)
         norms.append(add_clipped(collector.compute(losses.sum())))
         loss_total += float(losses.detach().sum())
     if canaries is not None:
@@ -160,8 +158,7 @@ def plain_gradient(
     """Accumulate the mean (non-private) gradient of rows ``index`` into ``.grad``; return the summed loss."""
     loss_total = 0.0
     for chunk in torch.split(index, physical_batch_size):
-        logits, labels = data.logits(model, chunk, device)
-        losses = F.cross_entropy(logits, labels, reduction="none")
+        losses = example_losses(model, data, chunk, device)
         (losses.sum() / len(index)).backward()
         loss_total += float(losses.detach().sum())
     return loss_total
@@ -233,11 +230,30 @@ def train_local(
 
 
 @torch.no_grad()
-def predict_default_probability(model: nn.Module, data: RowSet, *, batch_size: int, device: torch.device) -> np.ndarray:
-    """P(default) for every row, in order (eval mode, no dropout)."""
+def predict_probabilities(model: nn.Module, data: RowSet, *, batch_size: int, device: torch.device) -> np.ndarray:
+    """Class probabilities ``softmax(logits)`` of every row, in order, shape ``(n, K)`` (eval mode, no dropout)."""
     model.eval()
     scores: list[torch.Tensor] = []
     for chunk in torch.split(torch.arange(len(data)), batch_size):
         logits, _ = data.logits(model, chunk, device)
-        scores.append(torch.softmax(logits, dim=-1)[:, 1].cpu())
-    return torch.cat(scores).numpy() if scores else np.zeros(0)
+        scores.append(torch.softmax(logits, dim=-1).cpu())
+    return torch.cat(scores).numpy() if scores else np.zeros((0, 2))
+
+
+def predict_scores(model: nn.Module, data: RowSet, *, batch_size: int, device: torch.device) -> np.ndarray:
+    """What :func:`fedlora.evaluation.compute_metrics` scores: P(class 1) ``(n,)`` for two classes, else ``(n, K)``."""
+    probabilities = predict_probabilities(model, data, batch_size=batch_size, device=device)
+    return probabilities[:, 1] if probabilities.shape[1] == 2 else probabilities
+
+
+def predict_default_probability(model: nn.Module, data: RowSet, *, batch_size: int, device: torch.device) -> np.ndarray:
+    """P(default) for every row, in order (eval mode, no dropout).
+
+    Raises:
+        ValueError: the rows have more than two classes (a text task; use :func:`predict_scores`).
+
+    """
+    probabilities = predict_probabilities(model, data, batch_size=batch_size, device=device)
+    if probabilities.shape[1] != 2:
+        raise ValueError(f"P(default) needs two classes; these rows have {probabilities.shape[1]}")
+    return probabilities[:, 1]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -26,6 +27,23 @@ class RowSet(Protocol):
     def logits(self, model: nn.Module, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Float logits and labels of rows ``index``."""
         ...
+
+
+@runtime_checkable
+class OwnLoss(Protocol):
+    """Rows with their own per-example objective (the completion loss of :mod:`fedlora.model.completion`)."""
+
+    def losses(self, model: nn.Module, index: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """The loss ``L_i`` of each row of ``index`` (one per row, so DP-SGD can clip each)."""
+        ...
+
+
+def example_losses(model: nn.Module, data: RowSet, index: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``L_i`` for rows ``index``: the rows' own objective when they have one, else ``CE(logits_i, y_i)``."""
+    if isinstance(data, OwnLoss):
+        return data.losses(model, index, device)
+    logits, labels = data.logits(model, index, device)
+    return F.cross_entropy(logits, labels, reduction="none")
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,65 @@ def _quantization_config(bits: str, device: torch.device) -> object | None:
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
 
 
+def load_causal_lm(
+    name: str, *, quantization: str = "none", seed: int = 0, device: torch.device | None = None
+) -> LoadedModel:
+    """Load a decoder ``name`` (``smollm2``, ``tiny-llama``, a model id or path) as a causal LM, LM head kept.
+
+    For text tasks (:mod:`fedlora.model.completion`): the adapter trained on it stays a generative
+    LoRA adapter. ``tiny-llama`` is a randomly initialised 2-layer Llama (tests).
+
+    Raises:
+        ModelLoadError: an encoder preset, an unknown name or a missing package.
+
+    """
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    device = device or default_device()
+    if name in ("minilm", "tiny-bert"):
+        raise ModelLoadError(f"text tasks need a decoder model (smollm2, tiny-llama); {name!r} is an encoder")
+    if name == "tiny-llama":
+        if quantization != "none":
+            raise ModelLoadError(f"preset {name!r} is randomly initialised and cannot be quantized")
+        tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+        torch.manual_seed(seed)
+        config = LlamaConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            intermediate_size=64,
+            max_position_embeddings=512,
+            pad_token_id=0,
+        )
+        return LoadedModel(LlamaForCausalLM(config).to(device), tokenizer, _DECODER_TARGETS, device)  # type: ignore[arg-type]
+    path = str(smollm2_checkpoint()) if name == "smollm2" else name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"unknown model {name!r}: not a preset ({', '.join(PRESETS)}) or a local checkpoint"
+        ) from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    quant = _quantization_config(quantization, device)
+    kwargs: dict[str, Any] = {"pad_token_id": tokenizer.pad_token_id}
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else "cpu"
+    torch.manual_seed(seed)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load model {name!r} as a causal LM: {exc}") from exc
+    if quant is None:
+        model = model.to(device)  # type: ignore[arg-type]
+    else:
+        keep_trainable_layout(model)
+    return LoadedModel(model, tokenizer, _DECODER_TARGETS, device)
+
+
 def load_base_model(
     name: str, *, quantization: str = "none", seed: int = 0, device: torch.device | None = None
 ) -> LoadedModel:

@@ -47,6 +47,11 @@ def adapted_layers(model: nn.Module, lora: LoraConfig) -> list[int] | None:
     return list(range(total - lora.top_layers, total))
 
 
+def is_causal_lm(model: nn.Module) -> bool:
+    """Whether ``model`` keeps its LM head (a text task's generative model), not a classification head."""
+    return type(model).__name__.endswith("ForCausalLM")
+
+
 def attach_lora(loaded: LoadedModel, lora: LoraConfig, *, seed: int) -> PeftModel:
     """Wrap the base model with LoRA; A (and the head) are initialised from ``seed``.
 
@@ -56,7 +61,7 @@ def attach_lora(loaded: LoadedModel, lora: LoraConfig, *, seed: int) -> PeftMode
     """
     layers = adapted_layers(loaded.model, lora)
     peft_config = PeftLoraConfig(
-        task_type=TaskType.SEQ_CLS,
+        task_type=TaskType.CAUSAL_LM if is_causal_lm(loaded.model) else TaskType.SEQ_CLS,
         r=lora.rank,
         lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft accepts float scaling
         lora_dropout=lora.dropout,
