@@ -1,6 +1,7 @@
 """The ``fedlora`` command line: one click group, its commands in this package's modules.
 
-``simulate`` (:mod:`.simulation`), the bank's side ``train-bank`` and ``bank-agent`` (:mod:`.bank`) and
+``simulate`` (:mod:`.simulation`), ``evaluate`` (:mod:`.evaluate`, a text task's final adapter),
+the bank's side ``train-bank`` and ``bank-agent`` (:mod:`.bank`) and
 ``bank-ledger`` (:mod:`.ledger`),
 the Kubeflow commands ``compile`` and ``submit`` (:mod:`.kfp`) and the consortium operator's
 ``consortium`` group (:mod:`.consortium`). Heavy dependencies (torch, kfp) are imported inside
@@ -17,6 +18,7 @@ from rich.logging import RichHandler
 from fedlora.cli.bank import bank_agent_command, train_bank_command
 from fedlora.cli.common import console
 from fedlora.cli.consortium import consortium_group
+from fedlora.cli.evaluate import evaluate_command
 from fedlora.cli.kfp import compile_command, submit_command
 from fedlora.cli.ledger import bank_ledger_group
 from fedlora.cli.simulation import simulate_command
@@ -46,6 +48,7 @@ def main(verbose: bool) -> None:
 
 for _command in (
     simulate_command,
+    evaluate_command,
     train_bank_command,
     bank_agent_command,
     bank_ledger_group,

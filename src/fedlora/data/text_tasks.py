@@ -234,7 +234,9 @@ def validate_text_frame(
     missing = [c for c in expected if c not in present]
     extra = [c for c in present if c not in expected]
     if missing:
-        problems.add(f"{source}: missing column(s) {missing} (data.text_column, data.label_column, data.row_key_column)")
+        problems.add(
+            f"{source}: missing column(s) {missing} (data.text_column, data.label_column, data.row_key_column)"
+        )
     if extra:
         problems.add(f"{source}: unexpected column(s) {extra} (expected exactly {expected})")
     problems.raise_any()
@@ -269,6 +271,18 @@ def _id_text(value: object) -> str:
     return str(value).strip()
 
 
+def fix_tfns_labels(frame: pd.DataFrame, task: TextTask) -> pd.DataFrame:
+    """A text frame read from FinLoRA's TFNS file with its swapped labels put back (:data:`TFNS_LABEL_FIX`).
+
+    ``task``'s labels must be TFNS's own three in their order (a renamed set is renamed after the fix).
+    """
+    own = TEXT_TASKS["tfns"].labels
+    if len(task.labels) != len(own):
+        raise DataValidationError(f"the TFNS label fix needs the 3 TFNS labels; data.labels names {len(task.labels)}")
+    fixed = [own.index(TFNS_LABEL_FIX.get(own[i], own[i])) for i in frame["label"].tolist()]
+    return frame.assign(label=pd.Series(fixed, dtype="int64", index=frame.index))
+
+
 def load_text_task(task: TextTask) -> pd.DataFrame:
     """The bundled examples of ``task`` as a validated text frame (TFNS: its swapped labels put back).
 
@@ -281,9 +295,7 @@ def load_text_task(task: TextTask) -> pd.DataFrame:
     with resources.as_file(resources.files("fedlora.data").joinpath(task.bundled)) as path:
         frame = read_jsonl_rows(Path(path), TEXT_TASKS[task.name])
     if task.name == "tfns":
-        own = TEXT_TASKS["tfns"].labels
-        fixed = [own.index(TFNS_LABEL_FIX.get(own[i], own[i])) for i in frame["label"].tolist()]
-        frame["label"] = pd.Series(fixed, dtype="int64")
+        frame = fix_tfns_labels(frame, TEXT_TASKS["tfns"])
     if task.labels != TEXT_TASKS[task.name].labels:
         if len(task.labels) != len(TEXT_TASKS[task.name].labels):
             raise DataValidationError(
