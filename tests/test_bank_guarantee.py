@@ -322,19 +322,27 @@ def test_namespaced_aggregation_reports_no_test_auc_on_the_coordinators_copy(
     assert open_run_store(config, "r1").exists("rounds/0001/MANIFEST.json")
 
 
+def _with_own_batch(config: Config, bank: str, batch: int | None) -> Config:
+    """``config`` with ``bank``'s own ``federation.banks[].batch_size`` (the consortium's batch follows n)."""
+    if batch is None:
+        return config
+    banks = [b.model_copy(update={"batch_size": batch}) if b.name == bank else b for b in config.federation.banks]
+    return config.model_copy(update={"federation": config.federation.model_copy(update={"banks": banks})})
+
+
 @pytest.mark.parametrize(
-    ("request_override", "rule"),
+    ("request_override", "own_batch", "rule"),
     [
-        ("training.batch_size=1000", "exceeds this bank's training rows (n ≈ 140)"),
-        ("privacy.delta=0.009", "the bank allows at most 1/(10·n) = 0.000714"),
+        ("seed=0", 1000, "exceeds this bank's training rows (n ≈ 140)"),
+        ("privacy.delta=0.009", None, "the bank allows at most 1/(10·n) = 0.000714"),
     ],
 )
 def test_a_schedule_that_breaks_on_the_banks_own_rows_is_refused_naming_only_the_declared_n(
-    tiny_overrides: list[str], tmp_path: Path, request_override: str, rule: str
+    tiny_overrides: list[str], tmp_path: Path, request_override: str, own_batch: int | None, rule: str
 ) -> None:
     config = _consortium(tmp_path, tiny_overrides)
     request = load_config(None, [*tiny_overrides, request_override, f"store.uri={tmp_path / 'exchange'}"])
-    request = request.model_copy(update={"federation": config.federation})
+    request = _with_own_batch(request.model_copy(update={"federation": config.federation}), "bank-a", own_batch)
     outcome = _job(request, tmp_path)  # a 200-row file: 140 declared training rows (70 % of 200)
     assert outcome["status"] == "refused" and rule in outcome["message"], outcome["message"]
 
@@ -343,8 +351,8 @@ def test_a_refused_schedule_never_runs_the_banks_rows_through_the_model(
     tiny_overrides: list[str], tmp_path: Path
 ) -> None:
     config = _consortium(tmp_path, tiny_overrides)
-    request = load_config(None, [*tiny_overrides, "training.batch_size=1000", f"store.uri={tmp_path / 'exchange'}"])
-    request = request.model_copy(update={"federation": config.federation})
+    request = load_config(None, [*tiny_overrides, f"store.uri={tmp_path / 'exchange'}"])
+    request = _with_own_batch(request.model_copy(update={"federation": config.federation}), "bank-a", 1000)
     runtime = Runtime(request, bank_files={"bank-a": str(_rows(tmp_path / "credit.csv"))})
     side = BankSide(
         policy=BankPolicy.model_validate({"minNoiseMultiplier": 0}), ledger_store=LocalStore(tmp_path / "l"), job=True
@@ -362,7 +370,7 @@ def test_a_small_bank_runs_with_its_own_batch(tiny_overrides: list[str], tmp_pat
     )
     assert request.training_for("bank-a").batch_size == 32
     assert request.training_for("bank-b").batch_size == 1000
-    outcome = _job(request, tmp_path)  # ~140 training rows: the consortium's batch of 1000 is refused (test above)
+    outcome = _job(request, tmp_path)  # ~140 training rows: bank-a trains at its own batch, 32
     assert outcome["status"] == "ok", outcome["output"]
     plan = json.loads((tmp_path / "exchange/r1/privacy/bank-a.json").read_text())["plan"]
     assert plan["sample_rate"] == pytest.approx(32 / plan["declared_examples"])

@@ -162,7 +162,7 @@ def test_batch_larger_than_a_bank_is_refused_before_anything_is_written(tmp_path
         [
             "model.name=tiny-bert",
             "data.max_rows=200",
-            "training.batch_size=500",
+            "federation.banks=[{name: bank-a, batch_size: 500}, {name: bank-b}, {name: bank-c}]",
             "tracking.enabled=false",
             f"output.dir={tmp_path}",
             "output.run_name=big",

@@ -115,7 +115,7 @@ class _Schedule:
     @classmethod
     def not_private(cls, config: Config, bank: str, num_rows: int) -> _Schedule:
         """The non-private baseline (simulation only): no noise; clipped only with ``privacy.clip_when_disabled``."""
-        training = config.training_for(bank)
+        training = config.training_for(bank, declared_count(num_rows))
         sample_rate = min(1.0, training.batch_size / num_rows)
         clipped = config.privacy.clip_when_disabled
         dp = DPSettings(noise_multiplier=0.0, max_grad_norm=config.privacy.max_grad_norm, sample_rate=sample_rate)

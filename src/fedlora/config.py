@@ -116,8 +116,8 @@ class BankConfig(_Section):
     batch_size: int | None = Field(
         None,
         ge=1,
-        description="Overrides training.batch_size for this bank (a bank with fewer training rows than the "
-        "consortium's batch needs its own; q = batch/n follows).",
+        description="This bank's own expected batch, instead of min(training.batch_size, "
+        "training.max_sample_rate × n); q = batch/n follows.",
     )
     namespace: str | None = Field(
         None,
@@ -244,10 +244,17 @@ class TrainingConfig(_Section):
     batch_size: int = Field(
         256,
         ge=1,
-        description="Expected (Poisson) batch size; sample rate = batch_size/n. 256 suits banks of ~1,000 or more "
-        "training rows (chosen on validation AUC, benchmarks/README.md); for German Credit's ~230 rows per bank use "
-        "the built-in config german_credit (batch 128 in its own schedule), or federation.banks[].batch_size for one "
-        "small bank.",
+        description="Expected (Poisson) batch size of a bank large enough for it; sample rate q = batch/n. A "
+        "smaller bank's batch follows its size: min(batch_size, max_sample_rate × n), n its declared training "
+        "count (256 was chosen on validation AUC for the default's ~930 training rows per bank, docs/recipe.md).",
+    )
+    max_sample_rate: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="Largest sample rate q a bank's batch may reach: a bank with fewer than batch_size/"
+        "max_sample_rate declared training rows trains at q = max_sample_rate (German Credit's ~230 rows per bank: "
+        "batch 138). federation.banks[].batch_size overrides both for one bank.",
     )
     physical_batch_size: int = Field(64, ge=1, description="Largest micro-batch held in memory at once.")
     learning_rate: float = Field(
@@ -265,6 +272,14 @@ class TrainingConfig(_Section):
         "refused with DP, see Config._dp_optimizer).",
     )
     eval_batch_size: int = Field(128, ge=1, description="Batch size for evaluation.")
+
+    def batch_for(self, declared_examples: int) -> int:
+        """The expected batch of a bank with ``declared_examples`` training rows (its declared count).
+
+        ``B = min(batch_size, max(1, ⌊max_sample_rate · n_declared⌋))``: the batch follows the bank's size, and
+        only the declared count (two significant figures) enters it, as every other planned value.
+        """
+        return max(1, min(self.batch_size, int(self.max_sample_rate * declared_examples)))
 
 
 class FederationConfig(_Section):
@@ -422,12 +437,18 @@ class Config(_Section):
         spec = next((b for b in self.federation.banks if b.name == bank), None)
         return (spec.target_epsilon if spec is not None else None) or self.privacy.target_epsilon
 
-    def training_for(self, bank: str) -> TrainingConfig:
-        """The training section as ``bank`` runs it: ``training`` with the bank's own overrides (``batch_size``)."""
+    def training_for(self, bank: str, declared_examples: int | None = None) -> TrainingConfig:
+        """The training section as ``bank`` runs it.
+
+        Its own ``federation.banks[].batch_size`` if it has one; else, given its declared training count, the
+        batch :meth:`TrainingConfig.batch_for` that count allows; else ``training`` as configured.
+        """
         spec = next((b for b in self.federation.banks if b.name == bank), None)
-        if spec is None or spec.batch_size is None:
+        if spec is not None and spec.batch_size is not None:
+            return self.training.model_copy(update={"batch_size": spec.batch_size})
+        if declared_examples is None:
             return self.training
-        return self.training.model_copy(update={"batch_size": spec.batch_size})
+        return self.training.model_copy(update={"batch_size": self.training.batch_for(declared_examples)})
 
     @model_validator(mode="after")
     def _clipping_switch(self) -> Config:

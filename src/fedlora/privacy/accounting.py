@@ -272,7 +272,10 @@ def plan_privacy(
             f"so δ < {1 / bound:.3g}); a δ ≥ 1/n allows releasing a whole record"
         )
     if batch_size > declared:
-        fix = f"give this bank its own batch (federation.banks[name={bank}].batch_size) or lower training.batch_size"
+        fix = (
+            f"lower its own batch (federation.banks[name={bank}].batch_size), or leave it unset: the batch then "
+            "follows the bank's size (training.max_sample_rate)"
+        )
         raise PrivacyConfigError(
             f"bank {bank}: batch_size={batch_size} exceeds this bank's training rows (n ≈ {declared}); {fix}"
         )

@@ -125,7 +125,7 @@ def plan_bank(config: Config, bank: str, num_examples: int, *, policy: BankPolic
             else f"1/(10·n) = {allowed:.3g} for its training rows (n ≈ {declared}; maxDelta unset)"
         )
         raise PrivacyConfigError(f"bank {bank}: the request asks for δ={delta:g}; the bank allows at most {rule}")
-    training = config.training_for(bank)
+    training = config.training_for(bank, declared)  # the batch follows the declared count
     key = (
         config.target_epsilon_for(bank),
         delta,
