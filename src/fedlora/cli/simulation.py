@@ -75,13 +75,22 @@ def _num(value: float | None) -> str:
 
 
 def _summary_table(summary: RunSummary) -> Table:
+    """Per round: test AUC and KS (credit), or label-scoring accuracy and weighted F1 (a text task); ε per bank."""
+    from fedlora.data.text_tasks import is_text_task
+
+    text = is_text_task(summary.dataset)
     banks = list(summary.rounds[0].epsilon) if summary.rounds else []
     table = Table(title=f"FedLoRA — {summary.aggregation}, privacy: {summary.privacy_mode}")
-    for col in ["round", "test AUC", "KS", *[f"ε {b}" for b in banks], "banks"]:
+    scores = ["test accuracy", "weighted F1"] if text else ["test AUC", "KS"]
+    for col in ["round", *scores, *[f"ε {b}" for b in banks], "banks"]:
         table.add_column(col, justify="right", no_wrap=True)
     for r in summary.rounds:
         eps = [format_epsilon(r.epsilon[b]) for b in banks]
-        table.add_row(str(r.round), _num(r.auc), _num(r.ks), *eps, str(len(r.banks)))
+        metrics = r.metrics or {}
+        shown = (metrics.get("accuracy"), metrics.get("f1")) if text else (r.auc, r.ks)
+        table.add_row(str(r.round), *map(_num, shown), *eps, str(len(r.banks)))
+    if text:
+        table.caption = "label scoring on every bank's test rows (fedlora evaluate adds FinLoRA's generation metrics)"
     return table
 
 
@@ -167,7 +176,13 @@ def simulate_command(
     out = Console()
     out.print(_summary_table(summary))
     final = summary.final
-    out.print(f"final pooled test AUC {final.auc:.4f}; adapter {final.adapter}")
+    from fedlora.data.text_tasks import is_text_task
+
+    if is_text_task(summary.dataset):
+        accuracy, f1 = final.metrics.get("accuracy", float("nan")), final.metrics.get("f1", float("nan"))
+        out.print(f"final pooled test accuracy {accuracy:.4f}, weighted F1 {f1:.4f}; adapter {final.peft_adapter}")
+    else:
+        out.print(f"final pooled test AUC {final.auc:.4f}; adapter {final.adapter}")
     out.print(f"report: {summary.report or '-'}   wall time {summary.wall_seconds:.1f}s")
     if summary.stopped_early:
         out.print(f"[yellow]{summary.stopped_early}[/]")
