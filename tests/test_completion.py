@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 from peft import PeftModel
@@ -22,6 +24,7 @@ from fedlora.privacy.clipping import clip_and_sum
 from fedlora.privacy.per_sample import PerExampleGradients
 from fedlora.runtime import Runtime
 from fedlora.simulate import simulate
+from fedlora.training import round_training
 from helpers import randomize_trainable
 
 CPU = torch.device("cpu")
@@ -123,3 +126,13 @@ def test_the_final_adapter_loads_with_peft_for_generation(tmp_path: Path) -> Non
         input_ids=prompt["input_ids"], attention_mask=prompt["attention_mask"], max_new_tokens=10, do_sample=False
     )
     assert out.shape[1] > prompt["input_ids"].shape[1]
+
+
+def test_the_cosine_learning_rate_goes_from_the_rate_to_the_minimum_over_the_rounds() -> None:
+    training = load_config(None, ["training.learning_rate=1e-4", "training.min_learning_rate=1e-5"]).training
+    rates = [round_training(training, round_index=t, rounds=5).learning_rate for t in range(1, 6)]
+    assert rates[0] == pytest.approx(1e-4) and rates[-1] == pytest.approx(1e-5)
+    assert rates[2] == pytest.approx(5.5e-5)  # halfway: the mean of the two
+    assert all(a > b for a, b in itertools.pairwise(rates))
+    constant = load_config(None, ["training.learning_rate=0.5"]).training
+    assert round_training(constant, round_index=3, rounds=5) == constant

@@ -52,7 +52,13 @@ from fedlora.runtime import EncodedSplits, Runtime
 from fedlora.store.adapters import get_json, load_adapter, put_json, save_adapter
 from fedlora.store.base import Store, global_prefix, round_prefix, update_prefix
 from fedlora.store.run import open_run_store
-from fedlora.training import DPSettings, GradientCanaries, predict_default_probability, steps_per_round
+from fedlora.training import (
+    DPSettings,
+    GradientCanaries,
+    predict_default_probability,
+    round_training,
+    steps_per_round,
+)
 
 __all__ = ["OUTCOME_FILE", "read_bank_outcome", "run_bank_round"]
 
@@ -300,7 +306,7 @@ def _train_and_publish(
         sets,
         incoming,
         round_index=job.round_index,
-        training=job.config.training,
+        training=round_training(job.config.training, round_index=job.round_index, rounds=job.config.federation.rounds),
         steps=schedule.steps,
         dp=schedule.dp,
         sample_rate=schedule.sample_rate,

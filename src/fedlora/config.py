@@ -266,6 +266,13 @@ class TrainingConfig(_Section):
         description="Learning rate of the LoRA parameters (None = training.learning_rate; the head keeps "
         "learning_rate). The noised gradient is the same; only its use differs (post-processing, free in privacy).",
     )
+    min_learning_rate: float | None = Field(
+        None,
+        gt=0,
+        description="Cosine learning rate over the rounds (as FinLoRA's FedLoRA): round t of T trains at "
+        "min + (lr − min)·(1 + cos(π·(t−1)/(T−1)))/2, from training.learning_rate (and lora_learning_rate) in "
+        "round 1 down to this in the last; None = a constant rate. Post-processing, free in privacy.",
+    )
     optimizer: Literal["adam", "sgd"] = Field(
         "sgd",
         description="Local optimizer (re-created every round): sgd (momentum 0.9) or adam (non-private runs only; "

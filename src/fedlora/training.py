@@ -21,6 +21,7 @@ given rather than computed in step 2, then clipped and noised like every row. Wi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -79,6 +80,29 @@ def steps_per_round(*, num_examples: int, config: TrainingConfig) -> int:
     if config.local_steps is not None:
         return config.local_steps
     return max(1, int(np.ceil(config.local_epochs * num_examples / config.batch_size)))
+
+
+def round_training(config: TrainingConfig, *, round_index: int, rounds: int) -> TrainingConfig:
+    """The training section of round ``t = round_index`` of ``T = rounds``: a cosine learning rate over the rounds.
+
+    With ``min_learning_rate = m`` set, each rate ``η`` (``learning_rate``, ``lora_learning_rate``) becomes
+    ``m + (η − m)·(1 + cos(π·(t − 1)/(T − 1)))/2``: ``η`` in round 1, ``m`` in round ``T`` (FinLoRA's FedLoRA
+    anneals 1e-4 → 1e-5 over its rounds the same way). Unset: ``config`` unchanged. A learning rate is
+    post-processing of the privatised gradient, so the schedule costs no privacy.
+    """
+    low = config.min_learning_rate
+    if low is None:
+        return config
+    progress = (round_index - 1) / (rounds - 1) if rounds > 1 else 0.0
+    factor = (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0))) / 2.0
+
+    def at(rate: float) -> float:
+        return low + (rate - low) * factor
+
+    lora = config.lora_learning_rate
+    return config.model_copy(
+        update={"learning_rate": at(config.learning_rate), "lora_learning_rate": None if lora is None else at(lora)}
+    )
 
 
 def make_optimizer(
