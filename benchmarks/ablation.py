@@ -1,6 +1,6 @@
 """Paired ablation rows: each variant's DP-FedLoRA row minus the base run's, seed by seed.
 
-    python benchmarks/ablation.py                     # the embedded default (eighth session)
+    python benchmarks/ablation.py                     # the embedded default (2026-12-02, commit 2856326)
     python benchmarks/ablation.py --epsilon 8 \\
         --base 'benchmarks/results/german_columns_eps8_seed?.json' \\
         --variant 'text only=benchmarks/results/german_textonly_eps8_seed?.json'

@@ -12,7 +12,7 @@ partition, so the intervals are optimistic.
     python benchmarks/per_bank.py taiwan_dirichlet.json --epsilon 8
     python benchmarks/per_bank.py seeds_0-2.json seeds_3-4.json --epsilon 8     # files merged by seed
     python benchmarks/per_bank.py run.json --min-per-class 10    # only test sets with >= 10 defaults and payers
-    python benchmarks/per_bank.py old.json --config benchmarks/before-s8.yaml   # written before the eighth session
+    python benchmarks/per_bank.py old.json --config benchmarks/before-s8.yaml # before commit 2856326
 
 An AUC on a test set with one or two defaults is noise (it moves by 0.5 with a single row), so
 ``--min-per-class`` keeps only the banks whose own test rows can say anything; the pairs it leaves out
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument(
         "--config",
         help="Config file under the stored overrides when the results store none: benchmarks/before-s8.yaml for "
-        "results written before the eighth session changed the defaults (see benchmarks/README.md).",
+        "results written before commit 2856326 (2026-12-02) changed the defaults (see benchmarks/README.md).",
     )
     args = parser.parse_args()
     aucs, _ = load_results(args.json_paths)
