@@ -59,16 +59,16 @@ def test_a_200_round_10_bank_federation_fits_argo_and_etcd(tmp_path: Path) -> No
         "roc": "system.ClassificationMetrics",
         "summary": "system.Markdown",
     }
-    # the same 10 banks over 20 rounds as one round per sub-DAG would have been 3.8 KB per task
-    assert _spec(compile_pipeline(load_config(None, ["federation.rounds=20", _banks(10)]), tmp_path / "q.yaml"))[
-        "root"
-    ]["dag"]["tasks"].keys() == {"initialize", "federate-rounds", "finalize"}
+    # 20 rounds x 10 banks: one task per round (22 tasks); the unrolled graph's size does not grow with banks
+    twenty = compile_pipeline(load_config(None, ["federation.rounds=20", _banks(10)]), tmp_path / "q.yaml")
+    assert len(_spec(twenty)["root"]["dag"]["tasks"]) == 22
+    assert twenty.stat().st_size < 200 * 1024, twenty.stat().st_size
 
 
 def test_auto_unrolls_small_federations_and_the_largest_unrolled_graph_fits(tmp_path: Path) -> None:
     limit = load_config(None).kubeflow.max_graph_tasks
-    banks = 6
-    rounds = (limit - 2) // (banks + 1)  # the largest unrolled graph auto compiles for 6 banks
+    banks = 10
+    rounds = limit - 2  # the largest unrolled graph auto compiles: one task per round, whatever the banks
     config = load_config(None, [f"federation.rounds={rounds}", _banks(banks)])
     path = compile_pipeline(config, tmp_path / "p.yaml", secret="fedlora-credentials", ca_bundle="internal-ca")
     assert path.stat().st_size < 512 * 1024, path.stat().st_size
@@ -80,17 +80,23 @@ def test_auto_unrolls_small_federations_and_the_largest_unrolled_graph_fits(tmp_
         "initialize",
     ]
     forced = load_config(None, ["federation.rounds=2", "kubeflow.graph=coordinator"])
-    assert "round-1" not in _graph(_spec(compile_pipeline(forced, tmp_path / "r.yaml")))["root"]
+    assert _graph(_spec(compile_pipeline(forced, tmp_path / "r.yaml")))["root"] == [
+        "federate-rounds",
+        "finalize",
+        "initialize",
+    ]
 
 
-def test_tasks_request_resources_retry_and_aggregation_survives_a_crashed_train_pod(tmp_path: Path) -> None:
+def test_tasks_request_resources_limits_and_retries(tmp_path: Path) -> None:
     config = load_config(
         None,
         [
             "federation.rounds=1",
             "kubeflow.task_cpu=500m",
+            "kubeflow.task_cpu_limit=2000m",
             "kubeflow.task_memory=3Gi",
             "kubeflow.retries=3",
+            "kubeflow.mode=inline",
             "kubeflow.accelerator_type=nvidia.com/gpu",
             "kubeflow.accelerator_count=2",
         ],
@@ -101,21 +107,89 @@ def test_tasks_request_resources_retry_and_aggregation_survives_a_crashed_train_
     for name, executor in executors.items():
         resources = executor["container"]["resources"]
         assert resources["cpuRequest"] == 0.5 and resources["memoryRequest"] == pytest.approx(3 * 1.073741824), name
-        if name.startswith("exec-train-"):  # inline training gets the accelerators, nothing else does
+        assert resources["cpuLimit"] == 2.0 and resources["resourceCpuLimit"] == "2000m", name  # quotas on limits.cpu
+        if name == "exec-round":  # inline training gets the accelerators, nothing else does
             assert resources["accelerator"]["resourceCount"] == "2"
             assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
         else:
             assert "accelerator" not in resources, name
-    tasks = spec["components"]["comp-round-1"]["dag"]["tasks"]
-    for task in tasks.values():
-        assert task["retryPolicy"]["maxRetryCount"] == 3
-    assert tasks["aggregate-round-1"]["triggerPolicy"] == {"strategy": "ALL_UPSTREAM_TASKS_COMPLETED"}
-    assert "triggerPolicy" not in tasks["train-bank-a"]
+    for task in spec["root"]["dag"]["tasks"].values():
+        assert task["retryPolicy"]["maxRetryCount"] == 3  # honoured from KFP 2.5, ignored before
+        assert "triggerPolicy" not in task
     for executor in _platform(path).values():  # PodDefaults can select the pipeline's pods
         assert executor["podMetadata"]["labels"] == {"fedlora.io/pipeline": "fedlora"}
     pull = load_config(None, ["federation.rounds=1", "kubeflow.mode=pull", "kubeflow.accelerator_type=x"])
     spec = _spec(compile_pipeline(pull, tmp_path / "n.yaml"))  # no task of ours trains: no accelerator
     assert not any("accelerator" in e["container"]["resources"] for e in spec["deploymentSpec"]["executors"].values())
+    unlimited = load_config(None, ["federation.rounds=1", "kubeflow.task_cpu_limit=null"])
+    spec = _spec(compile_pipeline(unlimited, tmp_path / "u.yaml"))
+    assert not any("cpuLimit" in e["container"]["resources"] for e in spec["deploymentSpec"]["executors"].values())
+
+
+def _dags(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every DAG of a compiled pipeline (root and sub-pipelines): name -> its tasks."""
+    dags = {"root": spec["root"]["dag"]["tasks"]}
+    dags |= {name: comp["dag"]["tasks"] for name, comp in spec["components"].items() if "dag" in comp}
+    return dags
+
+
+def _completed_fan_ins(spec: dict[str, Any]) -> list[str]:
+    """Tasks with more than one upstream that run on ALL_UPSTREAM_TASKS_COMPLETED.
+
+    KFP >= 2.4 compiles such a task into an exit hook on *each* upstream task
+    (backend/src/v2/compiler/argocompiler/dag.go 2.4.0:81-85, 2.17.0:88-92): it would run once per upstream.
+    """
+    return [
+        f"{dag}/{name}"
+        for dag, tasks in _dags(spec).items()
+        for name, task in tasks.items()
+        if len(task.get("dependentTasks", [])) > 1
+        and task.get("triggerPolicy", {}).get("strategy") == "ALL_UPSTREAM_TASKS_COMPLETED"
+    ]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["committed"],
+        ["federation.rounds=3", "kubeflow.mode=inline"],
+        ["federation.rounds=6", "kubeflow.mode=pull"],
+        ["federation.rounds=200", "kubeflow.graph=coordinator"],
+        ["federation.rounds=30", "kubeflow.graph=rounds"],
+    ],
+    ids=["committed", "inline-3x12", "pull-6x12", "coordinator-200x12", "rounds-30x12"],
+)
+def test_no_fan_in_relies_on_all_upstream_tasks_completed(tmp_path: Path, overrides: list[str]) -> None:
+    """Issue 28, item 1: no task with several upstreams may rely on ALL_UPSTREAM_TASKS_COMPLETED."""
+    if overrides == ["committed"]:
+        path = ROOT / "pipelines" / "fedlora.yaml"
+    else:
+        config = load_config(None, [*overrides, _banks(12), "federation.min_banks=2"])
+        path = compile_pipeline(config, tmp_path / "p.yaml", secret="s", ca_bundle="ca")
+    spec = _spec(path)
+    assert _completed_fan_ins(spec) == []
+    tasks = [task for dag in _dags(spec).values() for task in dag.values()]
+    assert tasks and not any("triggerPolicy" in task for task in tasks)  # nothing relies on any trigger policy
+    fan_ins = {tuple(task.get("dependentTasks", [])) for task in tasks if len(task.get("dependentTasks", [])) > 1}
+    for upstream in fan_ins:  # the only fan-in: a task after the round before, reading initialize's outputs
+        assert "initialize" in upstream and len(upstream) == 2, upstream
+
+
+def test_the_check_finds_the_graph_issue_28_reported(tmp_path: Path) -> None:
+    """The check above is not vacuous: the graph on 29b860a (aggregate after every bank, ignore_upstream_failure)."""
+    from kfp import compiler, dsl
+
+    from fedlora.pipeline.components import make_components
+
+    components = make_components()
+
+    def fan_in() -> None:
+        banks = [components.train_bank(config="", run="r", bank=f"bank-{i}", round_index=1) for i in range(3)]
+        components.aggregate_round(config="", run="r", round_index=1).after(*banks).ignore_upstream_failure()
+
+    fan_in.__annotations__.clear()  # this module's annotations are strings; KFP reads them as types
+    compiler.Compiler().compile(dsl.pipeline(name="fan-in")(fan_in), str(tmp_path / "f.yaml"))
+    assert _completed_fan_ins(_spec(tmp_path / "f.yaml")) == ["root/aggregate-round"]
 
 
 def test_the_ui_description_explains_every_parameter(tmp_path: Path) -> None:
@@ -123,7 +197,7 @@ def test_the_ui_description_explains_every_parameter(tmp_path: Path) -> None:
     description = spec["pipelineInfo"]["description"]
     for parameter in PARAMETERS:
         assert f"{parameter.name}: " in description
-    assert "graph: initialize -> round-N" in description
+    assert "graph: initialize -> round-1 -> ... -> round-N" in description
 
 
 def test_committed_pipeline_is_current(tmp_path: Path) -> None:
@@ -162,25 +236,26 @@ def _graph(spec: dict[str, Any]) -> dict[str, list[str]]:
     return graph
 
 
-def test_graph_shows_rounds_and_banks_by_name(tmp_path: Path) -> None:
-    config = load_config(None, ["federation.rounds=2"])
+def test_graph_is_a_chain_of_rounds(tmp_path: Path) -> None:
+    config = load_config(None, ["federation.rounds=3"])
     spec = _spec(compile_pipeline(config, tmp_path / "p.yaml"))
     graph = _graph(spec)
-    assert graph["root"] == ["finalize", "initialize", "round-1", "round-2"]
-    for r in (1, 2):
-        assert graph[f"comp-round-{r}"] == [f"aggregate-round-{r}", "train-bank-a", "train-bank-b", "train-bank-c"]
-        tasks = spec["components"][f"comp-round-{r}"]["dag"]["tasks"]
-        assert sorted(tasks[f"aggregate-round-{r}"]["dependentTasks"]) == [
-            "train-bank-a",
-            "train-bank-b",
-            "train-bank-c",
-        ]
-        assert tasks["train-bank-b"]["taskInfo"]["name"] == "train-bank-b"
-        assert tasks["train-bank-b"]["inputs"]["parameters"]["bank"]["runtimeValue"]["constant"] == "bank-b"
-        assert tasks["train-bank-b"]["cachingOptions"] == {}  # not cached: tasks write the store
+    assert graph == {"root": ["finalize", "initialize", "round", "round-2", "round-3"]}  # no sub-DAG, no bank task
     root = spec["root"]["dag"]["tasks"]
-    assert root["round-2"]["dependentTasks"] == ["initialize", "round-1"]
-    assert root["finalize"]["dependentTasks"] == ["initialize", "round-2"]
+    assert [root[t]["taskInfo"]["name"] for t in ("round", "round-2", "round-3")] == ["round-1", "round-2", "round-3"]
+    assert root["round"]["dependentTasks"] == ["initialize"]
+    assert root["round-2"]["dependentTasks"] == ["initialize", "round"]
+    assert root["round-3"]["dependentTasks"] == ["initialize", "round-2"]
+    assert root["finalize"]["dependentTasks"] == ["initialize", "round-3"]
+    for r, task in enumerate(("round", "round-2", "round-3"), start=1):
+        assert root[task]["inputs"]["parameters"]["round_index"]["runtimeValue"]["constant"] == r
+        assert root[task]["cachingOptions"] == {}  # not cached: tasks write the store
+    outputs = spec["components"]["comp-round-2"]["outputDefinitions"]
+    assert {k: v["artifactType"]["schemaTitle"] for k, v in outputs["artifacts"].items()} == {
+        "metrics": "system.Metrics",
+        "roc": "system.ClassificationMetrics",
+        "summary": "system.Markdown",
+    }
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images == {CONTROL_IMAGE}
     for executor in spec["deploymentSpec"]["executors"].values():  # nothing installed at run time
@@ -190,12 +265,12 @@ def test_graph_shows_rounds_and_banks_by_name(tmp_path: Path) -> None:
 
 def test_outputs_are_typed_metrics_roc_and_markdown(tmp_path: Path) -> None:
     spec = _spec(compile_pipeline(load_config(None, ["federation.rounds=1"]), tmp_path / "p.yaml"))
-    outputs = spec["components"]["comp-aggregate-round-1"]["outputDefinitions"]["artifacts"]
+    outputs = spec["components"]["comp-round"]["outputDefinitions"]["artifacts"]
     assert outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
     assert outputs["roc"]["artifactType"]["schemaTitle"] == "system.ClassificationMetrics"
     assert outputs["summary"]["artifactType"]["schemaTitle"] == "system.Markdown"
-    train = spec["components"]["comp-train-bank-a"]["outputDefinitions"]["artifacts"]
-    assert train["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
+    plan = spec["components"]["comp-initialize"]["outputDefinitions"]["artifacts"]
+    assert plan["plan"]["artifactType"]["schemaTitle"] == "system.Markdown"
 
 
 def test_parameters_are_config_fields_with_the_configs_defaults(tmp_path: Path) -> None:
@@ -278,11 +353,9 @@ def test_image_and_consortium_config(tmp_path: Path) -> None:
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images == {"registry.example/fedlora-control@sha256:" + "a" * 64}
     graph = _graph(spec)
-    banks = [b.name for b in config.federation.banks]
     assert graph["root"] == sorted(
-        ["initialize", "finalize", *[f"round-{r}" for r in range(1, config.federation.rounds + 1)]]
+        ["initialize", "finalize", "round", *[f"round-{r}" for r in range(2, config.federation.rounds + 1)]]
     )
-    assert graph["comp-round-1"] == sorted(["aggregate-round-1", *[f"train-{b}" for b in banks]])
     assert config.kubeflow.mode == "pull"  # the banks' agents train; the pipeline only waits
 
 
@@ -310,6 +383,18 @@ def test_secret_and_ca_bundle_reach_every_task(tmp_path: Path) -> None:
         env = {e["name"]: e["value"] for e in pipeline_spec["deploymentSpec"]["executors"][name]["container"]["env"]}
         for variable in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
             assert env[variable] == "/etc/fedlora/ca/ca.crt"
+
+
+def test_secret_keys_map_only_the_named_keys(tmp_path: Path) -> None:
+    """KFP before 2.15 ignores optional keys: --secret-key maps exactly the keys the Secret holds."""
+    config = load_config(None, ["federation.rounds=1"])
+    keys = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID")
+    path = compile_pipeline(config, tmp_path / "p.yaml", secret="exchange", secret_keys=keys)
+    for executor in _platform(path).values():
+        (secret,) = executor["secretAsEnv"]
+        assert [k["secretKey"] for k in secret["keyToEnv"]] == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+    with pytest.raises(ValueError, match="AWS_TOKEN"):
+        compile_pipeline(config, tmp_path / "q.yaml", secret="exchange", secret_keys=("AWS_TOKEN",))
 
 
 @pytest.mark.parametrize("name", ["trainer", "control"])

@@ -32,8 +32,10 @@ def _task_outputs(root: Path, task: str) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_kfp_local_run_two_banks_two_rounds(tmp_path: Path) -> None:
-    config = _tiny(tmp_path)
+def test_kfp_local_run_two_banks_two_rounds_and_a_failing_bank(tmp_path: Path) -> None:
+    """bank-c's data is not there: it fails every round, the rounds go on with bank-a and bank-b (min_banks 2)."""
+    banks = "federation.banks=[{name: bank-a}, {name: bank-b}, {name: bank-c, data: /nonexistent/bank-c.csv}]"
+    config = _tiny(tmp_path, banks, "federation.min_banks=2")
     pipeline = build_pipeline(config)
     root = tmp_path / "pipeline_root"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
@@ -55,23 +57,23 @@ def test_kfp_local_run_two_banks_two_rounds(tmp_path: Path) -> None:
     assert stored.privacy.target_epsilon == 6.0  # the run parameter reached the core
 
     # KFP outputs: the initialize plan, each bank's metrics, each round's metrics, ROC and summary
+    assert not (run / "rounds/0001/updates/bank-c").exists()
     init = _task_outputs(root, "initialize")
     assert init["parameterValues"]["run"] == "local-run"
-    bank = _task_outputs(root, "train-bank-a")
-    assert bank["artifacts"]["metrics"]["artifacts"][0]["metadata"]["ok"] == 1.0
-    assert json.loads(bank["parameterValues"]["Output"])["status"] == "ok"
-    agg = _task_outputs(root, "aggregate-round-2")
-    metrics = agg["artifacts"]["metrics"]["artifacts"][0]["metadata"]
-    assert 0.0 <= metrics["test_auc"] <= 1.0
-    assert 0.0 < metrics["epsilon_bank-a"] <= 6.0 + 1e-6 and 0.0 < metrics["epsilon_bank-b"] <= 6.0 + 1e-6
-    assert metrics["banks_accepted"] == 2.0 and metrics["banks_failed"] == 0.0
-    roc = agg["artifacts"]["roc"]["artifacts"][0]["metadata"]["confidenceMetrics"]
-    assert len(roc) >= 2 and {"falsePositiveRate", "recall", "confidenceThreshold"} <= set(roc[0])
-    markdown = Path(agg["artifacts"]["summary"]["artifacts"][0]["uri"]).read_text(encoding="utf-8")
-    assert "## Round 2" in markdown and "bank-a | ✅ averaged" in markdown
+    for task, r in (("round", 1), ("round-2", 2)):  # each round's own task, with the round's outputs
+        outputs = _task_outputs(root, task)
+        assert json.loads(outputs["parameterValues"]["Output"])["round"] == r
+        metrics = outputs["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+        assert 0.0 < metrics["epsilon_bank-a"] <= 6.0 + 1e-6 and 0.0 < metrics["epsilon_bank-b"] <= 6.0 + 1e-6
+        assert metrics["banks_accepted"] == 2.0 and metrics["banks_failed"] == 1.0
+        # bank-c's test rows cannot be read here, so no central evaluation (no test_auc, no ROC points)
+        assert "test_auc" not in metrics and "none at the coordinator" in outputs["parameterValues"]["Output"]
+        markdown = Path(outputs["artifacts"]["summary"]["artifacts"][0]["uri"]).read_text(encoding="utf-8")
+        assert f"## Round {r}" in markdown and "bank-a | ✅ averaged" in markdown
+        assert "| bank-c | ❌ failed: " in markdown
     final = _task_outputs(root, "finalize")
     assert final["parameterValues"]["Output"].endswith("final/adapter.safetensors")
-    print(f"kfp.local: 2 banks x 2 rounds in {seconds:.0f} s")
+    print(f"kfp.local: 3 banks (one failing) x 2 rounds in {seconds:.0f} s")
 
 
 def test_failed_bank_is_reported_not_raised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -206,3 +208,55 @@ def test_settings_that_cannot_work_on_a_cluster_fail_in_initialize(
     assert "store_uri" in str(info.value) and "s3://bucket/prefix" in str(info.value)
     assert "tracking_uri" in str(info.value)
     assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize(
+    ("job_name", "run_name"),
+    [
+        ("fedlora 2026-12-07 06:15:00", "fedlora-2026-12-07-06-15-00"),  # what KFP >= 2.5 passes: the display name
+        ("Credit_Risk.Nightly", "credit-risk-nightly"),
+        ("--Bank  A--", "bank-a"),
+        ("x" * 70 + "-y", "x" * 63),
+    ],
+)
+def test_kfp_job_names_become_valid_run_names(job_name: str, run_name: str) -> None:
+    from fedlora.names import check_name
+    from fedlora.pipeline.run_names import run_name_from_job
+
+    assert run_name_from_job(job_name) == run_name
+    assert check_name(run_name, kind="run") == run_name
+
+
+def test_generated_run_names_are_dns_labels_from_the_time() -> None:
+    from datetime import UTC, datetime
+
+    from fedlora.names import is_name
+    from fedlora.pipeline.run_names import generated_run_name
+
+    moment = datetime(2026, 12, 7, 6, 15, 0, tzinfo=UTC)
+    assert generated_run_name(moment, suffix="ab12") == "fedlora-20261207-061500-ab12"
+    names = {generated_run_name(moment) for _ in range(20)}
+    assert len(names) > 1 and all(is_name(n) for n in names)  # the random suffix differs
+
+
+def test_an_unresolved_job_name_placeholder_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """KFP before 2.5 passes {{$.pipeline_job_name}} as is: every such run would share one folder."""
+    from kfp import dsl
+
+    from fedlora.config import ConfigError
+
+    config = _tiny(tmp_path)
+    plan = FakeMetrics(tmp_path / "plan.md")
+    with pytest.raises(ConfigError, match="output_run_name") as info:
+        task_bodies.initialize_step(
+            base_config=config_to_yaml(config), parameters={}, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, plan=plan
+        )
+    assert "KFP before 2.5" in str(info.value)
+    assert not (tmp_path / "store").exists()
+    named = task_bodies.initialize_step(
+        base_config=config_to_yaml(config),
+        parameters={"output_run_name": "nightly-1"},
+        kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        plan=plan,
+    )
+    assert named[1] == "nightly-1" and (tmp_path / "store" / "nightly-1" / "config.yaml").is_file()

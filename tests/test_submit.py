@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,7 +18,9 @@ from click.testing import CliRunner
 
 from fedlora.cli import main
 from fedlora.config import load_config
+from fedlora.names import check_name
 from fedlora.pipeline.parameters import PARAMETERS
+from fedlora.pipeline.pipeline import CREDENTIAL_KEYS
 from fedlora.pipeline.submit import Auth, run_arguments, submit
 from helpers import JsonHandler
 
@@ -29,6 +32,7 @@ class KfpStub:
     requests: list[dict[str, Any]] = field(default_factory=list)
     experiments: list[dict[str, Any]] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
+    tag_name: str | None = "2.17.0"  # what the API server reports (backend/src/apiserver/main.go); None: no field
 
     def of(self, method: str, path: str) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["method"] == method and r["path"] == path]
@@ -51,8 +55,9 @@ class Handler(JsonHandler):
                 "headers": {k.lower(): v for k, v in self.headers.items()},
             }
         )
-        if url.path == "/apis/v2beta1/healthz":
-            return self._send(200, {"multi_user": False})
+        if url.path == "/apis/v2beta1/healthz":  # the server's raw JSON: commit_sha, tag_name, multi_user
+            health = {"commit_sha": "0123abc", "multi_user": False}
+            return self._send(200, health if self.stub.tag_name is None else {**health, "tag_name": self.stub.tag_name})
         if url.path == "/apis/v2beta1/experiments" and method == "GET":
             wanted = json.loads(query["filter"])["predicates"][0]["stringValue"]
             found = [
@@ -133,15 +138,12 @@ def test_submit_sends_spec_parameters_experiment_and_namespace(kfp_api: tuple[Kf
     spec = body["pipeline_spec"]["pipeline_spec"]  # with its Kubernetes platform_spec (pod labels)
     assert body["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]
     assert spec["pipelineInfo"]["name"] == "fedlora"
-    assert sorted(spec["root"]["dag"]["tasks"]) == ["finalize", "initialize", "round-1", "round-2"]
-    assert sorted(spec["components"]["comp-round-1"]["dag"]["tasks"]) == [
-        "aggregate-round-1",
-        "train-bank-a",
-        "train-bank-b",
-    ]
+    assert sorted(spec["root"]["dag"]["tasks"]) == ["finalize", "initialize", "round", "round-2"]
     parameters = body["runtime_config"]["parameters"]
     assert set(parameters) == {p.name for p in PARAMETERS}
-    assert parameters == json.loads(json.dumps(run_arguments(config)))
+    assert parameters == json.loads(json.dumps(run_arguments(config) | {"output_run_name": result.run_name}))
+    assert re.fullmatch(r"fedlora-\d{8}-\d{6}-[0-9a-f]{4}", parameters["output_run_name"])  # named by submit
+    assert result.backend == "2.17.0" and result.warnings == []
     assert parameters["privacy_target_epsilon"] == 3.0
     assert parameters["store_uri"] == "s3://exchange/consortium"
     assert parameters["tracking_uri"] == "http://mlflow:5000"
@@ -161,7 +163,72 @@ def test_existing_experiment_is_reused(kfp_api: tuple[KfpStub, str], consortium:
     (listing,) = stub.of("GET", "/apis/v2beta1/experiments")
     assert listing["query"]["namespace"] == "consortium"
     assert stub.runs[0]["experiment_id"] == "exp-42"
-    assert stub.runs[0]["display_name"].startswith("fedlora ")
+    name = stub.runs[0]["runtime_config"]["parameters"]["output_run_name"]
+    assert stub.runs[0]["display_name"] == name and check_name(name, kind="run") == name
+
+
+def test_every_submitted_run_gets_its_own_name_unless_the_config_names_it(
+    kfp_api: tuple[KfpStub, str], consortium: Path
+) -> None:
+    """KFP before 2.5 leaves {{$.pipeline_job_name}} unresolved: submit names the runs, so none share a folder."""
+    stub, host = kfp_api
+    config = load_config(consortium)
+    first, second = (submit(config, host=host, run_name="fedlora nightly") for _ in range(2))
+    assert first.run_name != second.run_name
+    names = [run["runtime_config"]["parameters"]["output_run_name"] for run in stub.runs]
+    assert names == [first.run_name, second.run_name]
+    assert [run["display_name"] for run in stub.runs] == ["fedlora nightly", "fedlora nightly"]
+    resumed = submit(load_config(consortium, ["output.run_name=credit-2026-12"]), host=host)
+    assert resumed.run_name == "credit-2026-12"  # the config's name: the run resumes there
+    assert stub.runs[-1]["runtime_config"]["parameters"]["output_run_name"] == "credit-2026-12"
+
+
+@pytest.mark.parametrize(
+    ("tag", "secret_keys", "refused", "warned"),
+    [
+        ("2.2.0", ("AWS_ACCESS_KEY_ID",), "KFP 2.2.0 is older than 2.3.0", None),
+        ("2.3.0", (), "KFP 2.3.0 ignores optional Secret keys", None),
+        ("2.4.1", ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), None, "does not retry tasks"),
+        ("2.5.0", (), "KFP 2.5.0 ignores optional Secret keys", None),
+        ("2.15.0", (), None, None),
+        ("2.17.0", (), None, None),
+        ("unknown", (), None, "not a release"),
+    ],
+)
+def test_submit_reads_the_backend_version_and_refuses_what_cannot_work(
+    kfp_api: tuple[KfpStub, str],
+    consortium: Path,
+    tag: str,
+    secret_keys: tuple[str, ...],
+    refused: str | None,
+    warned: str | None,
+) -> None:
+    stub, host = kfp_api
+    stub.tag_name = tag
+    args = ["submit", "--config", str(consortium), "--host", host, "--secret", "exchange"]
+    args += [a for key in secret_keys for a in ("--secret-key", key)]
+    result = CliRunner().invoke(main, args)
+    assert stub.of("GET", "/apis/v2beta1/healthz")
+    if refused:
+        assert result.exit_code == 2 and refused in result.output, result.output
+        assert not stub.of("POST", "/apis/v2beta1/runs")  # nothing created
+        return
+    assert result.exit_code == 0, result.output
+    assert f"on KFP {tag}" in result.output
+    assert (warned in result.output) if warned else "warning:" not in result.output
+    spec = stub.of("POST", "/apis/v2beta1/runs")[0]["body"]["pipeline_spec"]
+    for executor in spec["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values():
+        (secret,) = executor["secretAsEnv"]
+        assert [k["secretKey"] for k in secret["keyToEnv"]] == list(secret_keys or CREDENTIAL_KEYS)
+
+
+def test_a_server_without_a_version_is_submitted_to_with_a_warning(
+    kfp_api: tuple[KfpStub, str], consortium: Path
+) -> None:
+    stub, host = kfp_api
+    stub.tag_name = None
+    result = submit(load_config(consortium), host=host)
+    assert result.backend == "unknown" and "not a release" in result.warnings[0]
 
 
 def test_cli_submit_prints_the_run_url_and_passes_cookies(kfp_api: tuple[KfpStub, str], consortium: Path) -> None:

@@ -386,12 +386,12 @@ class KubeflowConfig(_Section):
     )
     graph: Literal["auto", "rounds", "coordinator"] = Field(
         "auto",
-        description="Pipeline graph: rounds = one sub-DAG per round with a task per bank; coordinator = one "
-        "federate-rounds task loops the rounds (size independent of rounds x banks); auto = rounds while "
-        "rounds x (banks + 1) + 2 <= max_graph_tasks, else coordinator.",
+        description="Pipeline graph: rounds = one task per round (the banks train, then the aggregation); "
+        "coordinator = one federate-rounds task loops the rounds (size independent of rounds x banks); auto = "
+        "rounds while rounds + 2 <= max_graph_tasks, else coordinator.",
     )
     max_graph_tasks: int = Field(
-        80, ge=4, description="Largest unrolled graph (tasks) that graph=auto compiles; about 4.3 KB of YAML per task."
+        80, ge=4, description="Largest unrolled graph (tasks) that graph=auto compiles; about 5.5 KB of YAML per task."
     )
     task_cpu: str = Field("1", pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU request of every pipeline task.")
     task_memory: str = Field(
@@ -401,6 +401,11 @@ class KubeflowConfig(_Section):
         "16Gi",
         pattern=r"^[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$",
         description="Memory limit of every pipeline task (None = none; a profile quota may require one).",
+    )
+    task_cpu_limit: str | None = Field(
+        "4",
+        pattern=r"^[0-9]+(\.[0-9]+)?m?$",
+        description="CPU limit of every pipeline task (None = none; a quota on limits.cpu refuses pods without one).",
     )
     retries: int = Field(
         2, ge=0, le=10, description="Retries of a failed pipeline task (every step is idempotent: it resumes)."

@@ -39,6 +39,14 @@ _secret_option = click.option(
     "MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD (each optional) every task gets as "
     "environment variables. Default: the pods' own identity (IRSA, workload identity, a PodDefault).",
 )
+_secret_key_option = click.option(
+    "--secret-key",
+    "secret_keys",
+    multiple=True,
+    metavar="KEY",
+    help="A key the --secret Secret holds (repeatable): only the keys named are mapped. Needed on KFP before 2.15, "
+    "which ignores optional keys (a missing key keeps the pod from starting). Default: all six, each optional.",
+)
 _ca_bundle_option = click.option(
     "--ca-bundle",
     metavar="CONFIGMAP",
@@ -59,6 +67,7 @@ _ca_bundle_option = click.option(
 )
 @_image_option
 @_secret_option
+@_secret_key_option
 @_ca_bundle_option
 @click.option(
     "--components",
@@ -72,6 +81,7 @@ def compile_command(
     output: str,
     image: str | None,
     secret: str | None,
+    secret_keys: tuple[str, ...],
     ca_bundle: str | None,
     components_dir: str | None,
 ) -> None:
@@ -89,9 +99,15 @@ def compile_command(
     config = _config(config_path, overrides)
     from fedlora.pipeline.pipeline import graph_mode
 
-    path = compile_pipeline(config, output, image=image, secret=secret, ca_bundle=ca_bundle)
+    try:
+        path = compile_pipeline(
+            config, output, image=image, secret=secret, ca_bundle=ca_bundle, secret_keys=secret_keys
+        )
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     banks = ", ".join(b.name for b in config.federation.banks)
-    graph = "one sub-DAG per round" if graph_mode(config) == "rounds" else "one federate-rounds task"
+    graph = "one task per round" if graph_mode(config) == "rounds" else "one federate-rounds task"
     click.echo(f"pipeline: {path} ({config.federation.rounds} rounds, {graph}; banks {banks})")
     if components_dir:
         for component in compile_components(components_dir, **({"image": image} if image else {})):
@@ -109,9 +125,14 @@ def compile_command(
 )
 @click.option("--namespace", help="Kubeflow profile namespace to run in (multi-user Kubeflow).")
 @click.option("--experiment", help="Experiment of the run (default: tracking.experiment); created if missing.")
-@click.option("--run-name", help="Display name of the run (default: fedlora <output.run_name or time>).")
+@click.option(
+    "--run-name",
+    help="Display name of the run in the UI (default: the run's name: output.run_name, or a fresh "
+    "fedlora-YYYYMMDD-HHMMSS-xxxx that names the run's folder in the exchange).",
+)
 @_image_option
 @_secret_option
+@_secret_key_option
 @_ca_bundle_option
 @click.option(
     "--service-account",
@@ -142,6 +163,7 @@ def submit_command(
     run_name: str | None,
     image: str | None,
     secret: str | None,
+    secret_keys: tuple[str, ...],
     ca_bundle: str | None,
     service_account: str | None,
     existing_token: str | None,
@@ -159,6 +181,8 @@ def submit_command(
 
     The run's parameters are the config's values. Authentication options pass through to
     kfp.Client: a bearer token, session cookies, a profile's service-account token, or IAP.
+    The server's KFP version is read first: below 2.3 (or below 2.15 with --secret and no
+    --secret-key) nothing is created, and the message names the version and the reason.
     """
     from fedlora.pipeline.submit import Auth, submit
 
@@ -184,6 +208,7 @@ def submit_command(
             image=image,
             secret=secret,
             ca_bundle=ca_bundle,
+            secret_keys=secret_keys,
             service_account=service_account,
             auth=auth,
             ui_host=ui_host,
@@ -194,5 +219,9 @@ def submit_command(
     except Exception as exc:  # the kfp SDK raises many types (ApiException, urllib3)
         click.echo(f"error: could not create the run on {host}: {exc}", err=True)
         sys.exit(1)
-    click.echo(f"run {result.run_id} in experiment {result.experiment!r}", err=True)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(
+        f"run {result.run_id} ({result.run_name}) in experiment {result.experiment!r} on KFP {result.backend}", err=True
+    )
     click.echo(result.url)

@@ -16,6 +16,7 @@ COMPONENT_FILES = {
     "initialize_run": "initialize_run.yaml",
     "train_bank": "train_bank.yaml",
     "aggregate_round": "aggregate_round.yaml",
+    "run_round": "run_round.yaml",
     "federate_rounds": "federate_rounds.yaml",
     "finalize_run": "finalize_run.yaml",
 }
@@ -34,14 +35,15 @@ def compile_pipeline(
     image: str | None = None,
     secret: str | None = None,
     ca_bundle: str | None = None,
+    secret_keys: tuple[str, ...] = (),
 ) -> Path:
     """Compile the pipeline for ``config`` to ``path`` (KFP IR YAML, uploadable in the Kubeflow UI).
 
-    ``image``, ``secret`` and ``ca_bundle`` are as in :func:`fedlora.pipeline.pipeline.build_pipeline`.
+    ``image``, ``secret``, ``ca_bundle`` and ``secret_keys`` are as in :func:`fedlora.pipeline.pipeline.build_pipeline`.
     """
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    pipeline = build_pipeline(config, image=image, secret=secret, ca_bundle=ca_bundle)
+    pipeline = build_pipeline(config, image=image, secret=secret, ca_bundle=ca_bundle, secret_keys=secret_keys)
     compiler.Compiler().compile(pipeline, str(out))
     return out
 

@@ -27,6 +27,7 @@ __all__ = [
     "finalize_run",
     "initialize_run",
     "make_components",
+    "run_round",
     "train_bank",
 ]
 
@@ -210,6 +211,36 @@ def aggregate_round(
     )
 
 
+def run_round(
+    config: str,
+    run: str,
+    round_index: int,
+    metrics: Output[Metrics],
+    roc: Output[ClassificationMetrics],
+    summary: Output[Markdown],
+) -> str:
+    """One round: every selected bank trains (pull: waited for concurrently), then the adapters are averaged.
+
+    A bank that fails or times out does not fail this task: it is a failed bank of the round, and
+    federation.min_banks decides. Resumable: a retry returns a committed round, and a bank that already
+    published its outcome is not launched again.
+
+    Args:
+        config: The run's resolved config (YAML).
+        run: The run's name.
+        round_index: The round, from 1.
+        metrics: Test AUC, KS, accuracy, Brier, training loss, ε per bank, banks accepted/failed.
+        roc: ROC curve of the new global adapter on the pooled test rows.
+        summary: Markdown: the round's banks (averaged, failed, rejected, budget spent) and metrics.
+
+    Returns:
+        The round record (JSON).
+    """
+    from fedlora.pipeline.task_bodies import round_step
+
+    return round_step(config_yaml=config, run=run, round_index=round_index, metrics=metrics, roc=roc, summary=summary)
+
+
 def federate_rounds(
     config: str,
     run: str,
@@ -255,15 +286,16 @@ def finalize_run(config: str, run: str, metrics: Output[Metrics], summary: Outpu
     return finalize_step(config_yaml=config, run=run, metrics=metrics, summary=summary)
 
 
-COMPONENT_FUNCTIONS = (initialize_run, train_bank, aggregate_round, federate_rounds, finalize_run)
+COMPONENT_FUNCTIONS = (initialize_run, train_bank, aggregate_round, run_round, federate_rounds, finalize_run)
 
 
 class Components(NamedTuple):
-    """The five components, built for one image."""
+    """The six components, built for one image."""
 
     initialize_run: BaseComponent
     train_bank: BaseComponent
     aggregate_round: BaseComponent
+    run_round: BaseComponent
     federate_rounds: BaseComponent
     finalize_run: BaseComponent
 

@@ -35,12 +35,12 @@ from fedlora.store.adapters import get_json
 from fedlora.store.base import round_prefix
 from fedlora.store.run import committed_rounds, open_run_store
 
-__all__ = ["RoundCallback", "committed_records", "run_rounds"]
+__all__ = ["RoundCallback", "committed_records", "run_round", "run_rounds"]
 
 log = logging.getLogger(__name__)
 
-RoundCallback = Callable[[RoundRecord, list[BankOutcome]], None]
-"""Called after each committed round with its record and the banks' outcomes."""
+RoundCallback = Callable[[RoundRecord], None]
+"""Called after each committed round with its record (the banks' outcomes are in it)."""
 
 
 def committed_records(config: Config, *, run: str) -> list[RoundRecord]:
@@ -79,6 +79,35 @@ def _train_round(config: Config, *, run: str, round_index: int, runtime: Runtime
     return [done[b] for b in banks]
 
 
+def run_round(config: Config, *, run: str, round_index: int, runtime: Runtime | None = None) -> RoundRecord:
+    """One round, the step of both graphs: every selected bank trains, then the aggregation commits the round.
+
+    The unrolled graph's ``round-N`` task is this call; the coordinator's loop calls it once a
+    round. A bank's failure is a ``failed`` outcome (the dispatch never raises for it), so the
+    round goes on and ``federation.min_banks`` decides. Resumable: a committed round is returned as
+    committed, and a bank that already published its outcome for the round is not launched again.
+
+    Raises:
+        FederationError: fewer than ``federation.min_banks`` valid updates.
+    """
+    runtime = runtime or Runtime(config)
+    store = open_run_store(config, run)
+    manifest = f"{round_prefix(round_index)}/MANIFEST.json"
+    if store.exists(manifest):
+        log.info("run %s: round %d is already committed", run, round_index)
+        return RoundRecord.from_json(get_json(store, manifest))
+    outcomes = _train_round(config, run=run, round_index=round_index, runtime=runtime)
+    record = aggregate_round(config, run=run, round_index=round_index, outcomes=outcomes, runtime=runtime)
+    log.info(
+        "round %d committed: averaged %s, failed %s, rejected %s",
+        round_index,
+        record.banks,
+        sorted(record.failed),
+        sorted(record.rejected),
+    )
+    return record
+
+
 def run_rounds(config: Config, *, run: str, on_round: RoundCallback | None = None) -> list[RoundRecord]:
     """Run every round not yet committed; return the records of all committed rounds (old and new).
 
@@ -98,18 +127,10 @@ def run_rounds(config: Config, *, run: str, on_round: RoundCallback | None = Non
     if records:
         log.info("run %s: rounds 1-%d are committed; continuing with round %d", run, start - 1, start)
     for round_index in range(start, config.federation.rounds + 1):
-        outcomes = _train_round(config, run=run, round_index=round_index, runtime=runtime)
-        record = aggregate_round(config, run=run, round_index=round_index, outcomes=outcomes, runtime=runtime)
+        record = run_round(config, run=run, round_index=round_index, runtime=runtime)
         records.append(record)
-        log.info(
-            "round %d committed: averaged %s, failed %s, rejected %s",
-            round_index,
-            record.banks,
-            sorted(record.failed),
-            sorted(record.rejected),
-        )
         if on_round is not None:
-            on_round(record, outcomes)
+            on_round(record)
         if record.stopped_early:
             log.warning("%s", record.stopped_early)
             break

@@ -1,34 +1,35 @@
 """The FedLoRA pipeline, built from a config, in one of two shapes (``kubeflow.graph``).
 
-Small federations, ``rounds`` (3 banks, 2 rounds)::
+Small federations, ``rounds``::
 
-    initialize ─► round-1 ──────────────────────► round-2 ─► … ─► finalize
-                  ├─ train-bank-a ─┐              (same shape)
-                  ├─ train-bank-b ─┼─► aggregate-round-1
-                  └─ train-bank-c ─┘
+    initialize ─► round-1 ─► round-2 ─► … ─► round-N ─► finalize
 
-Each ``round-N`` is a sub-pipeline (a group node in the Kubeflow UI). The banks' tasks of a
-round run in parallel; ``aggregate-round-N`` waits for all of them and runs even when one of
-them crashed (``ignore_upstream_failure``: a bank without an outcome counts as failed, and
-``federation.min_banks`` decides). This graph grows with rounds × banks (about 4 KB of YAML per
-task), so it is used only while it stays small.
+Each ``round-N`` is one task (:func:`fedlora.pipeline.coordinator.run_round`): every selected bank
+trains (pull: the banks' agents, waited for concurrently; inline: one after the other in the task),
+then the aggregation commits the round. A bank that fails is a failed outcome of the round, never a
+failed task, and ``federation.min_banks`` decides. Every task has the default trigger policy (all
+upstream tasks succeeded) and a single chain of upstreams: no task relies on
+``ALL_UPSTREAM_TASKS_COMPLETED`` (``ignore_upstream_failure``), which the KFP backend compiles into an
+OR of upstream states up to 2.3 but, from 2.4, into an exit hook on *each* upstream task
+(``backend/src/v2/compiler/argocompiler/dag.go``: one aggregation per bank). The graph grows by one
+task per round (about 5.5 KB of YAML: the KFP compiler writes a component and an executor per task),
+not with banks; each round's metrics, ROC and Markdown card appear in the UI as it finishes.
 
 Large federations, ``coordinator`` (e.g. 200 rounds × 10 banks)::
 
     initialize ─► federate-rounds ─► finalize
 
-``federate-rounds`` loops the rounds in one pod with the same steps (:mod:`fedlora.pipeline.coordinator`):
-each round, every selected bank trains (pull: by its own agent, the round's banks waited for
-concurrently), then the aggregation commits the round. Its size does not depend on rounds or banks.
+``federate-rounds`` loops :func:`~fedlora.pipeline.coordinator.run_round` in one pod: the same step.
 
-``auto`` (the default) picks ``rounds`` while rounds × (banks + 1) + 2 ≤ ``kubeflow.max_graph_tasks``.
-Tasks are not cached (they read and write the run's store), are retried ``kubeflow.retries`` times
-(every step resumes from the store), request ``kubeflow.task_cpu``/``task_memory`` and carry the pod
-label ``fedlora.io/pipeline=fedlora`` (for PodDefaults).
+``auto`` (the default) picks ``rounds`` while rounds + 2 ≤ ``kubeflow.max_graph_tasks`` (the UI draws a
+graph of that many nodes). Tasks are not cached (they read and write the run's store), are retried
+``kubeflow.retries`` times (every step resumes from the store; KFP ≥ 2.4 honours it), request
+``kubeflow.task_cpu``/``task_memory`` (limits ``task_cpu_limit``/``task_memory_limit``) and carry the
+pod label ``fedlora.io/pipeline=fedlora`` (for PodDefaults).
 
 Run parameters (see :mod:`fedlora.pipeline.parameters`) carry the config's field names with
 ``_`` for ``.``; their defaults are the compiled-in config's values. The number of rounds, the
-banks' names, namespaces and templates and the graph's shape are fixed when compiling.
+banks' names and the graph's shape are fixed when compiling.
 """
 
 # No "from __future__ import annotations": KFP reads the sub-pipelines' annotations as real types.
@@ -40,7 +41,7 @@ from typing import Any
 from kfp import dsl
 
 from fedlora.config import Config, config_to_yaml
-from fedlora.pipeline.components import CONTROL_IMAGE, Components, make_components
+from fedlora.pipeline.components import CONTROL_IMAGE, make_components
 from fedlora.pipeline.parameters import PARAMETERS, parameter_values
 
 __all__ = [
@@ -68,15 +69,15 @@ def pipeline_image(config: Config, image: str | None = None) -> str:
 
 
 def graph_mode(config: Config) -> str:
-    """``rounds`` or ``coordinator``: ``kubeflow.graph``, or for ``auto`` the unrolled graph while it is small."""
+    """``rounds`` or ``coordinator``: ``kubeflow.graph``, or for ``auto`` per-round tasks while the graph is small."""
     if config.kubeflow.graph != "auto":
         return config.kubeflow.graph
-    tasks = config.federation.rounds * (len(config.federation.banks) + 1) + 2
+    tasks = config.federation.rounds + 2
     return "rounds" if tasks <= config.kubeflow.max_graph_tasks else "coordinator"
 
 
 def _named(component: Any, name: str) -> Any:
-    """A copy of ``component`` under another name: task ids follow it (``train-bank-a``, not ``train-bank-2``)."""
+    """A copy of ``component`` under another name: task ids follow it (``finalize``, not ``finalize-run``)."""
     renamed = copy.deepcopy(component)
     renamed.component_spec.name = name
     return renamed
@@ -110,12 +111,25 @@ class TaskOptions:
         secret: A Secret in the run's namespace with any of :data:`CREDENTIAL_KEYS`; None: the pods' identity.
         ca_bundle: A ConfigMap in the run's namespace whose ``ca.crt`` is the PEM bundle to trust (private CAs of
             internal S3 / MLflow endpoints; include the public roots if public endpoints are used too).
+        secret_keys: The keys of ``secret`` to map (a subset of :data:`CREDENTIAL_KEYS`); empty: all of them,
+            each optional. A KFP backend before 2.15 ignores ``optional``: there, name exactly the keys the
+            Secret holds.
     """
 
-    def __init__(self, config: Config, secret: str | None = None, ca_bundle: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        secret: str | None = None,
+        ca_bundle: str | None = None,
+        secret_keys: tuple[str, ...] = (),
+    ) -> None:
+        unknown = sorted(set(secret_keys) - set(CREDENTIAL_KEYS))
+        if unknown:
+            raise ValueError(f"secret keys {unknown} are not among {list(CREDENTIAL_KEYS)}")
         self.config = config
         self.secret = secret
         self.ca_bundle = ca_bundle
+        self.secret_keys = tuple(k for k in CREDENTIAL_KEYS if k in secret_keys) if secret_keys else CREDENTIAL_KEYS
 
     def apply(self, task: Any, name: str, *, trains: bool = False) -> Any:
         """Set ``task`` up; ``trains``: it trains a bank in inline mode (accelerators)."""
@@ -124,6 +138,8 @@ class TaskOptions:
         k = self.config.kubeflow
         task.set_display_name(name).set_caching_options(False)
         task.set_cpu_request(k.task_cpu).set_memory_request(k.task_memory)
+        if k.task_cpu_limit:  # a namespace quota on limits.cpu refuses pods without one
+            task.set_cpu_limit(k.task_cpu_limit)
         if k.task_memory_limit:
             task.set_memory_limit(k.task_memory_limit)
         if k.retries:
@@ -133,7 +149,7 @@ class TaskOptions:
         kubernetes.add_pod_label(task, *POD_LABEL)
         if self.secret:
             kubernetes.use_secret_as_env(
-                task, secret_name=self.secret, secret_key_to_env={key: key for key in CREDENTIAL_KEYS}, optional=True
+                task, secret_name=self.secret, secret_key_to_env={key: key for key in self.secret_keys}, optional=True
             )
         if self.ca_bundle:
             kubernetes.use_config_map_as_volume(task, config_map_name=self.ca_bundle, mount_path=CA_BUNDLE_PATH)
@@ -141,25 +157,6 @@ class TaskOptions:
             for variable in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
                 task.set_env_variable(variable, bundle)
         return task
-
-
-def _round(components: Components, round_index: int, banks: list[str], options: TaskOptions) -> Any:
-    """The sub-pipeline of one round: every bank trains, then the aggregation (even if a train pod crashed)."""
-    train = {bank: _named(components.train_bank, f"train-{bank}") for bank in banks}
-    aggregate_round = _named(components.aggregate_round, f"aggregate-round-{round_index}")
-
-    def round_dag(config: str, run: str) -> str:
-        trained = []
-        for bank in banks:
-            task = train[bank](config=config, run=run, bank=bank, round_index=round_index)
-            trained.append(options.apply(task, f"train-{bank}", trains=True))
-        aggregate = aggregate_round(config=config, run=run, round_index=round_index)
-        options.apply(aggregate, f"aggregate-round-{round_index}").after(*trained).ignore_upstream_failure()
-        return aggregate.outputs["Output"]  # type: ignore[no-any-return]
-
-    round_dag.__name__ = f"round_{round_index}"
-    round_dag.__doc__ = f"Round {round_index}: {', '.join(banks)} train; the adapters are averaged."
-    return dsl.pipeline(name=f"round-{round_index}")(round_dag)
 
 
 def _signature(config: Config) -> inspect.Signature:
@@ -203,7 +200,7 @@ def _description(config: Config) -> str:
     The UI lists the parameters alphabetically, so their meaning is spelled out here.
     """
     graph = (
-        "graph: initialize -> round-N (train-<bank> ... -> aggregate-round-N) -> finalize"
+        "graph: initialize -> round-1 -> ... -> round-N (each: the banks train, then the aggregation) -> finalize"
         if graph_mode(config) == "rounds"
         else f"graph: initialize -> federate-rounds (rounds 1-{config.federation.rounds}, each bank's training "
         "then the aggregation, in one task) -> finalize"
@@ -214,7 +211,12 @@ def _description(config: Config) -> str:
 
 
 def build_pipeline(
-    config: Config, *, image: str | None = None, secret: str | None = None, ca_bundle: str | None = None
+    config: Config,
+    *,
+    image: str | None = None,
+    secret: str | None = None,
+    ca_bundle: str | None = None,
+    secret_keys: tuple[str, ...] = (),
 ) -> Any:
     """The FedLoRA pipeline for ``config`` (a KFP graph component: compile it or run it with ``kfp.local``).
 
@@ -227,18 +229,18 @@ def build_pipeline(
             variable in every task. None: the pods' own identity (IRSA, workload identity, a PodDefault).
         ca_bundle: A ConfigMap in the run's namespace with the PEM bundle ``ca.crt`` every task trusts
             (``AWS_CA_BUNDLE``, ``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE``).
+        secret_keys: Only these keys of ``secret`` (see :class:`TaskOptions`); empty: all, each optional.
     """
     components = make_components(pipeline_image(config, image))
-    options = TaskOptions(config, secret, ca_bundle)
-    banks = [b.name for b in config.federation.banks]
+    options = TaskOptions(config, secret, ca_bundle, secret_keys)
     mode = graph_mode(config)
-    count = config.federation.rounds if mode == "rounds" else 0
-    rounds = [_round(components, r, banks, options) for r in range(1, count + 1)]
+    rounds = config.federation.rounds if mode == "rounds" else 0
     base_config = config_to_yaml(config)
     names = [p.name for p in PARAMETERS]
 
     initialize = _named(components.initialize_run, "initialize")
     federate = _named(components.federate_rounds, "federate-rounds")
+    round_component = _named(components.run_round, "round")  # task ids round, round-2, round-3, …
     finalize = _named(components.finalize_run, "finalize")
 
     def body(**parameters: Any) -> None:
@@ -248,10 +250,9 @@ def build_pipeline(
         previous: Any = init
         if mode == "coordinator":
             previous = options.apply(federate(config=config_out, run=run_out), "federate-rounds", trains=True)
-        for round_index, round_dag in enumerate(rounds, start=1):
-            task = round_dag(config=config_out, run=run_out)
-            task.set_display_name(f"round-{round_index}").set_caching_options(False).after(previous)
-            previous = task
+        for round_index in range(1, rounds + 1):
+            task = round_component(config=config_out, run=run_out, round_index=round_index)
+            previous = options.apply(task, f"round-{round_index}", trains=True).after(previous)
         final = finalize(config=config_out, run=run_out)
         options.apply(final, "finalize").after(previous)
 

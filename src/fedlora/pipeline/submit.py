@@ -1,16 +1,22 @@
-"""Submit the pipeline for a config to a Kubeflow Pipelines API through the ``kfp`` SDK."""
+"""Submit the pipeline for a config to a Kubeflow Pipelines API through the ``kfp`` SDK.
+
+Before creating the run, the server's version is read and checked (:mod:`fedlora.pipeline.backend`),
+and the run is named here (:func:`~fedlora.pipeline.run_names.generated_run_name`) unless the config
+names it, so the backend's ``{{$.pipeline_job_name}}`` (resolved only from KFP 2.5) never decides.
+"""
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedlora.config import Config
+from fedlora.pipeline.backend import check_backend, read_backend_version
 from fedlora.pipeline.compile import compile_pipeline
 from fedlora.pipeline.parameters import parameter_values
+from fedlora.pipeline.run_names import generated_run_name
 
 __all__ = ["Auth", "SubmitResult", "make_client", "run_arguments", "submit"]
 
@@ -54,12 +60,18 @@ class SubmitResult:
         url: The run's page in the Kubeflow Pipelines UI.
         experiment: The experiment it was filed under.
         namespace: The user namespace (multi-user Kubeflow), if any.
+        run_name: The run's name (``output_run_name``: its folder in the exchange).
+        backend: The KFP server's version (``tag_name``).
+        warnings: What the backend lacks that the user should know (no retries, an unknown version).
     """
 
     run_id: str
     url: str
     experiment: str
     namespace: str | None
+    run_name: str = ""
+    backend: str = "unknown"
+    warnings: list[str] = field(default_factory=list)
 
 
 def make_client(
@@ -103,6 +115,7 @@ def submit(
     image: str | None = None,
     secret: str | None = None,
     ca_bundle: str | None = None,
+    secret_keys: tuple[str, ...] = (),
     service_account: str | None = None,
     auth: Auth | None = None,
     ui_host: str | None = None,
@@ -116,10 +129,12 @@ def submit(
         host: The KFP API endpoint, e.g. ``https://kubeflow.example.com/pipeline``.
         namespace: The Kubeflow profile namespace to run in (multi-user Kubeflow).
         experiment: Experiment name (default: ``tracking.experiment``); created if missing.
-        run_name: The run's display name (default: ``fedlora <output.run_name>``, else with the UTC time).
+        run_name: The run's display name in the UI (default: the run's name: ``output.run_name``, or when the
+            config names none a fresh ``fedlora-YYYYMMDD-HHMMSS-xxxx`` passed as ``output_run_name``).
         image: The tasks' image (default: the control image).
         secret: Secret with credentials for every task (see ``build_pipeline``).
         ca_bundle: ConfigMap with the CA bundle every task trusts (see ``build_pipeline``).
+        secret_keys: The keys ``secret`` holds (required with ``secret`` on KFP < 2.15); empty: all, optional.
         service_account: Kubernetes service account of the run's pods (multi-user Kubeflow runs them as
             ``default-editor`` otherwise; the banks' charts must bind the account named here).
         auth: Authentication passed to ``kfp.Client``.
@@ -131,6 +146,7 @@ def submit(
 
     Raises:
         ValueError: the tasks' image is the unpublished placeholder default.
+        UnsupportedBackend: (a ``ValueError``) the server's KFP version cannot run the pipeline as asked.
     """
     from fedlora.pipeline.components import CONTROL_IMAGE
     from fedlora.pipeline.pipeline import pipeline_image
@@ -141,15 +157,19 @@ def submit(
             "images/control.Dockerfile, then pass --image REGISTRY/fedlora-control:TAG (or set kubeflow.control_image)"
         )
     client = client or make_client(host, namespace=namespace, auth=auth, ui_host=ui_host)
+    backend = check_backend(read_backend_version(client), secret=secret, secret_keys=secret_keys)
     experiment = experiment or config.tracking.experiment
-    if run_name is None:
-        run_name = f"fedlora {config.output.run_name or datetime.now(UTC).strftime('%Y-%m-%d %H:%M:%S')}"
+    arguments = run_arguments(config)
+    name = config.output.run_name or generated_run_name()
+    arguments["output_run_name"] = name
     with tempfile.TemporaryDirectory(prefix="fedlora-submit-") as tmp:
-        package = compile_pipeline(config, Path(tmp) / "fedlora.yaml", image=image, secret=secret, ca_bundle=ca_bundle)
+        package = compile_pipeline(
+            config, Path(tmp) / "fedlora.yaml", image=image, secret=secret, ca_bundle=ca_bundle, secret_keys=secret_keys
+        )
         result = client.create_run_from_pipeline_package(
             str(package),
-            arguments=run_arguments(config),
-            run_name=run_name,
+            arguments=arguments,
+            run_name=run_name or name,
             experiment_name=experiment,
             namespace=namespace,
             enable_caching=False,
@@ -163,4 +183,7 @@ def submit(
         url=f"{base}/#/runs/details/{result.run_id}",
         experiment=experiment,
         namespace=namespace,
+        run_name=name,
+        backend=backend.tag,
+        warnings=backend.warnings,
     )

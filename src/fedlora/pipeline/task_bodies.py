@@ -29,6 +29,7 @@ from fedlora.finalize import finalize
 from fedlora.pipeline.bank_dispatch import dispatch_bank_round
 from fedlora.pipeline.cards import bank_card, final_card, finite, location_warnings, plan_card, round_card, rounds_card
 from fedlora.pipeline.parameters import resolve_config, to_overrides
+from fedlora.pipeline.run_names import run_name_from_job
 from fedlora.records import BankOutcome, RoundRecord, round_metrics
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "federate_step",
     "finalize_step",
     "initialize_step",
+    "round_step",
     "train_bank_step",
 ]
 
@@ -92,7 +94,9 @@ def initialize_step(
 ) -> tuple[str, str]:
     """Resolve the config, write the run's config, round-0 adapter and privacy plans.
 
-    The run is named ``output.run_name`` when given, else after the KFP run. Idempotent (a
+    The run is named ``output.run_name`` when given, else after the KFP run
+    (:func:`~fedlora.pipeline.run_names.run_name_from_job`: made a valid name; an unresolved
+    ``{{$.pipeline_job_name}}`` placeholder is refused before anything is written). Idempotent (a
     retried task resumes the same run; a different config for an existing run is refused).
 
     Args:
@@ -110,7 +114,7 @@ def initialize_step(
     impossible = location_warnings(config)
     if impossible and os.environ.get("KUBERNETES_SERVICE_HOST"):  # a pod: these settings cannot work here
         raise ConfigError("this run cannot work on a cluster (nothing was written):\n  - " + "\n  - ".join(impossible))
-    run = config.output.run_name or kfp_run_name
+    run = config.output.run_name or run_name_from_job(kfp_run_name)  # refuses an unresolved placeholder
     config = config.model_copy(update={"output": config.output.model_copy(update={"run_name": run})})
     info = initialize(config, run=run, resume=True)
     for warning in location_warnings(config):
@@ -212,6 +216,37 @@ def _record_json(record: RoundRecord | None) -> str:
     return json.dumps({k: v for k, v in data.items() if k != "roc"}, sort_keys=True, default=str)
 
 
+def round_step(
+    *,
+    config_yaml: str,
+    run: str,
+    round_index: int,
+    metrics: MetricsOutput,
+    roc: RocOutput,
+    summary: FileOutput,
+) -> str:
+    """One whole round (:func:`fedlora.pipeline.coordinator.run_round`): the banks train, then the aggregation.
+
+    The unrolled graph's ``round-N`` task: it has a single upstream (the round before), so it relies on
+    no trigger policy; a bank that fails is a failed outcome of the round, not a failed task.
+
+    Raises:
+        FederationError: fewer than ``federation.min_banks`` valid updates (the run stops).
+
+    Returns:
+        The round record as JSON (without the ROC points).
+    """
+    from fedlora.pipeline.coordinator import run_round
+
+    _setup_logging()
+    config = load_config_text(config_yaml, source="pipeline config")
+    record = run_round(config, run=run, round_index=round_index)
+    _log_metrics(metrics, round_metrics(record))
+    _log_roc(roc, record)
+    _write(summary, round_card(record))
+    return _record_json(record)
+
+
 def federate_step(*, config_yaml: str, run: str, metrics: MetricsOutput, roc: RocOutput, summary: FileOutput) -> str:
     """Every remaining round in this one task (:func:`fedlora.pipeline.coordinator.run_rounds`).
 
@@ -231,7 +266,7 @@ def federate_step(*, config_yaml: str, run: str, metrics: MetricsOutput, roc: Ro
     config = load_config_text(config_yaml, source="pipeline config")
     seen: list[RoundRecord] = []
 
-    def on_round(record: RoundRecord, outcomes: list[BankOutcome]) -> None:
+    def on_round(record: RoundRecord) -> None:
         seen.append(record)
         _write(summary, rounds_card(seen))
 
