@@ -98,3 +98,36 @@ def test_pull_banks_of_a_round_are_awaited_concurrently_and_published_ones_are_n
     records = coordinator.run_rounds(config, run="r")
     assert sorted(launched) == ["bank-a", "bank-c"]
     assert records[-1].banks == ["bank-a", "bank-b", "bank-c"]
+
+
+def test_a_pull_round_at_the_coordinator_loads_no_model_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 28, item 5 (the part that holds today): in pull mode a round task trains nothing and evaluates
+    nothing centrally, so aggregating a round never loads the base model (only ``initialize`` does)."""
+    from fedlora import runtime as runtime_module
+    from fedlora.pipeline.task_bodies import round_step
+    from fedlora.runtime import Runtime
+
+    config = _tiny(tmp_path, "federation.rounds=1", "kubeflow.mode=pull")
+    inline = config.model_copy(update={"kubeflow": config.kubeflow.model_copy(update={"mode": "inline"})})
+    initialize(inline, run="r")
+    agent_runtime = Runtime(inline)  # the banks' side, loaded before the coordinator's loader is cut off
+    _ = agent_runtime.model
+
+    def agent(config: Config, *, run: str, bank: str, round_index: int) -> BankOutcome:
+        return run_bank_round(inline, run=run, bank=bank, round_index=round_index, runtime=agent_runtime)
+
+    def no_weights(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the coordinator loaded the base model")
+
+    monkeypatch.setattr(bank_dispatch, "await_bank_outcome", agent)
+    monkeypatch.setattr(runtime_module, "load_base_model", no_weights)
+    monkeypatch.setattr(runtime_module, "load_causal_lm", no_weights)
+    outs = [FakeOutput(tmp_path / f"{kind}.md") for kind in ("metrics", "roc", "summary")]
+    result = round_step(
+        config_yaml=config_to_yaml(config), run="r", round_index=1, metrics=outs[0], roc=outs[1], summary=outs[2]
+    )
+    assert '"banks": ["bank-a", "bank-b", "bank-c"]' in result
+    assert (tmp_path / "store" / "r" / "rounds/0001/MANIFEST.json").is_file()
+    assert outs[0].metadata["banks_accepted"] == 3.0

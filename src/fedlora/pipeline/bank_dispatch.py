@@ -1,7 +1,8 @@
 """Where a bank's round runs: inline in this task, or by the bank's own agent in its cluster.
 
-:func:`dispatch_bank_round` is the one dispatch both pipeline graphs use (the unrolled graph's
-``train-<bank>`` task and the coordinator's loop): it never raises for the bank's own failure,
+:func:`dispatch_bank_round` is the one dispatch both pipeline graphs use (through
+:func:`fedlora.pipeline.coordinator.run_round`; the reusable ``train_bank`` component calls it
+too): it never raises for the bank's own failure,
 which becomes a ``failed`` :class:`~fedlora.records.BankOutcome`. The consortium creates nothing in
 a bank's namespace: in ``pull`` mode (and ``namespaced``, its older spelling) the bank's agent
 builds the trainer Job from the bank's own template, and this waits for the outcome it publishes.

@@ -1,13 +1,12 @@
-"""The coordinator graph's one long task: loop the rounds in one pod, with the same steps as the unrolled graph.
+"""One round (:func:`run_round`, the unrolled graph's ``round-N`` task) and the loop of rounds in one pod.
 
-A Kubeflow graph with one task per bank and round grows with rounds × banks (about 4 KB of
-pipeline YAML per task: 7.4 MB at 200 rounds × 10 banks, past Argo's 1 MiB and etcd's 1.5 MiB
-object limits). For large federations the pipeline is ``initialize ─► federate-rounds ─►
+The unrolled graph has one task per round (about 5.5 KB of pipeline YAML each; the UI draws a few
+hundred nodes at most). For large federations the pipeline is ``initialize ─► federate-rounds ─►
 finalize`` instead, and ``federate-rounds`` runs :func:`run_rounds`:
 
-for each round r not yet committed in the store:
-  1. every bank selected for r trains (:func:`fedlora.pipeline.bank_dispatch.dispatch_bank_round`, the dispatch of
-     the unrolled graph's ``train-<bank>`` task): in ``inline`` mode one after the other with the
+for each round r not yet committed in the store, :func:`run_round` (the very step of a ``round-N`` task):
+  1. every bank selected for r trains (:func:`fedlora.pipeline.bank_dispatch.dispatch_bank_round`, which never
+     raises for a bank's own failure): in ``inline`` mode one after the other with the
      model loaded once; in ``pull`` mode (``namespaced`` is its older spelling) by the banks' own
      agents in their clusters, all banks of the round waited for **concurrently**
      (:mod:`fedlora.pipeline.pull`);
