@@ -19,7 +19,7 @@ each line it rests on are in ``docs/kubeflow.md``). What decides:
   names every run itself, so it never depends on it.
 
 The API server reports its version as ``tag_name`` in ``/apis/v2beta1/healthz``
-(``backend/src/apiserver/main.go`` 2.3.0:233, 2.17.0:487). kfp 2.17's ``Client.get_kfp_healthz``
+(``backend/src/apiserver/main.go`` 2.2.0:216, 2.3.0:217, 2.17.0:487). kfp 2.17's ``Client.get_kfp_healthz``
 returns a model that drops that field, so the raw JSON is read through the client's own API client.
 """
 
