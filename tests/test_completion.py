@@ -16,7 +16,7 @@ from fedlora.config import LoraConfig, load_config
 from fedlora.data.banks import TextSet
 from fedlora.data.text_tasks import TFNS
 from fedlora.federation import initialize
-from fedlora.model.completion import encode_completion
+from fedlora.model.completion import cache_frozen_prefix, encode_completion
 from fedlora.model.encoding import example_losses
 from fedlora.model.loading import load_causal_lm
 from fedlora.model.lora import adapter_state, attach_lora
@@ -136,3 +136,25 @@ def test_the_cosine_learning_rate_goes_from_the_rate_to_the_minimum_over_the_rou
     assert all(a > b for a, b in itertools.pairwise(rates))
     constant = load_config(None, ["training.learning_rate=0.5"]).training
     assert round_training(constant, round_index=3, rounds=5) == constant
+
+
+def test_the_cached_frozen_prefix_gives_the_same_losses_scores_and_per_example_gradients() -> None:
+    loaded = load_causal_lm("tiny-llama", seed=0, device=CPU)
+    model = attach_lora(loaded, LoraConfig(rank=4, ffa=False, top_layers=1), seed=0)
+    randomize_trainable(model)
+    model.eval()
+    texts = TextSet(texts=[TFNS.prompt(t) for t in TWEETS], labels=torch.tensor([2, 0, 1, 0]).numpy())
+    rows = encode_completion(texts, loaded.tokenizer, labels=TFNS.labels, max_length=48)
+    cached = cache_frozen_prefix(model, rows, batch_size=3, device=CPU)
+    assert cached.start_layer == 1 and cached.prefix is not None  # layer 0 is frozen: computed once
+    index = torch.tensor([3, 0, 2])
+    collector = PerExampleGradients(model)
+    grads = []
+    for data in (rows, cached):
+        with collector:
+            losses = example_losses(model, data, index, CPU)
+        grads.append(collector.compute(losses.sum()))
+        torch.testing.assert_close(losses, example_losses(model, rows, index, CPU), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(data.logits(model, index, CPU)[0], rows.logits(model, index, CPU)[0])
+    for p in collector.parameters():
+        torch.testing.assert_close(grads[1][p], grads[0][p], atol=1e-6, rtol=1e-4)

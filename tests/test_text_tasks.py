@@ -126,3 +126,15 @@ def test_banks_of_a_text_task_get_prompts_and_class_ids(tmp_path: Path) -> None:
 def test_labels_must_be_distinct() -> None:
     with pytest.raises(ConfigError, match="distinct"):
         load_config(None, ["data.dataset=tfns", "model.name=tiny-llama", "data.labels=[up, Up]"])
+
+
+def test_the_builtin_finance_sentiment_config_runs_the_seeds_workload_privately() -> None:
+    config = load_config("finance_sentiment")
+    assert (config.data.dataset, config.model.name, config.data.max_rows) == ("tfns", "smollm2", None)
+    assert config.privacy.enabled and config.privacy.target_epsilon == 8
+    lora = config.lora  # FinLoRA's LoRA: r 8, α 32, dropout 0.075 on q and v
+    assert (lora.rank, lora.alpha, lora.dropout, lora.target_modules) == (8, 32, 0.075, ["q_proj", "v_proj"])
+    assert config.training.local_steps == 20 and config.federation.fraction_fit == 0.1
+    assert config.training.min_learning_rate == pytest.approx(config.training.learning_rate / 10)  # 1e-4 -> 1e-5
+    assert len(config.federation.banks) == 4  # FinLoRA's 4 clients
+    assert not load_config("finance_sentiment", ["privacy.enabled=false"]).privacy.enabled

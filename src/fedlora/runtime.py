@@ -28,7 +28,7 @@ from fedlora.evaluation import Metrics, compute_metrics
 from fedlora.model import AdapterState
 from fedlora.model.cache import cache_frozen_layers
 from fedlora.model.centring import centre_head_on_public_rows
-from fedlora.model.completion import encode_completion
+from fedlora.model.completion import cache_frozen_prefix, encode_completion
 from fedlora.model.encoding import EncodedSet, RowSet, encode
 from fedlora.model.heads import MeanPooledBertForSequenceClassification, add_feature_inputs
 from fedlora.model.loading import load_base_model, load_causal_lm
@@ -268,17 +268,11 @@ class Runtime:
         if name not in self._sets:
             data = self.bank_data(name)
             _ = self.model  # loads the tokenizer
-            task = self.text_task
+            if self.text_task is not None:
+                self._sets[name] = self._completion_rows(data)
+                return self._sets[name]
+            max_length = self.config.model.max_length
             with self.timer.phase("load"):
-                max_length = self.config.model.max_length
-                if task is not None:
-                    self._sets[name] = EncodedSplits(
-                        *(
-                            encode_completion(part, self._tokenizer, labels=task.labels, max_length=max_length)  # type: ignore[arg-type]
-                            for part in (data.train, data.val, data.test)
-                        )
-                    )
-                    return self._sets[name]
                 encoded = [
                     encode(part, self._tokenizer, max_length=max_length)  # type: ignore[arg-type]
                     for part in (data.train, data.val, data.test)
@@ -291,6 +285,21 @@ class Runtime:
                 ]
             self._sets[name] = EncodedSplits(train=sets[0], val=sets[1], test=sets[2])
         return self._sets[name]
+
+    def _completion_rows(self, data: BankData) -> EncodedSplits:
+        """A text task's prompts and answers, tokenized (:mod:`fedlora.model.completion`), frozen layers cached."""
+        task = self.text_task
+        assert task is not None
+        with self.timer.phase("load"):
+            rows = [
+                encode_completion(part, self._tokenizer, labels=task.labels, max_length=self.config.model.max_length)  # type: ignore[arg-type]
+                for part in (data.train, data.val, data.test)
+            ]
+        if self.config.model.cache_frozen_layers:  # the decoder layers below the lowest adapter, once
+            with self.timer.phase("cache"):
+                batch = self.config.training.eval_batch_size
+                rows = [cache_frozen_prefix(self.model, r, batch_size=batch, device=self.device) for r in rows]
+        return EncodedSplits(*rows)
 
     def _cached(self, encoded: EncodedSet, progress: Callable[[int, int], None]) -> RowSet:
         """The frozen layers' activations, computed once (``model.cache_frozen_layers``), else the tokens."""

@@ -28,7 +28,7 @@ the model saw it in training. A row longer than ``max_length`` keeps its last ``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -53,6 +53,68 @@ def decoder_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     if not isinstance(decoder, nn.Module) or not isinstance(head, nn.Module):
         raise TypeError(f"{type(core).__name__} is not a causal LM with a decoder and an LM head")
     return decoder, head
+
+
+def decoder_layers(
+    decoder: Any, hidden: torch.Tensor, attention_mask: torch.Tensor, *, start: int, stop: int | None
+) -> torch.Tensor:
+    """Run decoder layers ``start … stop−1`` on ``hidden`` (the states entering layer ``start``).
+
+    ``stop=None`` runs the remaining layers and the final norm (the decoder's output); a ``stop``
+    returns the states entering layer ``stop``. The causal mask and rotary embeddings are built as
+    the decoder's own forward builds them (positions ``0 … T−1``, right padding), so
+    ``decoder_layers(decoder_layers(embed(x), 0, k), k, None)`` is the decoder's forward.
+    """
+    from transformers.masking_utils import create_causal_mask
+
+    positions = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+    mask = create_causal_mask(
+        config=decoder.config, inputs_embeds=hidden, attention_mask=attention_mask, cache=None, position_ids=positions
+    )
+    rotary = decoder.rotary_emb(hidden, position_ids=positions)
+    for layer in decoder.layers[start:stop]:
+        hidden = layer(hidden, attention_mask=mask, position_embeddings=rotary, position_ids=positions)
+    return decoder.norm(hidden) if stop is None else hidden
+
+
+def first_adapted_layer(decoder: Any) -> int:
+    """Index of the lowest decoder layer holding a LoRA module or a trainable parameter (layer count if none)."""
+    for index, layer in enumerate(decoder.layers):
+        if any("lora_" in name for name, _ in layer.named_modules()) or any(
+            p.requires_grad for p in layer.parameters()
+        ):
+            return index
+    return len(decoder.layers)
+
+
+@torch.no_grad()
+def cache_frozen_prefix(
+    model: nn.Module, rows: CompletionSet, *, batch_size: int, device: torch.device
+) -> CompletionSet:
+    """``rows`` with the frozen decoder layers below the lowest adapter computed once (exact; kept in the bank).
+
+    With adapters only in the top layers (``lora.top_layers``), layers ``< k`` are frozen and deterministic:
+    their output is the same every step, round and bank, so it is computed once and each step runs layers
+    ``≥ k`` only (as :mod:`fedlora.model.cache` does for encoders). The loss and every per-example gradient
+    are functions of that output, so they are unchanged up to floating-point reassociation; the cache is a
+    function of the bank's own rows and never leaves the bank. ``rows`` unchanged when ``k = 0``.
+    """
+    decoder: Any = decoder_parts(model)[0]
+    start = first_adapted_layer(decoder)
+    if start == 0 or len(rows) == 0:
+        return rows
+    was_training = decoder.training
+    decoder.eval()
+    embed = decoder.get_input_embeddings()
+    prefix = torch.zeros(len(rows), rows.input_ids.shape[1], decoder.config.hidden_size, dtype=torch.float32)
+    try:
+        for chunk in torch.split(torch.arange(len(rows)), batch_size):
+            input_ids, mask, _ = rows._batch(chunk, device)
+            hidden = decoder_layers(decoder, embed(input_ids), mask, start=0, stop=start)
+            prefix[chunk, : hidden.shape[1]] = hidden.float().cpu()
+    finally:
+        decoder.train(was_training)
+    return replace(rows, prefix=prefix, start_layer=start)
 
 
 def answer_span(tokenizer: PreTrainedTokenizerBase, context: str, target: str) -> tuple[list[int], int, int]:
@@ -102,6 +164,9 @@ class CompletionSet:
     labels: torch.Tensor
     label_tokens: torch.Tensor
     """First answer token of each label, in class-id order."""
+    prefix: torch.Tensor | None = None
+    """Hidden states entering layer ``start_layer`` (:func:`cache_frozen_prefix`), else None."""
+    start_layer: int = 0
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -115,11 +180,18 @@ class CompletionSet:
             self.answer_mask[index, :width].to(device),
         )
 
+    def _last_hidden(self, decoder: nn.Module, index: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> Any:
+        """The decoder's output for rows ``index``: a full pass, or layers ``≥ start_layer`` from the cached prefix."""
+        if self.prefix is None:
+            return decoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        hidden = self.prefix[index, : input_ids.shape[1]].to(input_ids.device)
+        return decoder_layers(decoder, hidden, mask, start=self.start_layer, stop=None)
+
     def losses(self, model: nn.Module, index: torch.Tensor, device: torch.device) -> torch.Tensor:
         """``L_i``: the mean negative log-likelihood of each row's answer tokens (module docstring)."""
         input_ids, mask, answer = self._batch(index, device)
         decoder, head = decoder_parts(model)
-        hidden = decoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        hidden = self._last_hidden(decoder, index, input_ids, mask)
         rows, cols = answer[:, 1:].nonzero(as_tuple=True)  # token cols+1 is predicted at position cols
         log_probs = F.log_softmax(head(hidden[rows, cols]).float(), dim=-1)
         nll = -log_probs.gather(1, input_ids[rows, cols + 1].unsqueeze(1)).squeeze(1)
@@ -130,7 +202,7 @@ class CompletionSet:
         """Label scores ``s_k`` (next-token logits after the prompt at each label's first token) and class ids."""
         input_ids, mask, _ = self._batch(index, device)
         decoder, head = decoder_parts(model)
-        hidden = decoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        hidden = self._last_hidden(decoder, index, input_ids, mask)
         last = self.answer_start[index].to(device) - 1
         scores = head(hidden[torch.arange(len(index), device=device), last]).float()
         return scores[:, self.label_tokens.to(device)], self.labels[index].to(device)
