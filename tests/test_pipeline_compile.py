@@ -126,6 +126,27 @@ def test_tasks_request_resources_limits_and_retries(tmp_path: Path) -> None:
     assert not any("cpuLimit" in e["container"]["resources"] for e in spec["deploymentSpec"]["executors"].values())
 
 
+@pytest.mark.parametrize(
+    ("overrides", "executor", "deadline"),
+    [
+        (["federation.rounds=2", "kubeflow.mode=pull"], "exec-round", 7200 + 3600),  # banks waited for at once
+        (["federation.rounds=2", "kubeflow.mode=inline"], "exec-round", 3 * 7200 + 3600),  # 3 banks in turn
+        (["federation.rounds=200", "kubeflow.mode=pull"], "exec-federate-rounds", 200 * (7200 + 3600)),
+    ],
+)
+def test_round_tasks_have_a_deadline_and_are_not_evicted(
+    tmp_path: Path, overrides: list[str], executor: str, deadline: int
+) -> None:
+    config = load_config(None, [*overrides, "kubeflow.job_timeout_seconds=7200"])
+    executors = _platform(compile_pipeline(config, tmp_path / "p.yaml"))
+    assert executors[executor]["activeDeadlineSeconds"] == str(deadline)
+    assert executors[executor]["podMetadata"]["annotations"] == {
+        "cluster-autoscaler.kubernetes.io/safe-to-evict": "false"
+    }
+    for name in ("exec-initialize", "exec-finalize"):  # short tasks: neither
+        assert "activeDeadlineSeconds" not in executors[name] and "annotations" not in executors[name]["podMetadata"]
+
+
 def _dags(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Every DAG of a compiled pipeline (root and sub-pipelines): name -> its tasks."""
     dags = {"root": spec["root"]["dag"]["tasks"]}

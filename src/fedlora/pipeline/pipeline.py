@@ -25,7 +25,9 @@ Large federations, ``coordinator`` (e.g. 200 rounds × 10 banks)::
 graph of that many nodes). Tasks are not cached (they read and write the run's store), are retried
 ``kubeflow.retries`` times (every step resumes from the store; KFP ≥ 2.4 honours it), request
 ``kubeflow.task_cpu``/``task_memory`` (limits ``task_cpu_limit``/``task_memory_limit``) and carry the
-pod label ``fedlora.io/pipeline=fedlora`` (for PodDefaults).
+pod label ``fedlora.io/pipeline=fedlora`` (for PodDefaults). The round tasks (and ``federate-rounds``)
+get a pod deadline from ``kubeflow.job_timeout_seconds`` (:meth:`TaskOptions.round_deadline_seconds`
+per round) and the autoscaler's ``safe-to-evict: "false"`` annotation.
 
 Run parameters (see :mod:`fedlora.pipeline.parameters`) carry the config's field names with
 ``_`` for ``.``; their defaults are the compiled-in config's values. The number of rounds, the
@@ -51,6 +53,7 @@ __all__ = [
     "PIPELINE_NAME",
     "POD_LABEL",
     "S3_SECRET_KEYS",
+    "SAFE_TO_EVICT",
     "TaskOptions",
     "build_pipeline",
     "graph_mode",
@@ -61,6 +64,9 @@ PIPELINE_NAME = "fedlora"
 
 POD_LABEL = ("fedlora.io/pipeline", "fedlora")
 """Label on every task's pod: a PodDefault (or a NetworkPolicy) can select the pipeline's pods by it."""
+
+SAFE_TO_EVICT = ("cluster-autoscaler.kubernetes.io/safe-to-evict", "false")
+"""Annotation of the round tasks' pods: the cluster autoscaler does not evict them to scale a node down."""
 
 
 def pipeline_image(config: Config, image: str | None = None) -> str:
@@ -131,8 +137,26 @@ class TaskOptions:
         self.ca_bundle = ca_bundle
         self.secret_keys = tuple(k for k in CREDENTIAL_KEYS if k in secret_keys) if secret_keys else CREDENTIAL_KEYS
 
-    def apply(self, task: Any, name: str, *, trains: bool = False) -> Any:
-        """Set ``task`` up; ``trains``: it trains a bank in inline mode (accelerators)."""
+    def round_deadline_seconds(self) -> int:
+        """Longest a round may take: the banks' wait (pull: concurrent; inline: one after the other) plus an hour.
+
+        From the compiled-in ``kubeflow.job_timeout_seconds``: a run that raises it as a run parameter may
+        see a round task stopped at this deadline, and retried (it resumes).
+        """
+        k = self.config.kubeflow
+        waits = 1 if k.mode != "inline" else len(self.config.federation.banks)
+        return waits * k.job_timeout_seconds + 3600
+
+    def apply(self, task: Any, name: str, *, trains: bool = False, rounds: int = 0) -> Any:
+        """Set ``task`` up.
+
+        Args:
+            task: The pipeline task.
+            name: Its display name.
+            trains: It trains a bank in inline mode (accelerators).
+            rounds: It runs that many rounds: its pod gets a deadline (``activeDeadlineSeconds``) and may not
+                be evicted by the autoscaler.
+        """
         from kfp import kubernetes
 
         k = self.config.kubeflow
@@ -147,6 +171,9 @@ class TaskOptions:
         if trains and k.mode == "inline" and k.accelerator_type:
             task.set_accelerator_type(k.accelerator_type).set_accelerator_limit(k.accelerator_count)
         kubernetes.add_pod_label(task, *POD_LABEL)
+        if rounds:  # a long task: bounded, and not evicted mid-round by a scale-down
+            kubernetes.set_timeout(task, rounds * self.round_deadline_seconds())
+            kubernetes.add_pod_annotation(task, *SAFE_TO_EVICT)
         if self.secret:
             kubernetes.use_secret_as_env(
                 task, secret_name=self.secret, secret_key_to_env={key: key for key in self.secret_keys}, optional=True
@@ -249,10 +276,11 @@ def build_pipeline(
         config_out, run_out = init.outputs["config"], init.outputs["run"]
         previous: Any = init
         if mode == "coordinator":
-            previous = options.apply(federate(config=config_out, run=run_out), "federate-rounds", trains=True)
+            task = federate(config=config_out, run=run_out)
+            previous = options.apply(task, "federate-rounds", trains=True, rounds=config.federation.rounds)
         for round_index in range(1, rounds + 1):
             task = round_component(config=config_out, run=run_out, round_index=round_index)
-            previous = options.apply(task, f"round-{round_index}", trains=True).after(previous)
+            previous = options.apply(task, f"round-{round_index}", trains=True, rounds=1).after(previous)
         final = finalize(config=config_out, run=run_out)
         options.apply(final, "finalize").after(previous)
 
