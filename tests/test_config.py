@@ -134,8 +134,10 @@ def test_builtin_taiwan_full_is_the_measured_full_data_schedule() -> None:
 
 
 def test_builtin_config_names_and_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert builtin_config_names() == ["german_credit", "taiwan_full"]
-    with pytest.raises(ConfigError, match=r"not found: nope \(built-in configs: german_credit, taiwan_full\)"):
+    assert builtin_config_names() == ["finance_sentiment", "german_credit", "taiwan_full"]
+    with pytest.raises(
+        ConfigError, match=r"not found: nope \(built-in configs: finance_sentiment, german_credit, taiwan_full\)"
+    ):
         load_config("nope")
     # A file of that name in the working directory wins over the built-in config.
     monkeypatch.chdir(tmp_path)
