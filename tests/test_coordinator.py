@@ -131,3 +131,37 @@ def test_a_pull_round_at_the_coordinator_loads_no_model_weights(
     assert '"banks": ["bank-a", "bank-b", "bank-c"]' in result
     assert (tmp_path / "store" / "r" / "rounds/0001/MANIFEST.json").is_file()
     assert outs[0].metadata["banks_accepted"] == 3.0
+
+
+def test_a_chunk_task_runs_its_rounds_and_a_retry_redoes_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task of the chunked rounds graph (rounds 1-2) and a retried round-2 task: the same step, resumable."""
+    from fedlora.pipeline.task_bodies import round_step
+
+    config = _tiny(tmp_path, "kubeflow.graph=rounds")
+    initialize(config, run="r")
+    calls: list[tuple[str, int]] = []
+    real = bank_dispatch.dispatch_bank_round
+
+    def recorded(*a: Any, **k: Any) -> BankOutcome:
+        calls.append((k["bank"], k["round_index"]))
+        return real(*a, **k)
+
+    monkeypatch.setattr(bank_dispatch, "dispatch_bank_round", recorded)
+    outs = [FakeOutput(tmp_path / f"{kind}.md") for kind in ("metrics", "roc", "summary")]
+    yaml_text = config_to_yaml(config)
+    result = round_step(
+        config_yaml=yaml_text, run="r", round_index=1, last_round=2, metrics=outs[0], roc=outs[1], summary=outs[2]
+    )
+    assert calls == [(b, r) for r in (1, 2) for b in ("bank-a", "bank-b", "bank-c")]
+    assert '"round": 2' in result
+    assert {"r001_test_auc", "r002_test_auc", "test_auc"} <= set(outs[0].metadata)
+    assert "## FedLoRA: 2 rounds committed" in Path(outs[2].path).read_text(encoding="utf-8")
+
+    calls.clear()
+    again = [FakeOutput(tmp_path / f"again-{kind}.md") for kind in ("metrics", "roc", "summary")]
+    retried = round_step(
+        config_yaml=yaml_text, run="r", round_index=2, metrics=again[0], roc=again[1], summary=again[2]
+    )
+    assert calls == [] and retried == result  # the committed round, as committed
+    assert "r002_test_auc" not in again[0].metadata and again[0].metadata["test_auc"] == outs[0].metadata["test_auc"]
+    assert Path(again[2].path).read_text(encoding="utf-8").startswith("## Round 2")

@@ -42,49 +42,58 @@ def _banks(count: int) -> str:
 
 
 def test_a_200_round_10_bank_federation_fits_argo_and_etcd(tmp_path: Path) -> None:
-    """Issue 12 blocker: the unrolled graph was 7.4 MB at 200 x 10; the coordinator graph must stay < 512 KiB."""
+    """Issue 12 blocker (7.4 MB at 200 x 10 when unrolled by bank), issue 28: round tasks, under 512 KiB."""
     config = load_config(None, ["federation.rounds=200", _banks(10), "kubeflow.mode=namespaced"])
     path = compile_pipeline(config, tmp_path / "p.yaml", secret="fedlora-credentials", ca_bundle="internal-ca")
     size = path.stat().st_size
     assert size < 512 * 1024, f"{size} bytes"
     spec = _spec(path)
-    graph = _graph(spec)
-    assert graph == {"root": ["federate-rounds", "finalize", "initialize"]}  # what a 200 x 10 run shows
     root = spec["root"]["dag"]["tasks"]
-    assert root["federate-rounds"]["dependentTasks"] == ["initialize"]
-    assert root["finalize"]["dependentTasks"] == ["federate-rounds", "initialize"]
+    assert len(root) == 67 + 2  # 200 rounds in chunks of 3 (the last has 2), within max_graph_tasks=80
+    names = [root[t]["taskInfo"]["name"] for t in ["round", *[f"round-{i}" for i in range(2, 68)]]]
+    assert names[:2] == ["rounds-1-3", "rounds-4-6"] and names[-1] == "rounds-199-200"
+    chunk = root["round-67"]["inputs"]["parameters"]
+    assert (
+        chunk["round_index"]["runtimeValue"]["constant"] == 199
+        and chunk["last_round"]["runtimeValue"]["constant"] == 200
+    )
+    assert root["finalize"]["dependentTasks"] == ["initialize", "round-67"]
+    # one round per task while it fits: 20 rounds x 10 banks, 22 tasks; the size does not grow with banks
+    twenty = compile_pipeline(load_config(None, ["federation.rounds=20", _banks(10)]), tmp_path / "q.yaml")
+    tasks = _spec(twenty)["root"]["dag"]["tasks"]
+    assert len(tasks) == 22 and "last_round" not in tasks["round-20"]["inputs"]["parameters"]
+    assert twenty.stat().st_size < 200 * 1024, twenty.stat().st_size
+    # the coordinator graph on request: one task loops every round
+    coordinator = load_config(None, ["federation.rounds=200", _banks(10), "kubeflow.graph=coordinator"])
+    spec = _spec(compile_pipeline(coordinator, tmp_path / "c.yaml"))
+    assert _graph(spec) == {"root": ["federate-rounds", "finalize", "initialize"]}
     outputs = spec["components"]["comp-federate-rounds"]["outputDefinitions"]["artifacts"]
     assert {k: v["artifactType"]["schemaTitle"] for k, v in outputs.items()} == {
         "metrics": "system.Metrics",
         "roc": "system.ClassificationMetrics",
         "summary": "system.Markdown",
     }
-    # 20 rounds x 10 banks: one task per round (22 tasks); the unrolled graph's size does not grow with banks
-    twenty = compile_pipeline(load_config(None, ["federation.rounds=20", _banks(10)]), tmp_path / "q.yaml")
-    assert len(_spec(twenty)["root"]["dag"]["tasks"]) == 22
-    assert twenty.stat().st_size < 200 * 1024, twenty.stat().st_size
 
 
-def test_auto_unrolls_small_federations_and_the_largest_unrolled_graph_fits(tmp_path: Path) -> None:
-    limit = load_config(None).kubeflow.max_graph_tasks
-    banks = 10
-    rounds = limit - 2  # the largest unrolled graph auto compiles: one task per round, whatever the banks
-    config = load_config(None, [f"federation.rounds={rounds}", _banks(banks)])
-    path = compile_pipeline(config, tmp_path / "p.yaml", secret="fedlora-credentials", ca_bundle="internal-ca")
-    assert path.stat().st_size < 512 * 1024, path.stat().st_size
-    assert f"round-{rounds}" in _graph(_spec(path))["root"]
-    bigger = load_config(None, [f"federation.rounds={rounds + 1}", _banks(banks)])
-    assert _graph(_spec(compile_pipeline(bigger, tmp_path / "q.yaml")))["root"] == [
-        "federate-rounds",
-        "finalize",
-        "initialize",
-    ]
-    forced = load_config(None, ["federation.rounds=2", "kubeflow.graph=coordinator"])
-    assert _graph(_spec(compile_pipeline(forced, tmp_path / "r.yaml")))["root"] == [
-        "federate-rounds",
-        "finalize",
-        "initialize",
-    ]
+@pytest.mark.parametrize(
+    ("rounds", "max_tasks", "chunks"),
+    [
+        (5, 80, [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5)]),
+        (78, 80, [(r, r) for r in range(1, 79)]),
+        (79, 80, [(r, min(r + 1, 79)) for r in range(1, 80, 2)]),
+        (200, 80, [(r, min(r + 2, 200)) for r in range(1, 201, 3)]),
+        (10, 4, [(1, 5), (6, 10)]),
+    ],
+)
+def test_round_chunks_keep_the_graph_within_max_graph_tasks(
+    rounds: int, max_tasks: int, chunks: list[tuple[int, int]]
+) -> None:
+    from fedlora.pipeline.pipeline import round_chunks
+
+    config = load_config(None, [f"federation.rounds={rounds}", f"kubeflow.max_graph_tasks={max_tasks}"])
+    assert round_chunks(config) == chunks
+    assert len(chunks) + 2 <= max_tasks or len(chunks) == 1
+    assert [r for first, last in chunks for r in range(first, last + 1)] == list(range(1, rounds + 1))
 
 
 def test_tasks_request_resources_limits_and_retries(tmp_path: Path) -> None:
@@ -131,7 +140,12 @@ def test_tasks_request_resources_limits_and_retries(tmp_path: Path) -> None:
     [
         (["federation.rounds=2", "kubeflow.mode=pull"], "exec-round", 7200 + 3600),  # banks waited for at once
         (["federation.rounds=2", "kubeflow.mode=inline"], "exec-round", 3 * 7200 + 3600),  # 3 banks in turn
-        (["federation.rounds=200", "kubeflow.mode=pull"], "exec-federate-rounds", 200 * (7200 + 3600)),
+        (["federation.rounds=200", "kubeflow.mode=pull"], "exec-round", 3 * (7200 + 3600)),  # 3 rounds a task
+        (
+            ["federation.rounds=200", "kubeflow.graph=coordinator", "kubeflow.mode=pull"],
+            "exec-federate-rounds",
+            200 * (7200 + 3600),
+        ),
     ],
 )
 def test_round_tasks_have_a_deadline_and_are_not_evicted(
@@ -176,9 +190,9 @@ def _completed_fan_ins(spec: dict[str, Any]) -> list[str]:
         ["federation.rounds=3", "kubeflow.mode=inline"],
         ["federation.rounds=6", "kubeflow.mode=pull"],
         ["federation.rounds=200", "kubeflow.graph=coordinator"],
-        ["federation.rounds=30", "kubeflow.graph=rounds"],
+        ["federation.rounds=200", "kubeflow.mode=pull"],
     ],
-    ids=["committed", "inline-3x12", "pull-6x12", "coordinator-200x12", "rounds-30x12"],
+    ids=["committed", "inline-3x12", "pull-6x12", "coordinator-200x12", "chunked-200x12"],
 )
 def test_no_fan_in_relies_on_all_upstream_tasks_completed(tmp_path: Path, overrides: list[str]) -> None:
     """Issue 28, item 1: no task with several upstreams may rely on ALL_UPSTREAM_TASKS_COMPLETED."""

@@ -386,12 +386,12 @@ class KubeflowConfig(_Section):
     )
     graph: Literal["auto", "rounds", "coordinator"] = Field(
         "auto",
-        description="Pipeline graph: rounds = one task per round (the banks train, then the aggregation); "
-        "coordinator = one federate-rounds task loops the rounds (size independent of rounds x banks); auto = "
-        "rounds while rounds + 2 <= max_graph_tasks, else coordinator.",
+        description="Pipeline graph: rounds (or auto) = a chain of round tasks (the banks train, then the "
+        "aggregation), one round per task, or equal chunks of rounds above max_graph_tasks - 2 rounds; "
+        "coordinator = one federate-rounds task loops every round.",
     )
     max_graph_tasks: int = Field(
-        80, ge=4, description="Largest unrolled graph (tasks) that graph=auto compiles; about 5.5 KB of YAML per task."
+        80, ge=4, description="Most tasks of the rounds graph (rounds are chunked to fit); about 5.5 KB YAML a task."
     )
     task_cpu: str = Field("1", pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU request of every pipeline task.")
     task_memory: str = Field(

@@ -218,27 +218,40 @@ def run_round(
     metrics: Output[Metrics],
     roc: Output[ClassificationMetrics],
     summary: Output[Markdown],
+    last_round: Optional[int] = None,
 ) -> str:
-    """One round: every selected bank trains (pull: waited for concurrently), then the adapters are averaged.
+    """One round (or round_index..last_round): the selected banks train, then their adapters are averaged.
+
+    Pull mode: the banks' own agents train, all waited for concurrently.
 
     A bank that fails or times out does not fail this task: it is a failed bank of the round, and
-    federation.min_banks decides. Resumable: a retry returns a committed round, and a bank that already
+    federation.min_banks decides. Resumable: a retry skips committed rounds, and a bank that already
     published its outcome is not launched again.
 
     Args:
         config: The run's resolved config (YAML).
         run: The run's name.
-        round_index: The round, from 1.
-        metrics: Test AUC, KS, accuracy, Brier, training loss, ε per bank, banks accepted/failed.
+        round_index: The (first) round, from 1.
+        metrics: Test AUC, KS, accuracy, Brier, training loss, ε per bank, banks accepted/failed (several
+            rounds: also rNNN_test_auc / _train_loss / _banks_accepted / _banks_failed).
         roc: ROC curve of the new global adapter on the pooled test rows.
         summary: Markdown: the round's banks (averaged, failed, rejected, budget spent) and metrics.
+        last_round: The last round of this task (empty: round_index only).
 
     Returns:
-        The round record (JSON).
+        The (last) round record (JSON).
     """
     from fedlora.pipeline.task_bodies import round_step
 
-    return round_step(config_yaml=config, run=run, round_index=round_index, metrics=metrics, roc=roc, summary=summary)
+    return round_step(
+        config_yaml=config,
+        run=run,
+        round_index=round_index,
+        last_round=last_round,
+        metrics=metrics,
+        roc=roc,
+        summary=summary,
+    )
 
 
 def federate_rounds(

@@ -107,25 +107,33 @@ def run_round(config: Config, *, run: str, round_index: int, runtime: Runtime | 
     return record
 
 
-def run_rounds(config: Config, *, run: str, on_round: RoundCallback | None = None) -> list[RoundRecord]:
-    """Run every round not yet committed; return the records of all committed rounds (old and new).
+def run_rounds(
+    config: Config, *, run: str, first: int = 1, last: int | None = None, on_round: RoundCallback | None = None
+) -> list[RoundRecord]:
+    """Run the rounds ``first``..``last`` not yet committed; return the records of all those rounds (old and new).
+
+    Nothing runs after a round that stopped early (every selected bank's budget spent).
 
     Args:
         config: The run's resolved config (from ``initialize``).
         run: The run's name.
+        first: The first round of this task (a chunk of the unrolled graph), from 1.
+        last: Its last round (default: ``federation.rounds``).
         on_round: Called after each newly committed round (KFP outputs, progress).
 
     Raises:
         FederationError: a round had fewer than ``federation.min_banks`` valid updates.
     """
+    last = config.federation.rounds if last is None else min(last, config.federation.rounds)
     runtime = Runtime(config)  # loads the model on first use only (pull: for nothing but the aggregation)
-    records = committed_records(config, run=run)
-    if records and records[-1].stopped_early:
+    committed = committed_records(config, run=run)
+    records = [r for r in committed if first <= r.round <= last]
+    if committed and committed[-1].stopped_early:
         return records
-    start = records[-1].round + 1 if records else 1
-    if records:
-        log.info("run %s: rounds 1-%d are committed; continuing with round %d", run, start - 1, start)
-    for round_index in range(start, config.federation.rounds + 1):
+    start = max(first, committed[-1].round + 1 if committed else 1)
+    if start > first:
+        log.info("run %s: rounds %d-%d are committed; continuing with round %d", run, first, start - 1, start)
+    for round_index in range(start, last + 1):
         record = run_round(config, run=run, round_index=round_index, runtime=runtime)
         records.append(record)
         if on_round is not None:

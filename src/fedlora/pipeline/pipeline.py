@@ -1,6 +1,6 @@
 """The FedLoRA pipeline, built from a config, in one of two shapes (``kubeflow.graph``).
 
-Small federations, ``rounds``::
+``rounds`` (and ``auto``, the default)::
 
     initialize ─► round-1 ─► round-2 ─► … ─► round-N ─► finalize
 
@@ -11,23 +11,24 @@ failed task, and ``federation.min_banks`` decides. Every task has the default tr
 upstream tasks succeeded) and a single chain of upstreams: no task relies on
 ``ALL_UPSTREAM_TASKS_COMPLETED`` (``ignore_upstream_failure``), which the KFP backend compiles into an
 OR of upstream states up to 2.3 but, from 2.4, into an exit hook on *each* upstream task
-(``backend/src/v2/compiler/argocompiler/dag.go``: one aggregation per bank). The graph grows by one
-task per round (about 5.5 KB of YAML: the KFP compiler writes a component and an executor per task),
-not with banks; each round's metrics, ROC and Markdown card appear in the UI as it finishes.
+(``backend/src/v2/compiler/argocompiler/dag.go``: one aggregation per bank). Each task costs about
+5.5 KB of YAML (the KFP compiler writes a component and an executor per task), whatever the banks; so
+above ``kubeflow.max_graph_tasks`` - 2 rounds a task runs a fixed chunk of rounds
+(:func:`round_chunks`: ``rounds-4-6``), and the graph stays that small. Each task's metrics, ROC and
+Markdown card appear in the UI as it finishes.
 
-Large federations, ``coordinator`` (e.g. 200 rounds × 10 banks)::
+``coordinator``::
 
     initialize ─► federate-rounds ─► finalize
 
-``federate-rounds`` loops :func:`~fedlora.pipeline.coordinator.run_round` in one pod: the same step.
+``federate-rounds`` loops :func:`~fedlora.pipeline.coordinator.run_round` over every round in one pod.
 
-``auto`` (the default) picks ``rounds`` while rounds + 2 ≤ ``kubeflow.max_graph_tasks`` (the UI draws a
-graph of that many nodes). Tasks are not cached (they read and write the run's store), are retried
-``kubeflow.retries`` times (every step resumes from the store; KFP ≥ 2.4 honours it), request
-``kubeflow.task_cpu``/``task_memory`` (limits ``task_cpu_limit``/``task_memory_limit``) and carry the
-pod label ``fedlora.io/pipeline=fedlora`` (for PodDefaults). The round tasks (and ``federate-rounds``)
-get a pod deadline from ``kubeflow.job_timeout_seconds`` (:meth:`TaskOptions.round_deadline_seconds`
-per round) and the autoscaler's ``safe-to-evict: "false"`` annotation.
+Tasks are not cached (they read and write the run's store), are retried ``kubeflow.retries`` times
+(every step resumes from the store; KFP ≥ 2.5 honours it), request ``kubeflow.task_cpu``/``task_memory``
+(limits ``task_cpu_limit``/``task_memory_limit``) and carry the pod label ``fedlora.io/pipeline=fedlora``
+(for PodDefaults). The round tasks (and ``federate-rounds``) get a pod deadline from
+``kubeflow.job_timeout_seconds`` (:meth:`TaskOptions.round_deadline_seconds` per round) and the
+autoscaler's ``safe-to-evict: "false"`` annotation.
 
 Run parameters (see :mod:`fedlora.pipeline.parameters`) carry the config's field names with
 ``_`` for ``.``; their defaults are the compiled-in config's values. The number of rounds, the
@@ -58,6 +59,7 @@ __all__ = [
     "build_pipeline",
     "graph_mode",
     "pipeline_image",
+    "round_chunks",
 ]
 
 PIPELINE_NAME = "fedlora"
@@ -75,11 +77,19 @@ def pipeline_image(config: Config, image: str | None = None) -> str:
 
 
 def graph_mode(config: Config) -> str:
-    """``rounds`` or ``coordinator``: ``kubeflow.graph``, or for ``auto`` per-round tasks while the graph is small."""
-    if config.kubeflow.graph != "auto":
-        return config.kubeflow.graph
-    tasks = config.federation.rounds + 2
-    return "rounds" if tasks <= config.kubeflow.max_graph_tasks else "coordinator"
+    """``rounds`` (a chain of round tasks; ``auto`` too) or ``coordinator`` (one task loops every round)."""
+    return "coordinator" if config.kubeflow.graph == "coordinator" else "rounds"
+
+
+def round_chunks(config: Config) -> list[tuple[int, int]]:
+    """The rounds of each task of the ``rounds`` graph, as ``(first, last)``.
+
+    One round per task while rounds + 2 ≤ ``kubeflow.max_graph_tasks``, else the fewest equal chunks that
+    keep the graph that small (200 rounds, 80 tasks: 3 rounds a task).
+    """
+    rounds = config.federation.rounds
+    size = -(-rounds // max(1, config.kubeflow.max_graph_tasks - 2))
+    return [(first, min(first + size - 1, rounds)) for first in range(1, rounds + 1, size)]
 
 
 def _named(component: Any, name: str) -> Any:
@@ -226,8 +236,10 @@ def _description(config: Config) -> str:
 
     The UI lists the parameters alphabetically, so their meaning is spelled out here.
     """
+    chunk = round_chunks(config)[0][1]
+    each = "each" if chunk == 1 else f"each {chunk} rounds, in turn"
     graph = (
-        "graph: initialize -> round-1 -> ... -> round-N (each: the banks train, then the aggregation) -> finalize"
+        f"graph: initialize -> round-1 -> ... -> round-N ({each}: the banks train, then the aggregation) -> finalize"
         if graph_mode(config) == "rounds"
         else f"graph: initialize -> federate-rounds (rounds 1-{config.federation.rounds}, each bank's training "
         "then the aggregation, in one task) -> finalize"
@@ -261,7 +273,7 @@ def build_pipeline(
     components = make_components(pipeline_image(config, image))
     options = TaskOptions(config, secret, ca_bundle, secret_keys)
     mode = graph_mode(config)
-    rounds = config.federation.rounds if mode == "rounds" else 0
+    chunks = round_chunks(config) if mode == "rounds" else []
     base_config = config_to_yaml(config)
     names = [p.name for p in PARAMETERS]
 
@@ -278,9 +290,13 @@ def build_pipeline(
         if mode == "coordinator":
             task = federate(config=config_out, run=run_out)
             previous = options.apply(task, "federate-rounds", trains=True, rounds=config.federation.rounds)
-        for round_index in range(1, rounds + 1):
-            task = round_component(config=config_out, run=run_out, round_index=round_index)
-            previous = options.apply(task, f"round-{round_index}", trains=True, rounds=1).after(previous)
+        for first, last in chunks:
+            if first == last:
+                task, name = round_component(config=config_out, run=run_out, round_index=first), f"round-{first}"
+            else:
+                task = round_component(config=config_out, run=run_out, round_index=first, last_round=last)
+                name = f"rounds-{first}-{last}"
+            previous = options.apply(task, name, trains=True, rounds=last - first + 1).after(previous)
         final = finalize(config=config_out, run=run_out)
         options.apply(final, "finalize").after(previous)
 

@@ -221,30 +221,57 @@ def round_step(
     config_yaml: str,
     run: str,
     round_index: int,
+    last_round: int | None = None,
     metrics: MetricsOutput,
     roc: RocOutput,
     summary: FileOutput,
 ) -> str:
-    """One whole round (:func:`fedlora.pipeline.coordinator.run_round`): the banks train, then the aggregation.
+    """Rounds ``round_index``..``last_round`` (default: one round), each the banks' training then the aggregation.
 
-    The unrolled graph's ``round-N`` task: it has a single upstream (the round before), so it relies on
-    no trigger policy; a bank that fails is a failed outcome of the round, not a failed task.
+    The unrolled graph's ``round-N`` task (:func:`fedlora.pipeline.coordinator.run_rounds`): it has a
+    single upstream (the task before), so it relies on no trigger policy; a bank that fails is a failed
+    outcome of the round, not a failed task. One round: its metrics, ROC and card. Several: also
+    ``rNNN_test_auc``, ``rNNN_train_loss``, ``rNNN_banks_accepted``, ``rNNN_banks_failed`` per round and
+    a line per round in the card (rewritten after each round), with the last round's full metrics.
 
     Raises:
         FederationError: fewer than ``federation.min_banks`` valid updates (the run stops).
 
     Returns:
-        The round record as JSON (without the ROC points).
+        The last round's record as JSON (without the ROC points; ``{}`` when no round ran).
     """
-    from fedlora.pipeline.coordinator import run_round
+    from fedlora.pipeline.coordinator import run_rounds
 
     _setup_logging()
     config = load_config_text(config_yaml, source="pipeline config")
-    record = run_round(config, run=run, round_index=round_index)
-    _log_metrics(metrics, round_metrics(record))
-    _log_roc(roc, record)
-    _write(summary, round_card(record))
-    return _record_json(record)
+    last = round_index if last_round is None else last_round
+    seen: list[RoundRecord] = []
+
+    def on_round(record: RoundRecord) -> None:
+        seen.append(record)
+        if last > round_index:
+            _write(summary, rounds_card(seen))
+
+    records = run_rounds(config, run=run, first=round_index, last=last, on_round=on_round)
+    return _report_rounds(records, metrics=metrics, roc=roc, summary=summary, per_round=last > round_index)
+
+
+def _report_rounds(
+    records: list[RoundRecord], *, metrics: MetricsOutput, roc: RocOutput, summary: FileOutput, per_round: bool
+) -> str:
+    """The KFP outputs of a task that ran ``records``: metrics (per round when ``per_round``), ROC, card."""
+    if per_round:
+        for record in records:
+            values = round_metrics(record)
+            prefix = f"r{record.round:03d}_"
+            keep = ("test_auc", "train_loss", "banks_accepted", "banks_failed")
+            _log_metrics(metrics, {prefix + k: values[k] for k in keep if k in values})
+    last = records[-1] if records else None
+    if last is not None:
+        _log_metrics(metrics, round_metrics(last))
+        _log_roc(roc, last)
+    _write(summary, rounds_card(records) if per_round or last is None else round_card(last))
+    return _record_json(last)
 
 
 def federate_step(*, config_yaml: str, run: str, metrics: MetricsOutput, roc: RocOutput, summary: FileOutput) -> str:
@@ -271,17 +298,7 @@ def federate_step(*, config_yaml: str, run: str, metrics: MetricsOutput, roc: Ro
         _write(summary, rounds_card(seen))
 
     records = run_rounds(config, run=run, on_round=on_round)
-    for record in records:
-        values = round_metrics(record)
-        prefix = f"r{record.round:03d}_"
-        keep = ("test_auc", "train_loss", "banks_accepted", "banks_failed")
-        _log_metrics(metrics, {prefix + k: values[k] for k in keep if k in values})
-    last = records[-1] if records else None
-    if last is not None:
-        _log_metrics(metrics, round_metrics(last))
-        _log_roc(roc, last)
-    _write(summary, rounds_card(records))
-    return _record_json(last)
+    return _report_rounds(records, metrics=metrics, roc=roc, summary=summary, per_round=True)
 
 
 def finalize_step(*, config_yaml: str, run: str, metrics: MetricsOutput, summary: FileOutput) -> str:
