@@ -37,6 +37,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from fedlora.config import LoraConfig, TrainingConfig
 from fedlora.model.encoding import EncodedSet
+from fedlora.model.heads import CentredLinear
 from fedlora.model.loading import load_base_model
 from fedlora.model.lora import attach_lora
 from fedlora.privacy.clipping import clip_and_sum
@@ -59,6 +60,31 @@ def build(args: argparse.Namespace) -> tuple[torch.nn.Module, EncodedSet, torch.
     ids = torch.randint(1000, 20000, (args.batch, args.seq), generator=gen)
     data = EncodedSet(ids, torch.ones_like(ids), torch.randint(0, 2, (args.batch,), generator=gen))
     return model, data, device
+
+
+def teach_opacus_centred_linear() -> None:
+    """Register Opacus' per-sample gradient of :class:`CentredLinear` (``y = W·(x − offset) + b``).
+
+    The weight's per-example gradient is ``Σ_t δ_t (x_t − offset)ᵀ`` and the bias's ``Σ_t δ_t``: Opacus'
+    own ``nn.Linear`` rule applied to the centred input (the same maths as :mod:`fedlora.privacy.per_sample`).
+    Without it Opacus falls back to functorch for this subclass.
+    """
+    from opacus.grad_sample import GradSampleModule, register_grad_sampler
+
+    if CentredLinear in GradSampleModule.GRAD_SAMPLERS:
+        return
+
+    @register_grad_sampler(CentredLinear)
+    def _centred_linear(
+        layer: CentredLinear, activations: list[torch.Tensor], backprops: torch.Tensor
+    ) -> dict[torch.nn.Parameter, torch.Tensor]:
+        centred = layer.weight_input(activations[0])
+        samples: dict[torch.nn.Parameter, torch.Tensor] = {}
+        if layer.weight.requires_grad:
+            samples[layer.weight] = torch.einsum("n...i,n...j->nij", backprops, centred)
+        if layer.bias is not None and layer.bias.requires_grad:
+            samples[layer.bias] = torch.einsum("n...k->nk", backprops)
+        return samples
 
 
 def make_steps(
@@ -114,8 +140,11 @@ def make_steps(
         from opacus import GradSampleModule
         from opacus.optimizers import DPOptimizer
 
+        teach_opacus_centred_linear()
         twin = copy.deepcopy(model)
-        gsm = GradSampleModule(twin, batch_first=True, loss_reduction="sum")
+        # strict=False: Opacus refuses trainable layers with buffers (BatchNorm's running statistics are data);
+        # CentredLinear's one buffer, its offset, is a constant computed from public rows, never updated by data.
+        gsm = GradSampleModule(twin, batch_first=True, loss_reduction="sum", strict=False)
         twin_params = [p for p in twin.parameters() if p.requires_grad]
         dpo = DPOptimizer(
             make_optimizer(twin_params, config),
