@@ -49,15 +49,15 @@ def test_a_200_round_10_bank_federation_fits_argo_and_etcd(tmp_path: Path) -> No
     assert size < 512 * 1024, f"{size} bytes"
     spec = _spec(path)
     root = spec["root"]["dag"]["tasks"]
-    assert len(root) == 67 + 2  # 200 rounds in chunks of 3 (the last has 2), within max_graph_tasks=80
-    names = [root[t]["taskInfo"]["name"] for t in ["round", *[f"round-{i}" for i in range(2, 68)]]]
-    assert names[:2] == ["rounds-1-3", "rounds-4-6"] and names[-1] == "rounds-199-200"
-    chunk = root["round-67"]["inputs"]["parameters"]
+    assert len(root) == 50 + 2  # 200 rounds in chunks of 4, within max_graph_tasks=64
+    names = [root[t]["taskInfo"]["name"] for t in ["round", *[f"round-{i}" for i in range(2, 51)]]]
+    assert names[:2] == ["rounds-1-4", "rounds-5-8"] and names[-1] == "rounds-197-200"
+    chunk = root["round-50"]["inputs"]["parameters"]
     assert (
-        chunk["round_index"]["runtimeValue"]["constant"] == 199
+        chunk["round_index"]["runtimeValue"]["constant"] == 197
         and chunk["last_round"]["runtimeValue"]["constant"] == 200
     )
-    assert root["finalize"]["dependentTasks"] == ["initialize", "round-67"]
+    assert root["finalize"]["dependentTasks"] == ["initialize", "round-50"]
     # one round per task while it fits: 20 rounds x 10 banks, 22 tasks; the size does not grow with banks
     twenty = compile_pipeline(load_config(None, ["federation.rounds=20", _banks(10)]), tmp_path / "q.yaml")
     tasks = _spec(twenty)["root"]["dag"]["tasks"]
@@ -73,6 +73,15 @@ def test_a_200_round_10_bank_federation_fits_argo_and_etcd(tmp_path: Path) -> No
         "roc": "system.ClassificationMetrics",
         "summary": "system.Markdown",
     }
+
+
+def test_the_largest_rounds_graph_fits(tmp_path: Path) -> None:
+    """At kubeflow.max_graph_tasks (one round per task, 10 banks, secret and CA bundle): under 512 KiB."""
+    limit = load_config(None).kubeflow.max_graph_tasks
+    config = load_config(None, [f"federation.rounds={limit - 2}", _banks(10), "kubeflow.mode=pull"])
+    path = compile_pipeline(config, tmp_path / "p.yaml", secret="fedlora-credentials", ca_bundle="internal-ca")
+    assert path.stat().st_size < 512 * 1024, path.stat().st_size
+    assert len(_spec(path)["root"]["dag"]["tasks"]) == limit
 
 
 @pytest.mark.parametrize(
@@ -140,7 +149,7 @@ def test_tasks_request_resources_limits_and_retries(tmp_path: Path) -> None:
     [
         (["federation.rounds=2", "kubeflow.mode=pull"], "exec-round", 7200 + 3600),  # banks waited for at once
         (["federation.rounds=2", "kubeflow.mode=inline"], "exec-round", 3 * 7200 + 3600),  # 3 banks in turn
-        (["federation.rounds=200", "kubeflow.mode=pull"], "exec-round", 3 * (7200 + 3600)),  # 3 rounds a task
+        (["federation.rounds=200", "kubeflow.mode=pull"], "exec-round", 4 * (7200 + 3600)),  # 4 rounds a task
         (
             ["federation.rounds=200", "kubeflow.graph=coordinator", "kubeflow.mode=pull"],
             "exec-federate-rounds",

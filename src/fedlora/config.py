@@ -391,7 +391,7 @@ class KubeflowConfig(_Section):
         "coordinator = one federate-rounds task loops every round.",
     )
     max_graph_tasks: int = Field(
-        80, ge=4, description="Most tasks of the rounds graph (rounds are chunked to fit); about 5.5 KB YAML a task."
+        64, ge=4, description="Most tasks of the rounds graph (rounds are chunked to fit); about 6.5 KB YAML a task."
     )
     task_cpu: str = Field("1", pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU request of every pipeline task.")
     task_memory: str = Field(

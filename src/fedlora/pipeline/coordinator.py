@@ -1,6 +1,6 @@
 """One round (:func:`run_round`, the unrolled graph's ``round-N`` task) and the loop of rounds in one pod.
 
-The unrolled graph has one task per round (about 5.5 KB of pipeline YAML each; the UI draws a few
+The unrolled graph has one task per round (about 6.5 KB of pipeline YAML each; the UI draws a few
 hundred nodes at most). For large federations the pipeline is ``initialize ─► federate-rounds ─►
 finalize`` instead, and ``federate-rounds`` runs :func:`run_rounds`:
 

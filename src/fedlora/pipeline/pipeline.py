@@ -12,7 +12,7 @@ upstream tasks succeeded) and a single chain of upstreams: no task relies on
 ``ALL_UPSTREAM_TASKS_COMPLETED`` (``ignore_upstream_failure``), which the KFP backend compiles into an
 OR of upstream states up to 2.3 but, from 2.4, into an exit hook on *each* upstream task
 (``backend/src/v2/compiler/argocompiler/dag.go``: one aggregation per bank). Each task costs about
-5.5 KB of YAML (the KFP compiler writes a component and an executor per task), whatever the banks; so
+6.5 KB of YAML (the KFP compiler writes a component and an executor per task), whatever the banks; so
 above ``kubeflow.max_graph_tasks`` - 2 rounds a task runs a fixed chunk of rounds
 (:func:`round_chunks`: ``rounds-4-6``), and the graph stays that small. Each task's metrics, ROC and
 Markdown card appear in the UI as it finishes.
@@ -85,7 +85,7 @@ def round_chunks(config: Config) -> list[tuple[int, int]]:
     """The rounds of each task of the ``rounds`` graph, as ``(first, last)``.
 
     One round per task while rounds + 2 ≤ ``kubeflow.max_graph_tasks``, else the fewest equal chunks that
-    keep the graph that small (200 rounds, 80 tasks: 3 rounds a task).
+    keep the graph that small (200 rounds, 64 tasks: 4 rounds a task).
     """
     rounds = config.federation.rounds
     size = -(-rounds // max(1, config.kubeflow.max_graph_tasks - 2))
