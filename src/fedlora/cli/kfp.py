@@ -87,10 +87,11 @@ def compile_command(
 ) -> None:
     """Compile the FedLoRA pipeline to a YAML file for Kubeflow Pipelines.
 
-    The config's rounds and banks shape the graph: small federations get round-1 … round-N with one
-    train-<bank> task per bank; large ones (kubeflow.graph, auto by size) initialize -> federate-rounds
-    -> finalize. Every other field the UI can change is a run parameter named after the config field
-    (privacy.target_epsilon -> privacy_target_epsilon), defaulting to the config's value.
+    The config's rounds and banks shape the graph: initialize -> round-1 -> … -> round-N -> finalize,
+    each round task training every bank then aggregating (above kubeflow.max_graph_tasks - 2 rounds a
+    task runs a chunk of rounds; kubeflow.graph=coordinator: one federate-rounds task). Every other
+    field the UI can change is a run parameter named after the config field (privacy.target_epsilon ->
+    privacy_target_epsilon), defaulting to the config's value.
 
     With no --config, `fedlora compile -o pipelines/fedlora.yaml` reproduces the committed pipeline.
     """
@@ -107,7 +108,7 @@ def compile_command(
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     banks = ", ".join(b.name for b in config.federation.banks)
-    graph = "one task per round" if graph_mode(config) == "rounds" else "one federate-rounds task"
+    graph = "a chain of round tasks" if graph_mode(config) == "rounds" else "one federate-rounds task"
     click.echo(f"pipeline: {path} ({config.federation.rounds} rounds, {graph}; banks {banks})")
     if components_dir:
         for component in compile_components(components_dir, **({"image": image} if image else {})):
