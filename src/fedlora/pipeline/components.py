@@ -218,7 +218,7 @@ def run_round(
     metrics: Output[Metrics],
     roc: Output[ClassificationMetrics],
     summary: Output[Markdown],
-    last_round: Optional[int] = None,
+    last_round: int = 0,
 ) -> str:
     """One round (or round_index..last_round): the selected banks train, then their adapters are averaged.
 
@@ -236,7 +236,7 @@ def run_round(
             rounds: also rNNN_test_auc / _train_loss / _banks_accepted / _banks_failed).
         roc: ROC curve of the new global adapter on the pooled test rows.
         summary: Markdown: the round's banks (averaged, failed, rejected, budget spent) and metrics.
-        last_round: The last round of this task (empty: round_index only).
+        last_round: The last round of this task (0: round_index only).
 
     Returns:
         The (last) round record (JSON).

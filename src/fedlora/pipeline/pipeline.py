@@ -291,11 +291,8 @@ def build_pipeline(
             task = federate(config=config_out, run=run_out)
             previous = options.apply(task, "federate-rounds", trains=True, rounds=config.federation.rounds)
         for first, last in chunks:
-            if first == last:
-                task, name = round_component(config=config_out, run=run_out, round_index=first), f"round-{first}"
-            else:
-                task = round_component(config=config_out, run=run_out, round_index=first, last_round=last)
-                name = f"rounds-{first}-{last}"
+            task = round_component(config=config_out, run=run_out, round_index=first, last_round=last)
+            name = f"round-{first}" if first == last else f"rounds-{first}-{last}"
             previous = options.apply(task, name, trains=True, rounds=last - first + 1).after(previous)
         final = finalize(config=config_out, run=run_out)
         options.apply(final, "finalize").after(previous)

@@ -221,12 +221,12 @@ def round_step(
     config_yaml: str,
     run: str,
     round_index: int,
-    last_round: int | None = None,
+    last_round: int = 0,
     metrics: MetricsOutput,
     roc: RocOutput,
     summary: FileOutput,
 ) -> str:
-    """Rounds ``round_index``..``last_round`` (default: one round), each the banks' training then the aggregation.
+    """Rounds ``round_index``..``last_round`` (0: one round), each the banks' training then the aggregation.
 
     The unrolled graph's ``round-N`` task (:func:`fedlora.pipeline.coordinator.run_rounds`): it has a
     single upstream (the task before), so it relies on no trigger policy; a bank that fails is a failed
@@ -244,7 +244,7 @@ def round_step(
 
     _setup_logging()
     config = load_config_text(config_yaml, source="pipeline config")
-    last = round_index if last_round is None else last_round
+    last = max(round_index, last_round)
     seen: list[RoundRecord] = []
 
     def on_round(record: RoundRecord) -> None:
