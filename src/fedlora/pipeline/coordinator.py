@@ -1,10 +1,10 @@
-"""One round (:func:`run_round`, the unrolled graph's ``round-N`` task) and the loop of rounds in one pod.
+"""One round (:func:`run_round`) and a run of rounds (:func:`run_rounds`), the step of every graph.
 
-The unrolled graph has one task per round (about 6.5 KB of pipeline YAML each; the UI draws a few
-hundred nodes at most). For large federations the pipeline is ``initialize ─► federate-rounds ─►
-finalize`` instead, and ``federate-rounds`` runs :func:`run_rounds`:
+The ``rounds`` graph's task runs :func:`run_rounds` over one round or a fixed chunk of rounds (about
+6.5 KB of pipeline YAML a task, so the graph is kept within ``kubeflow.max_graph_tasks``);
+``kubeflow.graph=coordinator``'s one ``federate-rounds`` task runs it over every round:
 
-for each round r not yet committed in the store, :func:`run_round` (the very step of a ``round-N`` task):
+for each round r of the task not yet committed in the store, :func:`run_round`:
   1. every bank selected for r trains (:func:`fedlora.pipeline.bank_dispatch.dispatch_bank_round`, which never
      raises for a bank's own failure): in ``inline`` mode one after the other with the
      model loaded once; in ``pull`` mode (``namespaced`` is its older spelling) by the banks' own
