@@ -256,7 +256,12 @@ class TrainingConfig(_Section):
         "max_sample_rate declared training rows trains at q = max_sample_rate (German Credit's ~230 rows per bank: "
         "batch 138). federation.banks[].batch_size overrides both for one bank.",
     )
-    physical_batch_size: int = Field(64, ge=1, description="Largest micro-batch held in memory at once.")
+    physical_batch_size: int = Field(
+        256,
+        ge=1,
+        description="Largest micro-batch held in memory at once (the sum of clipped per-example gradients does not "
+        "depend on it; 256 is one chunk for the default's batch, faster than 64 on 2 CPU cores).",
+    )
     learning_rate: float = Field(
         3.0, gt=0, description="Learning rate of the local optimizer (3 suits DP-SGD with momentum on the recipe)."
     )
@@ -278,7 +283,11 @@ class TrainingConfig(_Section):
         description="Local optimizer (re-created every round): sgd (momentum 0.9) or adam (non-private runs only; "
         "refused with DP, see Config._dp_optimizer).",
     )
-    eval_batch_size: int = Field(128, ge=1, description="Batch size for evaluation.")
+    eval_batch_size: int = Field(
+        512,
+        ge=1,
+        description="Rows per forward pass for evaluation and the frozen-layer pass (results do not depend on it).",
+    )
 
     def batch_for(self, declared_examples: int) -> int:
         """The expected batch of a bank with ``declared_examples`` training rows (its declared count).
