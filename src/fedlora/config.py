@@ -284,7 +284,7 @@ class TrainingConfig(_Section):
         "refused with DP, see Config._dp_optimizer).",
     )
     eval_batch_size: int = Field(
-        512,
+        128,
         ge=1,
         description="Rows per forward pass for evaluation and the frozen-layer pass (results do not depend on it).",
     )
