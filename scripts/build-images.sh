@@ -18,6 +18,8 @@
 #      labelled with the commit, timestamps fixed to the commit time.
 #   5. In $CACHE/dist: the pipeline compiled by the control image for its own reference (fedlora.yaml) and the
 #      bank's chart packaged (fedlora-bank-<version>.tgz, Helm's engine through helm_python).
+#   6. In $CACHE/dist too: a CycloneDX SBOM of each image's Python packages (<name>.cdx.json, cyclonedx-bom run in
+#      the image from a read-only mount) and its Debian packages (<name>.dpkg.tsv).
 # It prints each image reference, size, digest and build time, and writes them to $CACHE/images.tsv.
 # Environment: FEDLORA_REGISTRY (default ghcr.io/fedlora), FEDLORA_IMAGES_CACHE, PYTHON (host python3.11).
 set -euo pipefail
@@ -148,6 +150,27 @@ if "$PY" -c 'import helm_python' 2>/dev/null; then # `helm package` with Helm's 
 else
   log "helm_python is not installed (scripts/setup.sh dev): the chart is not packaged"
 fi
+
+# 6. SBOM: CycloneDX JSON of each image's Python environment (cyclonedx-bom, run inside the image by its own
+#    python3 from a read-only mount, so nothing is added to the image) and its Debian packages (dpkg-query).
+SBOM_LIB=$CACHE/sbom-lib
+if [ ! -d "$SBOM_LIB/cyclonedx_py" ]; then
+  rm -rf "$SBOM_LIB.part"
+  if quiet_pip install --target "$SBOM_LIB.part" "cyclonedx-bom==7.5.0"; then mv "$SBOM_LIB.part" "$SBOM_LIB"; fi
+fi
+CYCLONEDX='import sys; sys.path.insert(0, "/sbom"); sys.argv[0] = "cyclonedx-py"
+from cyclonedx_py._internal.cli import run; sys.exit(run())'
+while IFS=$'\t' read -r name ref _; do
+  if [ -d "$SBOM_LIB/cyclonedx_py" ]; then
+    "${PODMAN[@]}" run --rm --read-only --tmpfs /tmp --network none --user 10001:10001 -v "$SBOM_LIB:/sbom:ro" \
+      --entrypoint /usr/bin/python3 "$ref" -c "$CYCLONEDX" environment --output-reproducible --of JSON \
+      /opt/fedlora/bin/python >"$DIST/$name.cdx.json"
+  fi
+  # shellcheck disable=SC2016 # dpkg-query's format, not shell
+  "${PODMAN[@]}" run --rm --network none --entrypoint dpkg-query "$ref" -W -f '${Package}\t${Version}\n' \
+    >"$DIST/$name.dpkg.tsv"
+done <"$CACHE/images.tsv"
+[ -d "$SBOM_LIB/cyclonedx_py" ] || log "cyclonedx-bom did not install: no CycloneDX SBOM (the dpkg lists are written)"
 
 echo
 echo "tools ${t_tools}s, base ${t_base}s, wheelhouse ${t_wheels}s ($(du -sh "$WHEELS" | cut -f1)); commit $REVISION"
