@@ -115,8 +115,11 @@ def test_a_pull_round_at_the_coordinator_loads_no_model_weights(
     agent_runtime = Runtime(inline)  # the banks' side, loaded before the coordinator's loader is cut off
     _ = agent_runtime.model
 
+    lock = threading.Lock()  # the banks share one model here: one trains at a time (the coordinator waits in threads)
+
     def agent(config: Config, *, run: str, bank: str, round_index: int) -> BankOutcome:
-        return run_bank_round(inline, run=run, bank=bank, round_index=round_index, runtime=agent_runtime)
+        with lock:
+            return run_bank_round(inline, run=run, bank=bank, round_index=round_index, runtime=agent_runtime)
 
     def no_weights(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the coordinator loaded the base model")
