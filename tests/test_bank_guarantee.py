@@ -7,7 +7,7 @@
 5. concurrent Jobs double-spend                      -> claims: at most one Job trains a round
 6. error messages quote private values               -> public messages name the rule, never the value
 8. namespaced "test AUC" on the coordinator's data   -> no central evaluation in namespaced mode
-(7, the admission policy, is tested with the chart in tests/test_helm_chart.py.)
+(7, who builds the pods, is tested with the chart in tests/test_helm_chart.py and the agent in tests/test_launcher.py.)
 """
 
 from __future__ import annotations
