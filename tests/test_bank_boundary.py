@@ -267,3 +267,16 @@ def test_the_jobs_split_uses_the_banks_own_key_from_its_environment(tiny_overrid
     assert "k3y-too-short" not in short["output"]
     ok = bank_job(config, tmp_path, FEDLORA_BANK_SPLIT_KEY="a-32-byte-secret-of-bank-a-000001")
     assert ok["status"] == "ok", ok["output"]
+
+
+def test_a_bank_job_never_opens_a_path_the_request_names(tiny_overrides: list[str], tmp_path: Path) -> None:
+    from fedlora.bank_request import without_request_paths
+
+    lure = tmp_path / "not-the-banks-data.csv"
+    lure.write_text("this file exists in the bank's pod and is not its data\n")
+    bank_consortium(tmp_path, tiny_overrides)
+    banks = f"federation.banks=[{{name: bank-a, data: {lure}}}, {{name: bank-b, data: {lure}}}]"
+    request = load_config(None, [*tiny_overrides, banks, f"store.uri={tmp_path / 'exchange'}"])
+    assert all(b.data is None for b in without_request_paths(request).federation.banks)
+    outcome = bank_job(request, tmp_path)  # the bank's own file (FEDLORA_BANK_DATA), whatever the request names
+    assert outcome["status"] == "ok", outcome["output"]

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 from fedlora.bank_env import bank_data_path, bank_dataset_id, bank_ledger_store, bank_policy, request_config
 from fedlora.bank_round import run_bank_round
-from fedlora.config import ConfigError
+from fedlora.config import Config, ConfigError
 from fedlora.data.row_split import row_key_column_from_env, split_key_from_env
 from fedlora.names import InvalidName, check_name
 from fedlora.privacy.bank_side import BankSide, public_message
@@ -25,7 +25,14 @@ from fedlora.privacy.policy import PolicyError
 from fedlora.records import BankOutcome
 from fedlora.runtime import Runtime
 
-__all__ = ["BankRequestError", "BankTrainingError", "bank_side", "keep_private_error", "train_request"]
+__all__ = [
+    "BankRequestError",
+    "BankTrainingError",
+    "bank_side",
+    "keep_private_error",
+    "train_request",
+    "without_request_paths",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +57,17 @@ def bank_side(env: Mapping[str, str]) -> BankSide:
         )
     except (ConfigError, PolicyError, InvalidName, OSError) as exc:
         raise BankRequestError(str(exc)) from exc
+
+
+def without_request_paths(config: Config) -> Config:
+    """The request with every ``federation.banks[].data`` removed: a bank's Job never opens a path the consortium named.
+
+    The bank's own rows come from ``FEDLORA_BANK_DATA`` (its chart); without it, from the bundled
+    dataset's partition (package data). A path in the request could otherwise make the Job open,
+    and fail on, any file in the bank's pod.
+    """
+    banks = [b.model_copy(update={"data": None}) for b in config.federation.banks]
+    return config.model_copy(update={"federation": config.federation.model_copy(update={"banks": banks})})
 
 
 def keep_private_error(side: BankSide, run: str, round_index: int, exc: BaseException) -> None:
@@ -89,6 +107,7 @@ def train_request(
     except (ConfigError, InvalidName) as exc:
         raise BankRequestError(str(exc)) from exc
     side = bank_side(env)
+    config = without_request_paths(config)
     try:
         data = bank_data_path(env)
         runtime = Runtime(
