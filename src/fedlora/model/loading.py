@@ -200,11 +200,16 @@ def load_causal_lm(
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load model {name!r} as a causal LM: {exc}") from exc
-    if quant is None:
-        model = model.to(device)  # type: ignore[arg-type]
-    else:
-        keep_trainable_layout(model)
-    return LoadedModel(model, tokenizer, _DECODER_TARGETS, device)
+    placed = _place(model, quantized=quant is not None, device=device)
+    return LoadedModel(placed, tokenizer, _DECODER_TARGETS, device)
+
+
+def _place(model: PreTrainedModel, *, quantized: bool, device: torch.device) -> PreTrainedModel:
+    """Move a full-precision model to ``device``; a quantized one stays where bitsandbytes put it, trainable."""
+    if not quantized:
+        return model.to(device)  # type: ignore[arg-type,no-any-return]
+    keep_trainable_layout(model)
+    return model
 
 
 def load_base_model(
@@ -259,10 +264,7 @@ def load_base_model(
                 init_score_from_lm_head(model, tokenizer)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load model {name!r}: {exc}") from exc
-    if quant is None:
-        model = model.to(device)  # type: ignore[arg-type]
-    else:
-        keep_trainable_layout(model)
+    model = _place(model, quantized=quant is not None, device=device)
     if not targets:
         targets = _DECODER_TARGETS if model.config.model_type in _DECODER_TYPES else _ENCODER_TARGETS
     return LoadedModel(model, tokenizer, targets, device)
