@@ -140,6 +140,12 @@ def _read_updates(
     return updates, rejected
 
 
+def committed_record(store: Store, round_index: int) -> RoundRecord | None:
+    """The record of ``round_index`` when the round is committed (its manifest exists), else None."""
+    manifest = f"{round_prefix(round_index)}/MANIFEST.json"
+    return RoundRecord.from_json(get_json(store, manifest)) if store.exists(manifest) else None
+
+
 def aggregate_round(
     config: Config,
     *,
@@ -159,9 +165,9 @@ def aggregate_round(
     """
     runtime = runtime or Runtime(config)
     store = open_run_store(config, run)
-    manifest = f"{round_prefix(round_index)}/MANIFEST.json"
-    if store.exists(manifest):
-        return RoundRecord.from_json(get_json(store, manifest))
+    committed = committed_record(store, round_index)
+    if committed is not None:
+        return committed
     with runtime.timer.phase("store"):
         previous = load_adapter(store, global_prefix(round_index - 1)).tensors
         before = (

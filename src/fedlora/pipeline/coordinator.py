@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from fedlora.aggregation import select_banks
 from fedlora.bank_round import read_bank_outcome
 from fedlora.config import Config
-from fedlora.federation import aggregate_round
+from fedlora.federation import aggregate_round, committed_record
 from fedlora.pipeline import bank_dispatch
 from fedlora.records import BankOutcome, RoundRecord
 from fedlora.runtime import Runtime
@@ -90,11 +90,10 @@ def run_round(config: Config, *, run: str, round_index: int, runtime: Runtime | 
         FederationError: fewer than ``federation.min_banks`` valid updates.
     """
     runtime = runtime or Runtime(config)
-    store = open_run_store(config, run)
-    manifest = f"{round_prefix(round_index)}/MANIFEST.json"
-    if store.exists(manifest):
+    committed = committed_record(open_run_store(config, run), round_index)
+    if committed is not None:
         log.info("run %s: round %d is already committed", run, round_index)
-        return RoundRecord.from_json(get_json(store, manifest))
+        return committed
     outcomes = _train_round(config, run=run, round_index=round_index, runtime=runtime)
     record = aggregate_round(config, run=run, round_index=round_index, outcomes=outcomes, runtime=runtime)
     log.info(
