@@ -44,7 +44,7 @@ from fedlora.privacy.bank_side import (
     publish_privacy_report,
     training_count,
 )
-from fedlora.privacy.dp_evaluation import ScoreHistograms, noised, score_histograms
+from fedlora.privacy.dp_evaluation import ScoreHistograms, confusion_counts, noised, score_histograms
 from fedlora.privacy.policy import BankPolicy
 from fedlora.privacy.randomness import Randomness
 from fedlora.records import NOT_PRIVATE, BankOutcome, BankStatus
@@ -55,7 +55,7 @@ from fedlora.store.run import open_run_store
 from fedlora.training import (
     DPSettings,
     GradientCanaries,
-    predict_default_probability,
+    predict_scores,
     round_training,
     steps_per_round,
 )
@@ -345,14 +345,18 @@ def _private_report(result: LocalRoundResult) -> dict[str, Any]:
 def _dp_evaluation(
     runtime: Runtime, test: RowSet, incoming: AdapterState, *, plan: PrivacyPlan, randomness: Randomness
 ) -> ScoreHistograms:
-    """Score the bank's test rows with the incoming adapter and release the noised histograms (already charged)."""
+    """Score the bank's test rows with the incoming adapter and release the noised histograms (already charged).
+
+    Two classes: per-label histograms of P(default); K > 2 classes (a text task): the confusion counts.
+    """
     assert plan.evaluation_noise_multiplier is not None
     with runtime.timer.phase("evaluate"):
         load_adapter_state(runtime.model, incoming)
-        scores = predict_default_probability(
+        scores = predict_scores(
             runtime.model, test, batch_size=runtime.config.training.eval_batch_size, device=runtime.device
         )
-    exact = score_histograms(test.labels.numpy(), scores)
+    labels = test.labels.numpy()
+    exact = confusion_counts(labels, scores) if scores.ndim == 2 else score_histograms(labels, scores)
     return noised(exact, noise_multiplier=plan.evaluation_noise_multiplier, randomness=randomness)
 
 

@@ -32,7 +32,7 @@ from fedlora.privacy.bank_side import (
     plan_bank,
     training_count,
 )
-from fedlora.privacy.dp_evaluation import ScoreHistograms, pooled_metrics
+from fedlora.privacy.dp_evaluation import ScoreHistograms, pooled_class_metrics, pooled_metrics
 from fedlora.privacy.policy import BankPolicy
 from fedlora.records import NOT_PRIVATE, BankOutcome, BankStatus, RoundRecord, round_metrics
 from fedlora.runtime import Runtime
@@ -296,6 +296,15 @@ def _pooled_dp_evaluation(selected: list[BankOutcome], round_index: int) -> dict
     releases = {o.bank: ScoreHistograms.from_json(o.evaluation) for o in selected if o.evaluation}
     if not releases:
         return None
+    if all(r.kind == "confusion" for r in releases.values()):
+        by_class = pooled_class_metrics(list(releases.values()))
+        return {
+            "of_global_round": round_index - 1,
+            "banks": sorted(releases),
+            **by_class.as_dict(),
+            "confusion": by_class.confusion,
+            "method": "sum of the banks' Gaussian-noised confusion counts (each charged to its ledger)",
+        }
     pooled = pooled_metrics(list(releases.values()))
     return {
         "of_global_round": round_index - 1,

@@ -199,7 +199,7 @@ def round_metrics(record: RoundRecord) -> dict[str, float]:
     for bank, m in record.per_bank_test.items():
         metrics[f"test_auc_{bank}"] = m["auc"]
     dp_eval = record.dp_evaluation or {}
-    for key in ("auc", "ks", "brier"):
+    for key in ("auc", "ks", "brier", "accuracy", "f1"):  # accuracy and weighted f1: a text task's confusion release
         value = dp_eval.get(key)
         if value is not None and math.isfinite(value):
             metrics[f"dp_{key}_of_previous_global"] = value

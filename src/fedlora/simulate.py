@@ -14,7 +14,7 @@ import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from fedlora.aggregation import select_banks
 from fedlora.bank_round import run_bank_round
@@ -191,6 +191,8 @@ def add_baselines(config: Config, runtime: Runtime, summary: RunSummary) -> RunS
     from fedlora.baselines import bank_alone_baselines
     from fedlora.data.datasets import get_schema
 
+    if runtime.text_task is not None:
+        return dataclasses.replace(summary, baselines=_text_baselines(config, runtime, summary))
     with runtime.timer.phase("baselines"):
         banks = {b.name: runtime.bank_data(b.name) for b in config.federation.banks}
         epsilon = (
@@ -217,6 +219,45 @@ def add_baselines(config: Config, runtime: Runtime, summary: RunSummary) -> RunS
     if summary.report:
         write_report(summary, Path(summary.report).parent)
     return summary
+
+
+def _text_baselines(config: Config, runtime: Runtime, summary: RunSummary) -> dict[str, Any]:
+    """A text task's baselines (:mod:`fedlora.text_baselines`) on the run's splits, beside the consortium's accuracy."""
+    from fedlora.model.lora import load_adapter_state
+    from fedlora.text_baselines import TextBankSplits, prompt_features, text_baselines
+
+    task = runtime.text_task
+    assert task is not None
+    with runtime.timer.phase("baselines"):
+        load_adapter_state(runtime.model, runtime.initial_adapter)  # the base model: FFA-LoRA starts at B = 0
+        banks: dict[str, TextBankSplits] = {}
+        for spec in config.federation.banks:
+            data, rows = runtime.bank_data(spec.name), runtime.bank(spec.name)
+            features = {
+                split: prompt_features(
+                    runtime.model,
+                    getattr(rows, split),
+                    batch_size=config.training.eval_batch_size,
+                    device=runtime.device,
+                )
+                for split in ("train", "test")
+            }
+            banks[spec.name] = TextBankSplits(
+                train_texts=data.train.texts, test_texts=data.test.texts, train=features["train"], test=features["test"]
+            )
+        epsilon = (
+            {b.name: config.target_epsilon_for(b.name) for b in config.federation.banks}
+            if config.privacy.enabled
+            else None
+        )
+        baselines = text_baselines(banks, classes=len(task.labels), epsilon=epsilon, seed=config.seed)
+    consortium = summary.final.per_bank_test
+    for bank, alone in baselines["per_bank"].items():
+        metrics = consortium.get(bank, {})
+        alone["consortium"] = {"accuracy": metrics.get("accuracy"), "weighted_f1": metrics.get("f1")}
+    final = summary.final.metrics
+    baselines["pooled"]["consortium"] = {"accuracy": final.get("accuracy"), "weighted_f1": final.get("f1")}
+    return baselines
 
 
 def simulate(

@@ -198,13 +198,18 @@ class CompletionSet:
         summed = torch.zeros(len(index), device=nll.device, dtype=nll.dtype).index_add(0, rows, nll)
         return summed / answer[:, 1:].sum(dim=1).clamp(min=1).to(nll.dtype)
 
-    def logits(self, model: nn.Module, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Label scores ``s_k`` (next-token logits after the prompt at each label's first token) and class ids."""
+    def prompt_states(self, model: nn.Module, index: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """The decoder's output (after its final norm) at each row's last prompt token: what predicts the answer."""
         input_ids, mask, _ = self._batch(index, device)
-        decoder, head = decoder_parts(model)
+        decoder, _ = decoder_parts(model)
         hidden = self._last_hidden(decoder, index, input_ids, mask)
         last = self.answer_start[index].to(device) - 1
-        scores = head(hidden[torch.arange(len(index), device=device), last]).float()
+        return hidden[torch.arange(len(index), device=device), last]
+
+    def logits(self, model: nn.Module, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Label scores ``s_k`` (next-token logits after the prompt at each label's first token) and class ids."""
+        head = decoder_parts(model)[1]
+        scores = head(self.prompt_states(model, index, device)).float()
         return scores[:, self.label_tokens.to(device)], self.labels[index].to(device)
 
     def prompt_ids(self, row: int) -> list[int]:

@@ -103,6 +103,13 @@ def bank_card(outcome: BankOutcome) -> str:
 def _dp_evaluation_lines(dp_eval: dict[str, Any] | None) -> list[str]:
     if not dp_eval:
         return []
+    if "accuracy" in dp_eval:  # a text task: the banks' noised confusion counts
+        return [
+            f"DP evaluation of the global adapter of round {dp_eval['of_global_round']} on the banks' own test rows "
+            f"({', '.join(dp_eval['banks'])}): accuracy **{fmt(dp_eval['accuracy'])}**, weighted F1 "
+            f"{fmt(dp_eval['f1'])}, noisy n {fmt(dp_eval['n'], 0)}",
+            "",
+        ]
     return [
         f"DP evaluation of the global adapter of round {dp_eval['of_global_round']} on the banks' own test rows "
         f"({', '.join(dp_eval['banks'])}): AUC **{fmt(dp_eval['auc'])}**, KS {fmt(dp_eval['ks'])}, "

@@ -14,6 +14,13 @@ histograms of all banks, clips negative counts to zero and reads off
 * Brier ``≈ Σ_b (H₁[b](1−c_b)² + H₀[b]·c_b²) / N`` with ``c_b`` the bin's centre probability,
 
 plus a ROC curve for plots. No anchor (Flower, NVFlare, FATE) evaluates federated models under DP.
+
+A text task with ``K`` labels releases instead its ``K × K`` confusion counts (true class ×
+predicted class ``argmax_k P_ik``, :func:`confusion_counts`). A row is in exactly one cell, so
+the count vector again has L2 sensitivity 1 and the same Gaussian mechanism and charge apply.
+The coordinator sums, clips at zero and reads off accuracy ``tr(C)/ΣC`` and the weighted F1
+(per-class F1 from the row and column sums, weighted by each class's row sum), as FinLoRA
+reports them (:func:`pooled_class_metrics`).
 """
 
 from __future__ import annotations
@@ -36,13 +43,17 @@ class ScoreHistograms:
 
     counts: np.ndarray  # shape (2, bins), float (noised counts may be fractional or negative)
     noise_multiplier: float | None = None
+    kind: str = "logit_bins"
+    """``logit_bins`` (two classes, per-label score histograms) or ``confusion`` (K classes, true × predicted)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"counts": self.counts.tolist(), "noise_multiplier": self.noise_multiplier}
+        return {"counts": self.counts.tolist(), "noise_multiplier": self.noise_multiplier, "kind": self.kind}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ScoreHistograms:
-        return cls(np.asarray(data["counts"], dtype=np.float64), data.get("noise_multiplier"))
+        return cls(
+            np.asarray(data["counts"], dtype=np.float64), data.get("noise_multiplier"), data.get("kind", "logit_bins")
+        )
 
 
 def score_histograms(labels: np.ndarray, scores: np.ndarray) -> ScoreHistograms:
@@ -56,12 +67,21 @@ def score_histograms(labels: np.ndarray, scores: np.ndarray) -> ScoreHistograms:
     return ScoreHistograms(counts)
 
 
+def confusion_counts(labels: np.ndarray, probabilities: np.ndarray) -> ScoreHistograms:
+    """Exact ``K × K`` counts of (true class, predicted class) of a K-class task (stays in the bank)."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    k = p.shape[1]
+    counts = np.zeros((k, k))
+    np.add.at(counts, (np.asarray(labels, dtype=np.int64), p.argmax(axis=1)), 1.0)
+    return ScoreHistograms(counts, kind="confusion")
+
+
 def noised(histograms: ScoreHistograms, *, noise_multiplier: float, randomness: Randomness) -> ScoreHistograms:
     """The Gaussian mechanism on the count vector (L2 sensitivity 1): ``h + N(0, σ²)`` per count."""
     noise = randomness.normal(
         torch.Size(histograms.counts.shape), noise_multiplier, device=torch.device("cpu"), dtype=torch.float64
     )
-    return ScoreHistograms(histograms.counts + noise.numpy(), noise_multiplier)
+    return ScoreHistograms(histograms.counts + noise.numpy(), noise_multiplier, histograms.kind)
 
 
 @dataclass(frozen=True)
@@ -95,3 +115,30 @@ def pooled_metrics(releases: list[ScoreHistograms]) -> PooledMetrics:
     fpr = np.concatenate([[0.0], np.cumsum(good[::-1]) / n_good])
     ks = float(np.max(np.abs(tpr - fpr)))
     return PooledMetrics(auc, ks, brier, n, {"fpr": fpr.tolist(), "tpr": tpr.tolist()})
+
+
+@dataclass(frozen=True)
+class PooledClassMetrics:
+    """Accuracy and weighted F1 read off summed (noised) confusion counts; ``n`` is the noisy row count."""
+
+    accuracy: float
+    weighted_f1: float
+    n: float
+    confusion: list[list[float]]
+
+    def as_dict(self) -> dict[str, float]:
+        return {"accuracy": self.accuracy, "f1": self.weighted_f1, "n": self.n}
+
+
+def pooled_class_metrics(releases: list[ScoreHistograms]) -> PooledClassMetrics:
+    """Sum the banks' confusion releases (clipped at 0); accuracy ``tr(C)/ΣC`` and F1 weighted by row sums."""
+    total = np.clip(np.sum([r.counts for r in releases], axis=0), 0.0, None)
+    n = float(total.sum())
+    if n <= 0:
+        return PooledClassMetrics(float("nan"), float("nan"), n, total.tolist())
+    hits, truth, predicted = np.diag(total), total.sum(axis=1), total.sum(axis=0)
+    precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)
+    recall = np.divide(hits, truth, out=np.zeros_like(hits), where=truth > 0)
+    both = precision + recall
+    f1 = np.divide(2 * precision * recall, both, out=np.zeros_like(hits), where=both > 0)
+    return PooledClassMetrics(float(hits.sum() / n), float((f1 * truth).sum() / n), n, total.tolist())
