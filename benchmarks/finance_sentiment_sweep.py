@@ -1,0 +1,189 @@
+"""The seed's workload over seeds and ε: FedLoRA against centralised LoRA and the baselines, on shared splits.
+
+For every seed, on the splits that seed gives (``--config finance_sentiment``, the 4 banks' TFNS rows):
+
+* ``fedlora`` at each ε of ``--epsilons`` (``inf`` = ``privacy.enabled=false``, the seed's own non-private
+  run), with ``--baselines`` (zero-shot, head-only ± DP at the run's ε, TF-IDF + LR, each bank alone) in
+  every DP run and the non-private one. The runs of one seed share one :class:`~fedlora.runtime.Runtime`:
+  the model and the frozen-layer cache are computed once (the runs differ only in privacy settings);
+* ``central``: centralised LoRA with the same compute, non-private: one bank holding every training row,
+  the same rounds and twice the local steps (the federation trains 2 banks a round), the same schedule.
+
+Every metric is label-scoring accuracy / weighted F1 on the pooled test rows of the 4 banks. A row's
+split is a keyed hash of the row under the seed's public key (:mod:`fedlora.data.row_split`), whatever
+bank holds it, so the central run of a seed tests on exactly the same rows as the federated runs and
+the baselines of that seed: every difference is paired by seed. Prints means with 95 % Student-t
+intervals over the seeds, and the paired differences the issue's targets name:
+
+    python benchmarks/finance_sentiment_sweep.py --seeds 0 1 2 --epsilons 1 3 8 inf --json sweep.json
+    python benchmarks/finance_sentiment_sweep.py --summarize sweep.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from fedlora.baselines import mean_interval
+from fedlora.config import load_config
+from fedlora.runtime import Runtime
+from fedlora.simulate import simulate
+
+
+def _cpu() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text(encoding="utf-8") if cpuinfo.exists() else ""
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, avx512={'avx512f' in flags}"
+
+
+def _privacy(epsilon: float) -> list[str]:
+    return ["privacy.enabled=false"] if math.isinf(epsilon) else [f"privacy.target_epsilon={epsilon:g}"]
+
+
+def _run(overrides: list[str], runtime: Runtime | None, *, baselines: bool) -> tuple[dict[str, Any], Runtime]:
+    config = load_config("finance_sentiment", overrides)
+    if runtime is None or not runtime.serves(config):
+        runtime = Runtime(config)
+    runtime.timer.seconds.clear()
+    started = time.perf_counter()
+    summary = simulate(config, runtime=runtime, baselines=baselines)
+    wall = time.perf_counter() - started
+    final = summary.final.metrics
+    return {
+        "accuracy": final.get("accuracy"),
+        "weighted_f1": final.get("f1"),
+        "rounds": [{"accuracy": r.metrics.get("accuracy"), "weighted_f1": r.metrics.get("f1")} for r in summary.rounds],
+        "bank_epsilon": {b: e for r in summary.rounds[-1:] for b, e in r.epsilon.items()},
+        "baselines": summary.baselines,
+        "wall_seconds": wall,
+        "phases": dict(runtime.timer.seconds),
+    }, runtime
+
+
+def sweep(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "machine": _cpu(),
+        "config": "finance_sentiment",
+        "overrides": args.overrides,
+        "runs": [],
+    }
+    out = Path(args.json) if args.json else None
+    for seed in args.seeds:
+        common = ["tracking.enabled=false", f"seed={seed}", f"output.dir={args.output_dir}", *args.overrides]
+        runtime: Runtime | None = None
+        for epsilon in args.epsilons:
+            run, runtime = _run(
+                [*common, *_privacy(epsilon), f"output.run_name=s{seed}-eps-{epsilon:g}"], runtime, baselines=True
+            )
+            results["runs"].append({"seed": seed, "kind": "fedlora", "epsilon": epsilon, **run})
+            print(f"seed {seed} fedlora ε={epsilon:g}: accuracy {run['accuracy']:.4f} ({run['wall_seconds']:.0f} s)")
+            if out:
+                out.write_text(json.dumps(results, indent=2, default=float), encoding="utf-8")
+        if args.central:
+            steps = load_config("finance_sentiment", []).training.local_steps or 0
+            central = [
+                *common,
+                "privacy.enabled=false",
+                "federation.banks=[{name: central}]",
+                "federation.min_banks=1",
+                "federation.fraction_fit=1.0",
+                f"training.local_steps={2 * steps}",
+                f"output.run_name=s{seed}-central",
+            ]
+            run, _ = _run(central, None, baselines=False)
+            results["runs"].append({"seed": seed, "kind": "central", "epsilon": math.inf, **run})
+            print(f"seed {seed} central LoRA: accuracy {run['accuracy']:.4f} ({run['wall_seconds']:.0f} s)")
+            if out:
+                out.write_text(json.dumps(results, indent=2, default=float), encoding="utf-8")
+    return results
+
+
+def _interval(values: list[float]) -> str:
+    mean, half = mean_interval(values)
+    return f"{mean:.4f} ± {half:.4f}" if math.isfinite(half) else f"{mean:.4f}"
+
+
+def summarize(results: dict[str, Any]) -> None:
+    """Means ± 95 % intervals over seeds, and the paired differences the targets name."""
+    runs = results["runs"]
+    seeds = sorted({r["seed"] for r in runs})
+    print(f"machine: {results['machine']}; seeds {seeds}; label-scoring accuracy on the 4 banks' pooled test rows")
+    epsilons = sorted({r["epsilon"] for r in runs if r["kind"] == "fedlora"})
+    print("| model | ε | accuracy (mean ± 95 % CI) | weighted F1 | wall s (median) |")
+    print("|---|---|---|---|---|")
+
+    def row(name: str, eps: str, chosen: list[dict[str, Any]], key: str = "") -> None:
+        acc = [r["accuracy"] if not key else r["baselines"]["pooled"][key]["accuracy"] for r in chosen]
+        f1 = [r["weighted_f1"] if not key else r["baselines"]["pooled"][key]["weighted_f1"] for r in chosen]
+        walls = sorted(r["wall_seconds"] for r in chosen) if not key else []
+        wall = f"{walls[len(walls) // 2]:.0f}" if walls else "–"
+        print(f"| {name} | {eps} | {_interval(acc)} | {_interval(f1)} | {wall} |")
+
+    for eps in epsilons:
+        row("DP-FedLoRA" if math.isfinite(eps) else "FedLoRA", f"{eps:g}", _runs(runs, "fedlora", eps))
+    central = [r for r in runs if r["kind"] == "central"]
+    if central:
+        row("centralised LoRA (same compute)", "inf", central)
+    base = _runs(runs, "fedlora", math.inf) or _runs(runs, "fedlora", epsilons[0])
+    for key in ("zero_shot", "head_only", "tfidf_lr"):
+        if base and base[0].get("baselines"):
+            row(f"baseline: {key}", "inf", base, key)
+    for eps in epsilons:
+        chosen = _runs(runs, "fedlora", eps)
+        if math.isfinite(eps) and chosen and chosen[0].get("baselines"):
+            row("baseline: DP head-only, banks averaged", f"{eps:g}", chosen, "dp_head_only_averaged")
+    print()
+    print("Paired differences (same seed, same test rows), mean ± 95 % CI:")
+    for eps in epsilons:
+        chosen = _runs(runs, "fedlora", eps)
+        if not chosen or not chosen[0].get("baselines"):
+            continue
+        pooled = [r["baselines"]["pooled"] for r in chosen]
+        if math.isfinite(eps):
+            diff = [r["accuracy"] - p["dp_head_only_averaged"]["accuracy"] for r, p in zip(chosen, pooled, strict=True)]
+            print(f"- ε={eps:g}: FedLoRA − DP head-only (averaged): {_interval(diff)}")
+            per_bank = [  # per seed: the mean over banks of (consortium − alone), each on the bank's own test rows
+                sum(b["consortium"]["accuracy"] - b["dp_head_only"]["accuracy"] for b in banks) / len(banks)
+                for banks in (list(r["baselines"]["per_bank"].values()) for r in chosen)
+            ]
+            print(
+                f"  each bank, own test rows: consortium − alone DP head-only, mean over banks: {_interval(per_bank)}"
+            )
+        else:
+            best = [max(p[k]["accuracy"] for k in ("zero_shot", "head_only", "tfidf_lr")) for p in pooled]
+            diff = [r["accuracy"] - b for r, b in zip(chosen, best, strict=True)]
+            print(f"- non-private FedLoRA − best of zero-shot / head-only / TF-IDF: {_interval(diff)}")
+            by_seed = {r["seed"]: r["accuracy"] for r in central}
+            gap = [r["accuracy"] - by_seed[r["seed"]] for r in chosen if r["seed"] in by_seed]
+            if gap:
+                print(f"  non-private FedLoRA − centralised LoRA (same seed, same test rows): {_interval(gap)}")
+
+
+def _runs(runs: list[dict[str, Any]], kind: str, epsilon: float) -> list[dict[str, Any]]:
+    return sorted((r for r in runs if r["kind"] == kind and r["epsilon"] == epsilon), key=lambda r: r["seed"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epsilons", type=float, nargs="+", default=[8.0, math.inf])
+    parser.add_argument("--no-central", dest="central", action="store_false", help="skip centralised LoRA")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--output-dir", default="runs/sweep", help="where the runs are written")
+    parser.add_argument("--json", help="write every number here (rewritten after each run)")
+    parser.add_argument("--summarize", metavar="JSON", help="only print the tables of an earlier sweep")
+    args = parser.parse_args()
+    if args.summarize:
+        summarize(json.loads(Path(args.summarize).read_text(encoding="utf-8")))
+        return
+    summarize(sweep(args))
+
+
+if __name__ == "__main__":
+    main()
