@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +76,7 @@ class CacheProgress:
         self.last_line: float | None = None
 
     @staticmethod
-    def offsets(parts: list[EncodedSet]) -> list[int]:
+    def offsets(parts: Sequence[Sized]) -> list[int]:
         """Where each split's rows start in the bank's whole pass (train, then val, then test)."""
         return [int(v) for v in np.cumsum([0] + [len(p) for p in parts[:-1]])]
 
@@ -298,7 +298,13 @@ class Runtime:
         if self.config.model.cache_frozen_layers:  # the decoder layers below the lowest adapter, once
             with self.timer.phase("cache"):
                 batch = self.config.training.eval_batch_size
-                rows = [cache_frozen_prefix(self.model, r, batch_size=batch, device=self.device) for r in rows]
+                progress = CacheProgress(data.name, total=sum(len(r) for r in rows))
+                rows = [
+                    cache_frozen_prefix(
+                        self.model, r, batch_size=batch, device=self.device, progress=progress.at(offset)
+                    )
+                    for r, offset in zip(rows, progress.offsets(rows), strict=True)
+                ]
         return EncodedSplits(*rows)
 
     def _cached(self, encoded: EncodedSet, progress: Callable[[int, int], None]) -> RowSet:

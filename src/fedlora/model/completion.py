@@ -27,7 +27,7 @@ the model saw it in training. A row longer than ``max_length`` keeps its last ``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -89,7 +89,12 @@ def first_adapted_layer(decoder: Any) -> int:
 
 @torch.no_grad()
 def cache_frozen_prefix(
-    model: nn.Module, rows: CompletionSet, *, batch_size: int, device: torch.device
+    model: nn.Module,
+    rows: CompletionSet,
+    *,
+    batch_size: int,
+    device: torch.device,
+    progress: Callable[[int, int], None] | None = None,
 ) -> CompletionSet:
     """``rows`` with the frozen decoder layers below the lowest adapter computed once (exact; kept in the bank).
 
@@ -98,6 +103,7 @@ def cache_frozen_prefix(
     ``≥ k`` only (as :mod:`fedlora.model.cache` does for encoders). The loss and every per-example gradient
     are functions of that output, so they are unchanged up to floating-point reassociation; the cache is a
     function of the bank's own rows and never leaves the bank. ``rows`` unchanged when ``k = 0``.
+    ``progress(rows_done, rows_total)`` is called after every chunk.
     """
     decoder: Any = decoder_parts(model)[0]
     start = first_adapted_layer(decoder)
@@ -112,6 +118,8 @@ def cache_frozen_prefix(
             input_ids, mask, _ = rows._batch(chunk, device)
             hidden = decoder_layers(decoder, embed(input_ids), mask, start=0, stop=start)
             prefix[chunk, : hidden.shape[1]] = hidden.float().cpu()
+            if progress is not None:
+                progress(int(chunk[-1]) + 1, len(rows))
     finally:
         decoder.train(was_training)
     return replace(rows, prefix=prefix, start_layer=start)
@@ -204,7 +212,8 @@ class CompletionSet:
         decoder, _ = decoder_parts(model)
         hidden = self._last_hidden(decoder, index, input_ids, mask)
         last = self.answer_start[index].to(device) - 1
-        return hidden[torch.arange(len(index), device=device), last]
+        states: torch.Tensor = hidden[torch.arange(len(index), device=device), last]
+        return states
 
     def logits(self, model: nn.Module, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Label scores ``s_k`` (next-token logits after the prompt at each label's first token) and class ids."""
