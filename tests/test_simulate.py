@@ -42,8 +42,11 @@ def test_cli_simulate_writes_summary_run_dir_and_report(tiny_overrides: list[str
         ledger = json.loads((run_dir / f"privacy/{bank}.json").read_text())
         assert sum(h[2] for h in ledger["ledger"]["history"]) == 4
         assert ledger["charged_rounds"] == [1, 2]
-    assert (run_dir / "report/index.html").read_text().count("<img") == 2
-    assert (run_dir / "report/auc.png").stat().st_size > 1000
+    # The local report has the simulation's pooled view of the final adapter (ROC, calibration, scores by class).
+    page = (run_dir / "report/index.html").read_text()
+    for figure in ("quality_by_round", "epsilon", "roc", "calibration", "scores"):
+        assert f'src="{figure}.png"' in page and (run_dir / f"report/{figure}.png").stat().st_size > 1000
+    assert "pooled view: this process holds every bank" in page
     assert "ε bank-a" in output and "final pooled test AUC" in output
     # The final adapter is the last round's global adapter.
     last = load_file(run_dir / "rounds/0002/global/adapter.safetensors")
@@ -201,6 +204,10 @@ def test_mlflow_local_tracking(tiny_overrides: list[str], tmp_path: Path) -> Non
     assert run.data.tags["epsilon.bank-a"] == str(summary["final"]["epsilon"]["bank-a"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "final_adapter")}
     assert "final_adapter/adapter.safetensors" in artifacts
+    # The simulation's pooled view of every bank's test rows stays in the local report, out of MLflow.
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
+    assert "report/index.html" in logged and "report/roc.png" not in logged, logged
+    assert (Path(summary["report"]).parent / "roc.png").exists()
 
 
 @pytest.mark.slow

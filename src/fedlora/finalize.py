@@ -17,7 +17,7 @@ from fedlora.errors import FederationError
 from fedlora.model.lora import load_adapter_state, trainable_names
 from fedlora.privacy.bank_side import load_bank_privacy
 from fedlora.records import FinalAdapter, RoundRecord, RunSummary
-from fedlora.report import write_report
+from fedlora.report import latest_released_histograms, write_report
 from fedlora.runtime import Runtime
 from fedlora.store.adapters import get_json, load_adapter, put_json, save_adapter
 from fedlora.store.base import Store, global_prefix, round_prefix
@@ -87,10 +87,12 @@ def finalize(config: Config, *, run: str, runtime: Runtime | None = None, local_
         privacy=_privacy_summary(config, store),
         stopped_early=next((r.stopped_early for r in rounds if r.stopped_early), None),
     )
-    if all(r.auc is not None for r in summary.rounds):
-        report = write_report(summary, work / "report")
-        summary = dataclasses.replace(summary, report=str(report))
-        _publish_dir(store, work / "report", "report")
+    # The report shows only what this process may see: no bank's rows (a simulation adds its
+    # pooled view to the local copy later), the central metrics where it holds every test row,
+    # and the banks' DP releases.
+    report = write_report(summary, work / "report", released=latest_released_histograms(store, kept))
+    summary = dataclasses.replace(summary, report=str(report))
+    _publish_dir(store, work / "report", "report")
     registered = register_final(config, open_tracker(config, store, run=run, runtime=runtime), run, summary, work)
     summary = dataclasses.replace(summary, registered_model=registered, timings=dict(runtime.timer.seconds))
     put_json(store, "summary.json", summary.to_json())

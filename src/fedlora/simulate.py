@@ -23,9 +23,10 @@ from fedlora.errors import FederationError, FedLoRAError
 from fedlora.federation import aggregate_round, initialize
 from fedlora.finalize import finalize
 from fedlora.records import BankOutcome, RoundRecord, RunSummary
-from fedlora.report import write_report
+from fedlora.report import latest_released_histograms, write_report
+from fedlora.report.scores import pooled_test_scores
 from fedlora.runtime import Runtime
-from fedlora.store.adapters import put_json
+from fedlora.store.adapters import load_adapter, put_json
 from fedlora.store.base import Store
 from fedlora.store.run import committed_rounds, open_run_store, stored_config
 from fedlora.tracking import open_tracker
@@ -154,6 +155,8 @@ class Simulation:
             raise
         if self.baselines:
             summary = add_baselines(config, runtime, summary)
+        if summary.report:  # the local copy gains the simulation's pooled view (the store's and MLflow's do not)
+            _write_local_report(config, runtime, store, summary)
         summary = dataclasses.replace(
             summary, wall_seconds=time.perf_counter() - started, resumed_after_round=done[-1] if done else None
         )
@@ -187,7 +190,7 @@ class Simulation:
 
 
 def add_baselines(config: Config, runtime: Runtime, summary: RunSummary) -> RunSummary:
-    """The summary with each bank's "alone" baselines (same splits, same ε); the report is redrawn with them."""
+    """The summary with each bank's "alone" baselines (same splits, same ε), for the report."""
     from fedlora.baselines import bank_alone_baselines
     from fedlora.data.datasets import get_schema
 
@@ -215,10 +218,19 @@ def add_baselines(config: Config, runtime: Runtime, summary: RunSummary) -> RunS
             for b in per_bank
         },
     }
-    summary = dataclasses.replace(summary, baselines=baselines)
-    if summary.report:
-        write_report(summary, Path(summary.report).parent)
-    return summary
+    return dataclasses.replace(summary, baselines=baselines)
+
+
+def _write_local_report(config: Config, runtime: Runtime, store: Store, summary: RunSummary) -> None:
+    """Redraw the local report with the final adapter's pooled test scores (ROC, calibration, scores by class).
+
+    Only this process holds every bank's rows, so these views stay in the local run directory:
+    finalize has already published the report without them to the store and MLflow.
+    """
+    final_round = summary.rounds[-1].round
+    scores = pooled_test_scores(runtime, load_adapter(store, "final").tensors, adapter_round=final_round)
+    released = latest_released_histograms(store, summary.rounds)
+    write_report(summary, Path(summary.report or "report/index.html").parent, scores=scores, released=released)
 
 
 def _text_baselines(config: Config, runtime: Runtime, summary: RunSummary) -> dict[str, Any]:
