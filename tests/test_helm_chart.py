@@ -367,8 +367,9 @@ def test_the_agents_job_is_selected_by_the_trainer_network_policy(
 
 def test_network_policies(rendered: dict[str, list[dict[str, Any]]]) -> None:
     policies = {p["metadata"]["name"]: p for p in by_kind(rendered["bucket"], "NetworkPolicy")}
-    deny = policies[f"{RELEASE}-default-deny"]["spec"]
-    assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    deny = policies[f"{RELEASE}-default-deny"]["spec"]  # a namespace the bank already had: this release's pods only
+    own = {"app.kubernetes.io/name": "fedlora-bank", "app.kubernetes.io/instance": RELEASE}
+    assert deny == {"podSelector": {"matchLabels": own}, "policyTypes": ["Ingress", "Egress"]}
     spec = policies[f"{RELEASE}-trainer"]["spec"]
     assert spec["ingress"] == []
     egress = spec["egress"]
@@ -418,6 +419,9 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("admission", {"admissionPolicy": {"enabled": True}}, "additional properties 'admissionPolicy'"),
     ("logs", {"logs": {"streamToConsortium": True}}, "additional properties 'logs'"),
     ("dataset-id", {"ledger": {"datasetId": "../other"}}, "/ledger/datasetId"),
+    ("role-arn", {"workloadIdentity": {"trainerRoleArn": "bank-a-role"}}, "/workloadIdentity/trainerRoleArn"),
+    ("token-lifetime", {"workloadIdentity": {"expirationSeconds": 60}}, "/workloadIdentity/expirationSeconds"),
+    ("job-labels", {"jobTemplate": {"jobLabels": {"kueue.x-k8s.io/queue-name": 3}}}, "/jobTemplate/jobLabels"),
     ("split-key", {"data": {"splitKey": {"existingSecret": "k", "key": ""}}}, "/data/splitKey/key"),
 ]
 
@@ -744,3 +748,89 @@ def test_chart_and_default_image_carry_the_package_version() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
     assert chart["appVersion"] == __version__
     assert values["image"]["tag"] == __version__
+
+
+# ------------------------------------------------- issue 28, item 6: the cluster around the Jobs
+
+
+def test_default_deny_covers_the_whole_namespace_only_when_the_chart_created_it() -> None:
+    """In a namespace the bank already had, other pods keep their traffic; in the chart's own namespace nothing does."""
+    values, namespace = SCENARIOS["managed-namespace"]
+    docs = render(merged(values, {"networkPolicy": {"namespaceDefaultDeny": True}}), namespace)
+    (deny,) = [p for p in by_kind(docs, "NetworkPolicy") if p["metadata"]["name"].endswith("-default-deny")]
+    assert deny["spec"]["podSelector"] == {}
+    (deny,) = [
+        p for p in by_kind(render(MINIMAL, "bank-m"), "NetworkPolicy") if "default-deny" in p["metadata"]["name"]
+    ]
+    assert not selects(deny["spec"]["podSelector"], {"app": "someone-elses-service"})
+    docs = render(MINIMAL, "bank-m")
+    for pod_labels in (
+        launcher_job(docs, "bank-m")["spec"]["template"]["metadata"]["labels"],
+        agent_pod(docs)["metadata"]["labels"],
+    ):
+        assert selects(deny["spec"]["podSelector"], pod_labels)
+
+
+def test_trainer_and_agent_pods_opt_out_of_istio_injection(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """An injected namespace: a sidecar would keep a finished Job running, and istio-init breaks restricted PSS."""
+    docs = rendered["minimal"]
+    for pod in (launcher_job(docs, "bank-m")["spec"]["template"], agent_pod(docs)):
+        assert pod["metadata"]["labels"]["sidecar.istio.io/inject"] == "false"
+        assert pod["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
+    docs = render(merged(MINIMAL, {"istio": {"inject": True}}), "bank-m")
+    for pod in (launcher_job(docs, "bank-m")["spec"]["template"], agent_pod(docs)):
+        assert "sidecar.istio.io/inject" not in json.dumps(pod["metadata"])
+
+
+def test_job_labels_reach_the_job_for_kueue() -> None:
+    values = merged(MINIMAL, {"jobTemplate": {"jobLabels": {"kueue.x-k8s.io/queue-name": "bank-m-gpu"}}})
+    job = launcher_job(render(values, "bank-m"), "bank-m")
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "bank-m-gpu"
+    assert job["metadata"]["labels"]["fedlora.io/run"] == "r1"  # the agent's labels beside the bank's
+
+
+def test_workload_identity_by_a_projected_token_and_its_egress() -> None:
+    trainer_role, agent_role = (
+        "arn:aws:iam::123456789012:role/bank-m-trainer",
+        "arn:aws:iam::123456789012:role/bank-m-agent",
+    )
+    values = merged(
+        MINIMAL,
+        {
+            "workloadIdentity": {"projectedToken": True, "trainerRoleArn": trainer_role, "agentRoleArn": agent_role},
+            "networkPolicy": {
+                "egress": {"identity": {"cidrs": ["10.20.9.0/24", "169.254.170.23/32"], "ports": [443, 80]}}
+            },
+        },
+    )
+    docs = render(values, "bank-m")
+    for version in K8S_VERSIONS[:1]:
+        for doc in [*docs, launcher_job(docs, "bank-m")]:
+            kubernetes_validate.validate(doc, version, strict=True)
+    for pod, role in ((launcher_job(docs, "bank-m")["spec"]["template"], trainer_role), (agent_pod(docs), agent_role)):
+        (container,) = pod["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["AWS_ROLE_ARN"] == role
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert env["AWS_WEB_IDENTITY_TOKEN_FILE"] == mounts["identity-token"] + "/token"
+        (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "identity-token"]
+        (source,) = volume["projected"]["sources"]
+        assert source["serviceAccountToken"]["audience"] == "sts.amazonaws.com"
+    assert launcher_job(docs, "bank-m")["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    for policy in by_kind(docs, "NetworkPolicy"):
+        if policy["metadata"]["name"].endswith(("-trainer", "-agent")):
+            assert {
+                "to": [{"ipBlock": {"cidr": "10.20.9.0/24"}}, {"ipBlock": {"cidr": "169.254.170.23/32"}}],
+                "ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 80}],
+            } in policy["spec"]["egress"]
+    plain = render(MINIMAL, "bank-m")  # off by default: no token, no identity egress
+    assert "identity-token" not in json.dumps(plain) and "AWS_ROLE_ARN" not in json.dumps(launcher_job(plain, "bank-m"))
+
+
+def test_images_are_pulled_if_not_present_and_by_digest_when_given(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    job = launcher_job(rendered["minimal"], "bank-m")
+    assert trainer(job)["imagePullPolicy"] == "IfNotPresent"
+    assert agent_pod(rendered["minimal"])["spec"]["containers"][0]["imagePullPolicy"] == "IfNotPresent"
+    digest = SCENARIOS["pvc"][0]["image"]["digest"]
+    assert trainer(launcher_job(rendered["pvc"], "bank-a"))["image"].endswith("@" + digest)
+    assert agent_pod(rendered["pvc"])["spec"]["containers"][0]["image"].endswith("@" + digest)

@@ -219,3 +219,90 @@ app.kubernetes.io/component: agent
 {{- fail "ledger.uri is read and written with the private data bucket's credentials and endpoint (data.bucket.*): use data.source=bucket, or ledger.pvc" }}
 {{- end }}
 {{- end }}
+
+{{/* checkov skips with their reasons for how the image is referenced and pulled (a YAML list). */}}
+{{- define "fedlora-bank.imageSkips" -}}
+{{- $skips := list }}
+{{- if not .Values.image.digest }}
+{{- $skips = append $skips "CKV_K8S_43=the image tag is pinned (image.tag, never latest); set image.digest to pull by digest" }}
+{{- if ne .Values.image.pullPolicy "Always" }}
+{{- $skips = append $skips "CKV_K8S_15=image.pullPolicy IfNotPresent with a pinned version tag (never latest); set image.digest to make the reference immutable, or image.pullPolicy Always" }}
+{{- end }}
+{{- end }}
+{{- toYaml $skips }}
+{{- end }}
+
+{{/* sidecar.istio.io/inject "false" (label and annotation) on the chart's pods, unless istio.inject. */}}
+{{- define "fedlora-bank.meshLabels" -}}
+{{- if not .Values.istio.inject }}
+sidecar.istio.io/inject: "false"
+{{- end }}
+{{- end }}
+
+{{/* Workload identity by a projected token (workloadIdentity.projectedToken): the AWS SDK's web identity
+environment of a pod whose role is the second argument ("" = none). */}}
+{{- define "fedlora-bank.identityEnv" -}}
+{{- $root := index . 0 }}{{- $role := index . 1 }}
+{{- if and $root.Values.workloadIdentity.projectedToken $role }}
+- name: AWS_ROLE_ARN
+  value: {{ $role | quote }}
+- name: AWS_WEB_IDENTITY_TOKEN_FILE
+  value: /var/run/secrets/fedlora/identity/token
+- name: AWS_STS_REGIONAL_ENDPOINTS
+  value: regional
+{{- end }}
+{{- end }}
+
+{{/* The projected token's mount (workloadIdentity.projectedToken and a role). */}}
+{{- define "fedlora-bank.identityMount" -}}
+{{- $root := index . 0 }}{{- $role := index . 1 }}
+{{- if and $root.Values.workloadIdentity.projectedToken $role }}
+- name: identity-token
+  mountPath: /var/run/secrets/fedlora/identity
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* The projected token's volume: a ServiceAccount token for the identity provider's audience only. */}}
+{{- define "fedlora-bank.identityVolume" -}}
+{{- $root := index . 0 }}{{- $role := index . 1 }}
+{{- if and $root.Values.workloadIdentity.projectedToken $role }}
+- name: identity-token
+  projected:
+    sources:
+      - serviceAccountToken:
+          audience: {{ $root.Values.workloadIdentity.audience | quote }}
+          expirationSeconds: {{ $root.Values.workloadIdentity.expirationSeconds }}
+          path: token
+{{- end }}
+{{- end }}
+
+{{/* The pods the default-deny policy selects: the namespace's (only when this chart created it), else this
+release's own pods. */}}
+{{- define "fedlora-bank.denySelector" -}}
+{{- if .Values.namespace.create }}
+{}
+{{- else }}
+matchLabels:
+  {{- include "fedlora-bank.selectorLabels" . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Egress to the workload identity endpoints (networkPolicy.egress.identity: STS, the instance metadata service or
+the EKS Pod Identity agent), or nothing. */}}
+{{- define "fedlora-bank.identityEgress" -}}
+{{- $identity := .Values.networkPolicy.egress.identity | default (dict) }}
+{{- if $identity.cidrs }}
+# Workload identity (STS / metadata)
+- to:
+    {{- range $identity.cidrs }}
+    - ipBlock:
+        cidr: {{ . }}
+    {{- end }}
+  ports:
+    {{- range ($identity.ports | default (list 443)) }}
+    - protocol: TCP
+      port: {{ . }}
+    {{- end }}
+{{- end }}
+{{- end }}

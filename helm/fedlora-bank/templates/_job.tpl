@@ -10,10 +10,10 @@ kind: Job
 metadata:
   labels:
     {{- include "fedlora-bank.trainerLabels" . | nindent 4 }}
-  {{- $skips := list }}
-  {{- if not .Values.image.digest }}
-  {{- $skips = append $skips "CKV_K8S_43=the image tag is pinned (image.tag, never latest); set image.digest to pull by digest" }}
-  {{- end }}
+    {{- with .Values.jobTemplate.jobLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- $skips := include "fedlora-bank.imageSkips" . | fromYamlArray }}
   {{- if or .Values.store.existingSecret .Values.data.bucket.existingSecret .Values.data.splitKey.existingSecret }}
   {{- $skips = append $skips "CKV_K8S_35=static S3 keys reach the AWS SDK as env from an existing Secret by secretKeyRef (never literal); prefer workload identity via serviceAccount.annotations" }}
   {{- end }}
@@ -35,10 +35,12 @@ spec:
     metadata:
       labels:
         {{- include "fedlora-bank.trainerLabels" . | nindent 8 }}
+        {{- include "fedlora-bank.meshLabels" . | nindent 8 }}
         {{- with .Values.jobTemplate.podLabels }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
-      {{- with .Values.jobTemplate.podAnnotations }}
+      {{- $annotations := merge (dict) (.Values.jobTemplate.podAnnotations | default (dict)) (include "fedlora-bank.meshLabels" . | fromYaml) }}
+      {{- with $annotations }}
       annotations:
         {{- toYaml . | nindent 8 }}
       {{- end }}
@@ -146,6 +148,9 @@ spec:
             {{- with include "fedlora-bank.caEnv" . | trim }}
             {{- . | nindent 12 }}
             {{- end }}
+            {{- with include "fedlora-bank.identityEnv" (list . .Values.workloadIdentity.trainerRoleArn) | trim }}
+            {{- . | nindent 12 }}
+            {{- end }}
             {{- range .Values.trainer.extraEnv }}
             - name: {{ .name }}
               value: {{ .value | quote }}
@@ -185,6 +190,9 @@ spec:
               mountPath: /etc/fedlora/ca
               readOnly: true
             {{- end }}
+            {{- with include "fedlora-bank.identityMount" (list . .Values.workloadIdentity.trainerRoleArn) | trim }}
+            {{- . | nindent 12 }}
+            {{- end }}
       volumes:
         - name: tmp
           emptyDir:
@@ -219,5 +227,8 @@ spec:
         - name: ca-bundle
           configMap:
             name: {{ . }}
+        {{- end }}
+        {{- with include "fedlora-bank.identityVolume" (list . .Values.workloadIdentity.trainerRoleArn) | trim }}
+        {{- . | nindent 8 }}
         {{- end }}
 {{- end }}
