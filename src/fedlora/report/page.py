@@ -54,6 +54,7 @@ th{background:#f3f3f3;font-weight:600;overflow-wrap:break-word}
 .num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
 th.num{white-space:normal}
 .text{text-align:left;overflow-wrap:anywhere;word-break:break-word}
+th.text{overflow-wrap:normal;word-break:normal}
 """
 
 

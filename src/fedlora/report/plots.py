@@ -44,9 +44,15 @@ def _number(value: float | None) -> float:
 
 
 def _save(fig: Figure, path: Path) -> None:
+    """Write the figure, legends placed outside the axes included."""
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
+
+
+def _short(name: str, limit: int = 28) -> str:
+    """A bank's name cut to ``limit`` characters for a legend or a tick (the tables carry it whole)."""
+    return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
 def _legend(ax: Axes, entries: int) -> None:
@@ -130,7 +136,7 @@ def plot_epsilon(summary: RunSummary, path: Path) -> None:
     for bank in banks:
         xs = [r.round for r in summary.rounds if bank in r.epsilon]
         ys = [_number(r.epsilon[bank]) for r in summary.rounds if bank in r.epsilon]
-        ax.plot(xs, ys, marker="o", label=bank)
+        ax.plot(xs, ys, marker="o", label=_short(bank))
     for target in {info.get("target_epsilon") for info in summary.privacy.values()}:
         if target is not None and math.isfinite(target):
             ax.axhline(target, linestyle="--", linewidth=0.8, color="gray")
@@ -231,7 +237,7 @@ def plot_alone_vs_consortium(baselines: BaselineView, path: Path) -> None:
         values = [_number(baselines.per_bank[b][i]) for b in banks]
         ax.barh([j + i * height for j in range(len(banks))], values, height=height, label=label)
     middle = (len(series) - 1) * height / 2
-    ax.set_yticks([j + middle for j in range(len(banks))], [b if len(b) <= 28 else b[:27] + "…" for b in banks])
+    ax.set_yticks([j + middle for j in range(len(banks))], [_short(b) for b in banks])
     ax.invert_yaxis()
     if baselines.metric == "AUC":
         ax.axvline(0.5, color="#999", linewidth=0.8)
