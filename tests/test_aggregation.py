@@ -83,3 +83,41 @@ def test_client_sampling_is_seeded_and_respects_minimum() -> None:
     rounds = {tuple(sample_banks(banks, fraction_fit=0.3, min_banks=2, round_index=r, seed=0)) for r in range(1, 8)}
     assert len(rounds) > 1
     assert sample_banks(banks, fraction_fit=1.0, min_banks=1, round_index=5, seed=0) == banks
+
+
+def _from_start(start: dict[str, torch.Tensor], seed: int, step: float) -> dict[str, torch.Tensor]:
+    """An honest update: ``start`` moved by a random direction of norm ``step`` in B and the head (A kept)."""
+    gen = torch.Generator().manual_seed(seed)
+    moved = {k: v.clone() for k, v in start.items()}
+    for name in ("layer.lora_B", "head.weight"):
+        direction = torch.randn(moved[name].shape, generator=gen)
+        moved[name] += direction / direction.norm() * step / 2**0.5
+    return moved
+
+
+def test_without_the_start_updates_are_checked_against_the_one_most_others_agree_with() -> None:
+    """Round 1 at a coordinator that never builds the seeded start (issue 28): a tampered first update,
+    another with a changed FFA A and one moved too far are rejected; the honest majority is averaged."""
+    start = _adapter(0)
+    frozen = frozenset({"layer.lora_A"})
+    honest = [Update(f"h{i}", _from_start(start, i, 0.5), 100, max_change_norm=1.0, frozen=frozen) for i in range(3)]
+    far = Update("far", _from_start(start, 7, 5.0), 100, max_change_norm=1.0, frozen=frozen)
+    moved_a = Update("moved-a", start | {"layer.lora_A": start["layer.lora_A"] + 1e-3}, 100, 1.0, frozen)
+    tampered = Update("first", _adapter(5), 100, max_change_norm=1.0, frozen=frozen)
+    result = aggregate([tampered, *honest, far, moved_a], None, min_banks=3)
+    assert result.accepted == ["h0", "h1", "h2"]
+    assert set(result.rejected) == {"first", "far", "moved-a"}
+    assert "frozen" in result.rejected["moved-a"] and "change norm" in result.rejected["far"]
+    expected = fedavg(honest)
+    assert result.adapter is not None
+    for name, value in expected.items():
+        torch.testing.assert_close(result.adapter[name], value)
+
+
+def test_without_the_start_honest_updates_of_their_bounds_are_never_rejected() -> None:
+    """Two honest updates differ by at most the sum of their bounds: each at its bound, in opposite directions."""
+    start = _adapter(0)
+    up = _from_start(start, 1, 1.0)
+    down = {k: 2 * start[k] - up[k] for k in start}  # the mirror image: ‖up − down‖ = 2
+    result = aggregate([Update("a", up, 10, 1.0), Update("b", down, 10, 1.0)], None, min_banks=2)
+    assert result.accepted == ["a", "b"]

@@ -103,8 +103,8 @@ def test_pull_banks_of_a_round_are_awaited_concurrently_and_published_ones_are_n
 def test_a_pull_round_at_the_coordinator_loads_no_model_weights(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue 28, item 5 (the part that holds today): in pull mode a round task trains nothing and evaluates
-    nothing centrally, so aggregating a round never loads the base model (only ``initialize`` does)."""
+    """Issue 28, item 5: in pull mode a round task trains nothing and evaluates nothing centrally, so aggregating
+    a round never loads the base model (``initialize`` neither: tests/test_coordinator_without_model.py)."""
     from fedlora import runtime as runtime_module
     from fedlora.pipeline.task_bodies import round_step
     from fedlora.runtime import Runtime

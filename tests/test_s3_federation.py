@@ -142,8 +142,7 @@ def test_simulate_on_s3_writes_the_run_layout_under_prefix_and_run(s3_run: S3Run
     expected = {
         "config.yaml",
         "tracking.json",
-        "rounds/0000/global/adapter.safetensors",
-        "rounds/0000/global/meta.json",
+        "rounds/0000/global/meta.json",  # round 0 is a spec: each bank builds the seeded adapter (fedlora.initial)
         "rounds/0001/MANIFEST.json",
         "rounds/0001/global/adapter.safetensors",
         "rounds/0002/MANIFEST.json",
@@ -188,8 +187,8 @@ def test_every_object_verifies_and_the_bucket_holds_adapters_not_rows(s3_run: S3
         assert "csv" not in key.lower() and "parquet" not in key.lower(), key
     suffixes = {Path(k).suffix for k in s3_run.keys}
     assert suffixes <= {".safetensors", ".json", ".yaml", ".html", ".png", ".md"}, suffixes
-    # Every tensor file holds the same LoRA/head tensors as the initial adapter: weights, never data.
-    names = set(load_safetensors(s3_run.bodies[f"{base}rounds/0000/global/adapter.safetensors"]))
+    # Every tensor file holds the same LoRA/head tensors as the first global adapter: weights, never data.
+    names = set(load_safetensors(s3_run.bodies[f"{base}rounds/0001/global/adapter.safetensors"]))
     assert names and all("lora_" in n or "classifier" in n or "score" in n for n in names), names
     for key, body in s3_run.bodies.items():
         if key.endswith(".safetensors") and "/peft/" not in key:
@@ -203,7 +202,8 @@ def test_every_object_verifies_and_the_bucket_holds_adapters_not_rows(s3_run: S3
             assert marker.encode() not in body, (key, marker)
     # The adapters read back through the product's own integrity check.
     store = S3Store(bucket=s3_run.bucket, prefix=base[:-1], client=admin)
-    for prefix in ["rounds/0000/global", "rounds/0001/global", "rounds/0002/global", "final"]:
+    assert get_json(store, "rounds/0000/global/meta.json")["initial"] == "seeded"
+    for prefix in ["rounds/0001/global", "rounds/0002/global", "final"]:
         assert load_adapter(store, prefix).meta["sha256"]
     for r in (1, 2):
         for bank in BANKS:
@@ -365,7 +365,7 @@ def test_bank_writes_only_its_own_update_under_the_consortium_policy(
     )
     runtime = Runtime(config)
 
-    # The coordinator (admin) initializes the run: config, round-0 global adapter, ledgers.
+    # The coordinator (admin) initializes the run: config, round 0 (a spec), ledgers.
     _set_credentials(monkeypatch, ceph_s3.access_key, ceph_s3.secret_key)
     initialize(config, run=run, runtime=runtime)
     coordinator = open_run_store(config, run)
@@ -373,7 +373,7 @@ def test_bank_writes_only_its_own_update_under_the_consortium_policy(
 
     # Bank B publishes its update with its own keys (an S3Store built on its client).
     bank_b = S3Store(bucket=bucket, prefix=f"consortium/{run}", client=ceph_s3.client(*keys_b))
-    b_tensors = {k: v.clone() + 0.5 for k, v in load_adapter(bank_b, "rounds/0000/global").tensors.items()}
+    b_tensors = {k: v + 0.5 for k, v in runtime.initial_adapter.items()}  # round 0: the seeded initial adapter
     b_meta = save_adapter(bank_b, "rounds/0001/updates/bank-b", b_tensors, {"bank": "bank-b", "round": 1})
 
     # Bank A, with its keys in the environment, runs its real round through the product code
@@ -477,7 +477,7 @@ def _outage_config(ceph: CephS3, tmp_path: Path, bucket: str, run: str, retry_se
 
 def _verify_rounds(store: Any, rounds: list[int]) -> None:
     assert committed_rounds(store) == rounds
-    assert load_adapter(store, "rounds/0000/global").meta["round"] == 0
+    assert get_json(store, "rounds/0000/global/meta.json")["round"] == 0
     for r in rounds:
         manifest = get_json(store, f"rounds/{r:04d}/MANIFEST.json")
         assert manifest["round"] == r and manifest["banks"] == BANKS

@@ -9,6 +9,8 @@ import torch
 
 from fedlora.aggregation import Update, fedavg
 from fedlora.config import ConfigError, FederationConfig, load_config
+from fedlora.initial import load_global
+from fedlora.runtime import Runtime
 from fedlora.server_optimizer import FEDADAM_BETA2, FEDADAM_TAU, server_state_prefix, server_step
 from fedlora.simulate import simulate
 from fedlora.store.adapters import load_adapter
@@ -72,7 +74,8 @@ def test_a_federation_with_server_momentum_stores_its_state_and_follows_fedavgm(
     banks = [b.name for b in config.federation.banks]
     momentum: dict[str, torch.Tensor] = {}
     for round_index in (1, 2, 3):
-        previous = load_adapter(store, global_prefix(round_index - 1)).tensors
+        previous = load_global(store, round_index - 1, initial=lambda: Runtime(config).initial_adapter)
+        assert previous is not None  # round 0 is a spec: the seeded initial adapter, built here as the banks did
         updates = [
             Update(bank=b, adapter=stored.tensors, num_examples=int(stored.meta["num_examples"]))
             for b in banks

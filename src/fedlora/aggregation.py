@@ -5,10 +5,15 @@ valid updates ``θ_k`` of banks with ``n_k`` training examples. In FFA-LoRA mode
 matrices are identical across banks, so the average of the products ``B_k·A`` equals the
 product of the averages and the aggregate is exact; in plain LoRA mode A and B are averaged
 separately (the standard, approximate FedAvg of LoRA).
+
+Every update is checked against a reference: the global adapter the round started from, or, in
+round 1 at a coordinator that never holds the model (round 0 is a spec, :mod:`fedlora.initial`),
+the update most others agree with (:func:`peer_reference`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -100,8 +105,13 @@ def select_banks(config: Config, round_index: int) -> list[str]:
     )
 
 
-def validate_update(update: Update, reference: AdapterState) -> str | None:
-    """Why ``update`` is malformed compared to ``reference`` (keys, shapes, dtypes, finiteness), or None."""
+def validate_update(update: Update, reference: AdapterState, *, peer_bound: float | None = 0.0) -> str | None:
+    """Why ``update`` is malformed compared to ``reference`` (keys, shapes, dtypes, finiteness), or None.
+
+    ``reference`` is the adapter both started from, or (``peer_bound`` not 0) another bank's update
+    from the same start: then two honest updates differ by at most the sum of their bounds
+    (``‖θ_k − θ_j‖ ≤ ‖θ_k − θ₀‖ + ‖θ_j − θ₀‖``), and ``peer_bound`` is the other's bound (None: unbounded).
+    """
     if update.num_examples < 1:
         return f"example count {update.num_examples} < 1"
     missing = sorted(set(reference) - set(update.adapter))
@@ -118,16 +128,40 @@ def validate_update(update: Update, reference: AdapterState) -> str | None:
             return f"{name}: contains NaN or Inf"
         if name in update.frozen and not torch.equal(value, ref):
             return f"{name}: a frozen (FFA-LoRA) tensor was changed"
-    if update.max_change_norm is not None:
+    allowed = None if update.max_change_norm is None or peer_bound is None else update.max_change_norm + peer_bound
+    if allowed is not None:
         change = math.sqrt(
             sum(float((update.adapter[n].double() - ref.double()).pow(2).sum()) for n, ref in reference.items())
         )
-        if change > update.max_change_norm:
+        if change > allowed:
             return (
-                f"change norm {change:.4g} exceeds the {update.max_change_norm:.4g} that the configured "
+                f"change norm {change:.4g} exceeds the {allowed:.4g} that the configured "
                 "training (optimizer, learning rate, steps, clipping) allows"
             )
     return None
+
+
+def peer_reference(updates: list[Update]) -> Update | None:
+    """The update the most others are consistent with (:func:`validate_update` against it as a peer), or None.
+
+    Round 1 at a coordinator without the start (the seeded initial adapter every bank builds): honest
+    banks start from the same tensors, so they agree on names, shapes and dtypes, on the frozen
+    (FFA-LoRA) A matrices bit for bit, and pairwise within the sum of their change bounds. A minority of
+    malformed or tampered updates cannot become the reference; a tie goes to the first in config order.
+    """
+    best: Update | None = None
+    best_agreeing = -1
+    for candidate in updates:
+        if validate_update(dataclasses.replace(candidate, max_change_norm=None), candidate.adapter) is not None:
+            continue  # not even well-formed on its own (non-finite values, no examples)
+        agreeing = sum(
+            validate_update(u, candidate.adapter, peer_bound=candidate.max_change_norm) is None
+            for u in updates
+            if u is not candidate
+        )
+        if agreeing > best_agreeing:
+            best, best_agreeing = candidate, agreeing
+    return best
 
 
 def fedavg(updates: list[Update]) -> AdapterState:
@@ -147,16 +181,26 @@ def fedavg(updates: list[Update]) -> AdapterState:
 
 @dataclass(frozen=True)
 class AggregationResult:
-    """The new global adapter, which updates were used or rejected (with reasons), and why a round stopped."""
+    """The new global adapter, which updates were used or rejected (with reasons), and why a round stopped.
 
-    adapter: AdapterState
+    ``adapter`` is None only for a round that stopped in round 1 where the start is the seeded initial
+    adapter this process does not hold (:mod:`fedlora.initial`): the global adapter stays that spec.
+    """
+
+    adapter: AdapterState | None
     accepted: list[str]
     rejected: dict[str, str]
     stopped: str | None = None
 
 
-def aggregate(updates: list[Update], reference: AdapterState, *, min_banks: int) -> AggregationResult:
+def aggregate(updates: list[Update], reference: AdapterState | None, *, min_banks: int) -> AggregationResult:
     """Validate every update, drop malformed ones (logged), and FedAvg the rest.
+
+    Args:
+        updates: The round's updates.
+        reference: The adapter the round started from; None: unknown here (round 1 at a coordinator
+            that never loads the model), and the updates are checked against :func:`peer_reference`.
+        min_banks: The fewest valid updates that form a round.
 
     Raises:
         AggregationError: fewer than ``min_banks`` valid updates.
@@ -164,8 +208,16 @@ def aggregate(updates: list[Update], reference: AdapterState, *, min_banks: int)
     """
     accepted: list[Update] = []
     rejected: dict[str, str] = {}
+    peer = peer_reference(updates) if reference is None else None
     for update in updates:
-        reason = validate_update(update, reference)
+        if reference is not None:
+            reason = validate_update(update, reference)
+        elif peer is None:
+            reason = "malformed (no update of this round is well-formed)"
+        elif update is peer:
+            reason = None
+        else:
+            reason = validate_update(update, peer.adapter, peer_bound=peer.max_change_norm)
         if reason is None:
             accepted.append(update)
         else:

@@ -29,6 +29,7 @@ from typing import Any
 from fedlora.aggregation import select_banks
 from fedlora.config import Config
 from fedlora.errors import FederationError
+from fedlora.initial import load_global
 from fedlora.local_round import LocalRoundResult, run_local_round
 from fedlora.model import AdapterState
 from fedlora.model.encoding import RowSet
@@ -49,8 +50,8 @@ from fedlora.privacy.policy import BankPolicy
 from fedlora.privacy.randomness import Randomness
 from fedlora.records import NOT_PRIVATE, BankOutcome, BankStatus
 from fedlora.runtime import EncodedSplits, Runtime
-from fedlora.store.adapters import get_json, load_adapter, put_json, save_adapter
-from fedlora.store.base import Store, global_prefix, round_prefix, update_prefix
+from fedlora.store.adapters import get_json, put_json, save_adapter
+from fedlora.store.base import Store, round_prefix, update_prefix
 from fedlora.store.run import open_run_store
 from fedlora.training import (
     DPSettings,
@@ -167,15 +168,21 @@ def run_bank_round(
     policy = _check_request(job, side)
     if isinstance(policy, BankOutcome):
         return policy
-    with runtime.timer.phase("store"):
-        incoming = load_adapter(job.store, global_prefix(round_index - 1)).tensors
+    with runtime.timer.phase("store"):  # None: round 0's seeded initial adapter, built from the model once charged
+        stored = load_global(job.store, round_index - 1)
     rows = runtime.bank_data(bank)
     ledger_store = side.ledger_store_for(job.store, bank)
     fingerprint = dataset_fingerprint(rows.frames.values())
     if not config.privacy.enabled:  # a non-private simulation baseline (a bank's Job refused it above)
         baseline = _Schedule.not_private(config, bank, len(rows.train))
+        sets = runtime.bank(bank)
         return _train_and_publish(
-            job, runtime.bank(bank), incoming, baseline, bank_randomness(config, bank, round_index), canaries=canaries
+            job,
+            sets,
+            _incoming(runtime, stored),
+            baseline,
+            bank_randomness(config, bank, round_index),
+            canaries=canaries,
         )
     # planned from the declared total of the validated rows (a refusal reveals nothing finer than what the bank
     # publishes), before the rows are tokenized and run through the frozen layers (runtime.bank)
@@ -195,6 +202,7 @@ def run_bank_round(
     # a changed dataset is the same customers: logged, kept in the bank's report, charged to the same budget
     rows_changed = ledger.record_fingerprint(fingerprint, run=run, round_index=round_index)
     sets = runtime.bank(bank)  # tokenized and through the frozen layers only once the round is charged
+    incoming = _incoming(runtime, stored)
     epsilon = publish_privacy_report(job.store, plan, ledger, run)  # the charge is made; the report may go first
     randomness = bank_randomness(config, bank, round_index)
     release = (
@@ -223,6 +231,15 @@ def read_bank_outcome(config: Config, *, run: str, bank: str, round_index: int) 
 
 
 # --- the phases ----------------------------------------------------------------------------
+
+
+def _incoming(runtime: Runtime, stored: AdapterState | None) -> AdapterState:
+    """The global adapter the bank starts from: the stored one, or (round 0 is a spec) the seeded initial adapter.
+
+    The bank builds the latter from its own model (:mod:`fedlora.initial`): public inputs only, nothing
+    crosses the bank's boundary.
+    """
+    return stored if stored is not None else runtime.initial_adapter
 
 
 def _check_request(job: _BankRound, side: BankSide) -> BankPolicy | BankOutcome:

@@ -11,6 +11,9 @@ inside) rounds resumes from the last committed round:
   ledger *before* it publishes an update (a crash in between over-counts, never
   under-counts), and an update that was published is never trained again: a retried or
   resumed step finds ``outcome.json`` and returns it, so no round is charged twice.
+* ``rounds/0000/global/meta.json`` records round 0 as a spec (:mod:`fedlora.initial`): the seeded
+  initial adapter, which each bank builds from the model it holds. The coordinator never loads the
+  base model's weights, except where it trains or evaluates the banks itself (simulation, inline).
 * ``rounds/NNNN/MANIFEST.json`` is written last: a round without it is not committed, and
   a resumed run redoes only what is missing.
 * ``tracking.json`` names the MLflow run, so every process logs to the same run.
@@ -25,6 +28,7 @@ from typing import Any
 from fedlora.aggregation import AggregationError, AggregationResult, Update, aggregate, max_update_norm
 from fedlora.config import Config, config_to_yaml
 from fedlora.errors import FederationError
+from fedlora.initial import InitialAdapter, load_global, write_seeded_spec
 from fedlora.model import AdapterState
 from fedlora.privacy.accounting import PrivacyPlan
 from fedlora.privacy.bank_side import (
@@ -46,9 +50,10 @@ log = logging.getLogger(__name__)
 
 
 def initialize(config: Config, *, run: str, runtime: Runtime | None = None, resume: bool = False) -> dict[str, Any]:
-    """Validate everything, calibrate σ for every bank this process can read, write round 0.
+    """Validate everything, calibrate σ for every bank this process can read, write round 0 (a spec).
 
-    Nothing is written until the data, model and privacy settings have all been validated.
+    Nothing is written until the data and privacy settings have been validated. The base model is
+    not loaded: round 0 is the seeded initial adapter, which each bank builds (:mod:`fedlora.initial`).
     Idempotent: on an existing run (``resume``) only what is missing is written, and a
     config that changes what is computed is refused.
 
@@ -75,7 +80,6 @@ def initialize(config: Config, *, run: str, runtime: Runtime | None = None, resu
             with runtime.timer.phase("load"):  # validates δ < 1/n, batch ≤ n etc. before anything is computed
                 policy = BankPolicy.for_simulation(config, spec.name)
                 plans[spec.name] = plan_bank(config, spec.name, train_rows, policy=policy, runtime=runtime)
-    initial = runtime.initial_adapter
     with runtime.timer.phase("tracking"):
         tracker = open_tracker(config, store, run=run, runtime=runtime, create=True)
         if not exists:
@@ -84,7 +88,7 @@ def initialize(config: Config, *, run: str, runtime: Runtime | None = None, resu
         if not exists:
             store.put("config.yaml", config_to_yaml(config).encode("utf-8"))
         if not store.exists(f"{global_prefix(0)}/meta.json"):
-            save_adapter(store, global_prefix(0), initial, {"round": 0, "kind": "global"})
+            write_seeded_spec(store, config)
     return {
         "run": run,
         "store_uri": store.uri(""),
@@ -92,6 +96,20 @@ def initialize(config: Config, *, run: str, runtime: Runtime | None = None, resu
         "privacy": {bank: dataclasses.asdict(plan) for bank, plan in plans.items()},  # shown, not stored
         "committed_rounds": committed_rounds(store),
     }
+
+
+def holds_model(config: Config, runtime: Runtime) -> bool:
+    """Whether this coordinator trains or evaluates the banks itself and so may load the model.
+
+    Simulation and inline runs (every bank's rows readable here) whose model resolves in this
+    process; never a pull-mode control pod, nor one whose ``model.name`` is not on its machine.
+    """
+    return config.kubeflow.mode == "inline" and runtime.all_readable() and runtime.can_load_model()
+
+
+def _initial_of(config: Config, runtime: Runtime) -> InitialAdapter | None:
+    """How this process builds the seeded initial adapter (round 0), or None where it never loads the model."""
+    return (lambda: runtime.initial_adapter) if holds_model(config, runtime) else None
 
 
 def _update_bound(config: Config, store: Store, outcome: BankOutcome, num_params: int) -> float | None:
@@ -112,12 +130,15 @@ def _update_bound(config: Config, store: Store, outcome: BankOutcome, num_params
 
 
 def _read_updates(
-    config: Config, store: Store, round_index: int, trained: list[BankOutcome], reference: dict[str, Any]
+    config: Config, store: Store, round_index: int, trained: list[BankOutcome]
 ) -> tuple[list[Update], dict[str, str]]:
+    """The trained banks' updates, each with its change bound and frozen tensors.
+
+    Both come from the update's own tensor names: one whose names differ from the reference's is
+    rejected by the aggregation anyway.
+    """
     updates: list[Update] = []
     rejected: dict[str, str] = {}
-    num_params = sum(int(t.numel()) for t in reference.values())
-    frozen = frozenset(n for n in reference if "lora_A" in n) if config.lora.ffa else frozenset()
     for outcome in trained:
         try:
             stored = load_adapter(store, update_prefix(round_index, outcome.bank))
@@ -128,6 +149,8 @@ def _read_updates(
         if stored.meta.get("bank") != outcome.bank or stored.meta.get("round") != round_index:
             rejected[outcome.bank] = f"metadata names bank {stored.meta.get('bank')!r} round {stored.meta.get('round')}"
             continue
+        num_params = sum(int(t.numel()) for t in stored.tensors.values())
+        frozen = frozenset(n for n in stored.tensors if "lora_A" in n) if config.lora.ffa else frozenset()
         updates.append(
             Update(
                 outcome.bank,
@@ -168,8 +191,8 @@ def aggregate_round(
     committed = committed_record(store, round_index)
     if committed is not None:
         return committed
-    with runtime.timer.phase("store"):
-        previous = load_adapter(store, global_prefix(round_index - 1)).tensors
+    with runtime.timer.phase("store"):  # None: round 0's seeded adapter, which this process does not build
+        previous = load_global(store, round_index - 1, initial=_initial_of(config, runtime))
         before = (
             RoundRecord.from_json(get_json(store, f"{round_prefix(round_index - 1)}/MANIFEST.json"))
             if round_index > 1
@@ -190,7 +213,7 @@ def aggregate_round(
         dp_evaluation=_pooled_dp_evaluation(selected, round_index),
     )
     record = _evaluate_centrally(config, runtime, record, averaged.adapter)
-    _commit_round(runtime, store, record, averaged.adapter, selected)
+    _commit_round(config, runtime, store, record, averaged.adapter, selected)
     _log_round(config, runtime, store, run, record)
     return record
 
@@ -219,11 +242,14 @@ def _aggregate_or_stop(
     store: Store,
     round_index: int,
     selected: list[BankOutcome],
-    previous: AdapterState,
+    previous: AdapterState | None,
 ) -> AggregationResult:
     """Average the valid updates and take the server optimizer's step (:mod:`fedlora.server_optimizer`).
 
-    Keeps ``previous`` (and stops) when every selected bank's budget is spent.
+    Keeps ``previous`` (and stops) when every selected bank's budget is spent. ``previous`` is None in
+    round 1 where this process does not build the seeded initial adapter: the updates are checked
+    against each other (:func:`fedlora.aggregation.peer_reference`) and the round's global adapter is
+    their average (a server optimizer takes its first step in round 2).
 
     Raises:
         FederationError: fewer than ``federation.min_banks`` valid updates.
@@ -235,7 +261,7 @@ def _aggregate_or_stop(
         stopped = f"round {round_index}: every selected bank's privacy budget is spent; stopping"
         return AggregationResult(adapter=previous, accepted=[], rejected={}, stopped=stopped)
     with runtime.timer.phase("store"):
-        updates, rejected = _read_updates(config, store, round_index, trained, previous)
+        updates, rejected = _read_updates(config, store, round_index, trained)
     with runtime.timer.phase("aggregate"):
         try:
             agg = aggregate(updates, previous, min_banks=config.federation.min_banks)
@@ -245,19 +271,30 @@ def _aggregate_or_stop(
                 f"round {round_index} failed: {exc}; failed banks: {failed or 'none'}, "
                 f"rejected: {rejected or 'none'}, budget spent: {exhausted or 'none'}"
             ) from exc
+    averaged = agg.adapter
+    assert averaged is not None  # aggregate() always averages (or raises)
+    if previous is None:
+        return AggregationResult(adapter=averaged, accepted=agg.accepted, rejected=rejected | agg.rejected)
     with runtime.timer.phase("aggregate"):
-        adapter = apply_server_optimizer(config.federation, store, round_index, previous, agg.adapter)
+        adapter = apply_server_optimizer(config.federation, store, round_index, previous, averaged)
     return AggregationResult(adapter=adapter, accepted=agg.accepted, rejected=rejected | agg.rejected)
 
 
-def _evaluate_centrally(config: Config, runtime: Runtime, record: RoundRecord, adapter: AdapterState) -> RoundRecord:
+def _evaluate_centrally(
+    config: Config, runtime: Runtime, record: RoundRecord, adapter: AdapterState | None
+) -> RoundRecord:
     """Add the pooled and per-bank test metrics of ``adapter`` where this process holds every bank's test rows.
 
-    Elsewhere the coordinator sees no bank's rows: only the banks' DP releases (``dp_evaluation``) say anything.
+    Elsewhere the coordinator sees no bank's rows: only the banks' DP releases (``dp_evaluation``) say
+    anything. An inline run whose model is not on this machine skips it (:func:`holds_model`).
     """
     if config.kubeflow.mode != "inline" or not runtime.all_readable():
         return record
-    evaluation = runtime.evaluate(adapter)
+    if not runtime.can_load_model():
+        missing = f"model {config.model.name} is not on this machine"
+        log.warning("round %d: no central evaluation (%s)", record.round, missing)
+        return dataclasses.replace(record, evaluation=f"none at the coordinator: {missing} (see dp_evaluation)")
+    evaluation = runtime.evaluate(adapter if adapter is not None else runtime.initial_adapter)
     return dataclasses.replace(
         record,
         evaluation="central: this process holds every bank's test rows (simulation / inline run)",
@@ -270,13 +307,21 @@ def _evaluate_centrally(config: Config, runtime: Runtime, record: RoundRecord, a
 
 
 def _commit_round(
-    runtime: Runtime, store: Store, record: RoundRecord, adapter: AdapterState, selected: list[BankOutcome]
+    config: Config,
+    runtime: Runtime,
+    store: Store,
+    record: RoundRecord,
+    adapter: AdapterState | None,
+    selected: list[BankOutcome],
 ) -> None:
-    """Write the global adapter, then the manifest (the round is committed when the manifest exists)."""
+    """Write the global adapter (None: still the seeded initial one, a spec), then the manifest (the commit)."""
     examples = sum(o.num_examples for o in selected if o.status == "ok" and o.bank in record.banks)
     meta = {"round": record.round, "kind": "global", "banks": record.banks, "num_examples": examples}
     with runtime.timer.phase("store"):
-        save_adapter(store, global_prefix(record.round), adapter, meta)
+        if adapter is None:
+            write_seeded_spec(store, config, record.round)
+        else:
+            save_adapter(store, global_prefix(record.round), adapter, meta)
         put_json(store, f"{round_prefix(record.round)}/MANIFEST.json", record.to_json())
 
 

