@@ -14,8 +14,9 @@
 #      localhost/debian-base:bookworm. No registry is reached.
 #   3. A wheelhouse on the host: fedlora's wheel built from the committed tree (git HEAD), the CPU torch wheel
 #      and every dependency pinned by images/constraints.txt, the bundled model packages.
-#   4. podman build of each image from that wheelhouse (--no-index inside), tagged with fedlora.__version__,
-#      labelled with the commit, timestamps fixed to the commit time.
+#   4. podman build of each image from that wheelhouse (bind-mounted, --no-index inside), tagged with
+#      fedlora.__version__, labelled with the commit, timestamps fixed to the commit time. The two Dockerfiles
+#      share their first layers (torch and every dependency): the second build reuses them and adds fedlora.
 #   5. In $CACHE/dist: the pipeline compiled by the control image for its own reference (fedlora.yaml) and the
 #      bank's chart packaged (fedlora-bank-<version>.tgz, Helm's engine through helm_python).
 #   6. In $CACHE/dist too: a CycloneDX SBOM of each image's Python packages (<name>.cdx.json, cyclonedx-bom run in
@@ -65,6 +66,12 @@ runtime = "runc"
 EOF
 fi
 PODMAN=(podman --runtime runc)
+if ! podman_error=$("${PODMAN[@]}" info 2>&1 >/dev/null); then
+  printf 'podman does not work here ("podman --runtime runc info" failed; see "Containers" in docs/images.md):\n%s\n' \
+    "$podman_error" >&2
+  exit 1
+fi
+log "podman storage: $("${PODMAN[@]}" info --format '{{.Store.GraphDriverName}}')"
 t_tools=$(($(date +%s) - t0))
 
 # 2. Local Debian base -------------------------------------------------------------------------------------
@@ -114,6 +121,18 @@ CONTEXT=$CACHE/context
 rm -rf "$CONTEXT" && mkdir -p "$CONTEXT"
 cp -al "$WHEELS" "$CONTEXT/wheels"
 cp images/constraints.txt "$CONTEXT/constraints.txt"
+# The layer cache does not look into the bind-mounted wheels: these build arguments key the layers instead.
+# DEPS_DIGEST: every wheel but fedlora's, the pins and fedlora's Requires-Dist (the shared layers of both images);
+# FEDLORA_WHEEL_DIGEST: fedlora's wheel (each image's own layer).
+FEDLORA_WHEEL=$(ls "$WHEELS"/fedlora-*.whl)
+DEPS_DIGEST=$({
+  (cd "$WHEELS" && find . -maxdepth 1 -name '*.whl' ! -name 'fedlora-*' -print0 | sort -z | xargs -0 sha256sum)
+  cat "$ROOT/images/constraints.txt"
+  "$PY" -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1])
+print(*sorted(l for n in z.namelist() if n.endswith(".dist-info/METADATA")
+              for l in z.read(n).decode().splitlines() if l.startswith("Requires-Dist")), sep="\n")' "$FEDLORA_WHEEL"
+} | sha256sum | cut -c1-64)
+FEDLORA_WHEEL_DIGEST=$(sha256sum "$FEDLORA_WHEEL" | cut -c1-64)
 t_wheels=$(($(date +%s) - t0))
 
 # 4. Images ------------------------------------------------------------------------------------------------
@@ -122,10 +141,15 @@ build() { # name dockerfile ref
   local name=$1 file=$2 ref=$3 start secs size digest
   log "podman build $ref ($file)"
   start=$(date +%s)
-  "${PODMAN[@]}" build --quiet --pull=never --layers --timestamp "$EPOCH" \
+  if ! "${PODMAN[@]}" build --pull=never --layers --timestamp "$EPOCH" \
     --build-arg "BASE_IMAGE=$BASE_REF" --build-arg "FEDLORA_VERSION=$VERSION" \
-    --build-arg "REVISION=$REVISION" --build-arg "CREATED=$CREATED" \
-    --file "$file" --tag "$ref" "$CONTEXT" >/dev/null
+    --build-arg "REVISION=$REVISION" --build-arg "CREATED=$CREATED" --build-arg "SOURCE_DATE_EPOCH=$EPOCH" \
+    --build-arg "DEPS_DIGEST=$DEPS_DIGEST" --build-arg "FEDLORA_WHEEL_DIGEST=$FEDLORA_WHEEL_DIGEST" \
+    --file "$file" --tag "$ref" "$CONTEXT" >"$CACHE/$name.build.log" 2>&1; then
+    tail -n 40 "$CACHE/$name.build.log" >&2
+    echo "podman build of $ref failed: the whole log is $CACHE/$name.build.log" >&2
+    exit 1
+  fi
   secs=$(($(date +%s) - start))
   size=$("${PODMAN[@]}" image inspect --format '{{.Size}}' "$ref")
   digest=$("${PODMAN[@]}" image inspect --format '{{.Digest}}' "$ref")

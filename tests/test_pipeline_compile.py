@@ -464,6 +464,19 @@ def test_images_are_pinned_non_root_and_built_from_this_repo(name: str) -> None:
         assert 'ENTRYPOINT ["fedlora"]' in text
 
 
+def test_images_share_their_dependency_layers() -> None:
+    """Both Dockerfiles open with the same layers (torch and every dependency), byte for byte: the second image's
+    build reuses them and the two images share them; only then may scripts/build-images.sh key them on one digest."""
+    shared = []
+    for name in ("control", "trainer"):
+        text = (ROOT / "images" / f"{name}.Dockerfile").read_text(encoding="utf-8")
+        start, end = text.index("\nFROM ${BASE_IMAGE}\n"), text.index("# ---- end of the shared layers\n")
+        shared.append(text[start:end])
+        assert "ARG DEPS_DIGEST=" in shared[-1] and "COPY" not in text  # wheels are bind-mounted, never in a layer
+        assert "ARG REVISION" not in shared[-1] and "FEDLORA_WHEEL_DIGEST" not in shared[-1]  # no per-commit key
+    assert shared[0] == shared[1]
+
+
 def test_constraints_pin_every_runtime_dependency() -> None:
     pins = {
         re.split(r"==", line)[0].lower().replace("_", "-")
