@@ -65,24 +65,30 @@ def _left_out(record: RoundRecord) -> str:
 
 
 def rounds_table(summary: RunSummary, *, text_task: bool) -> str:
-    """One row per committed round: the central metrics, the DP-released AUC, who was averaged and who not."""
+    """One row per committed round: the central metrics, the DP-released metric, who was averaged and who not.
+
+    The central columns appear where this process evaluated centrally, the DP column where a bank released.
+    """
     total = len(summary.final.epsilon) or max((len(r.epsilon) for r in summary.rounds), default=0)
+    central = any(r.auc is not None or r.metrics for r in summary.rounds)
+    released = any(r.dp_evaluation for r in summary.rounds)
+    if text_task:
+        columns = [("accuracy", lambda r: r.metrics.get("accuracy")), ("weighted F1", lambda r: r.metrics.get("f1"))]
+        dp_column = ("DP-released accuracy of the previous round's adapter", "accuracy")
+    else:
+        columns = [("AUC (pooled test)", lambda r: r.auc), ("KS", lambda r: r.ks)]
+        dp_column = ("DP-released AUC of the previous round's adapter", "auc")
+    shown = columns if central else []
     rows = []
     for r in summary.rounds:
-        if text_task:
-            metrics = _num(r.metrics.get("accuracy")) + _num(r.metrics.get("f1"))
-        else:
-            dp = r.dp_evaluation or {}
-            metrics = _num(r.auc) + _num(r.ks) + _num(dp.get("auc"))
+        cells = "".join(_num(value(r)) for _, value in shown)
+        if released:
+            cells += _num((r.dp_evaluation or {}).get(dp_column[1]))
         rows.append(
-            f'<tr><td class="text">{r.round}</td>{metrics}'
+            f'<tr><td class="text">{r.round}</td>{cells}'
             f'<td class="num">{len(r.banks)} of {total}</td>{_text(_left_out(r))}</tr>'
         )
-    head = (
-        ["round", "accuracy", "weighted F1"]
-        if text_task
-        else ["round", "AUC (pooled test)", "KS", "DP-released AUC of the previous round's adapter"]
-    )
+    head = ["round", *(name for name, _ in shown), *([dp_column[0]] if released else [])]
     return _table([*head, "banks averaged", "left out"], rows)
 
 
