@@ -156,9 +156,9 @@ def summarize(results: dict[str, Any]) -> None:
                 f"  each bank, own test rows: consortium − alone DP head-only, mean over banks: {_interval(per_bank)}"
             )
         else:
-            best = [max(p[k]["accuracy"] for k in ("zero_shot", "head_only", "tfidf_lr")) for p in pooled]
-            diff = [r["accuracy"] - b for r, b in zip(chosen, best, strict=True)]
-            print(f"- non-private FedLoRA − best of zero-shot / head-only / TF-IDF: {_interval(diff)}")
+            for key, name in (("head_only", "the frozen-feature head (best frozen/head-only)"), ("tfidf_lr", "TF-IDF")):
+                diff = [r["accuracy"] - p[key]["accuracy"] for r, p in zip(chosen, pooled, strict=True)]
+                print(f"- non-private FedLoRA − {name}: {_interval(diff)}")
             by_seed = {r["seed"]: r["accuracy"] for r in central}
             gap = [r["accuracy"] - by_seed[r["seed"]] for r in chosen if r["seed"] in by_seed]
             if gap:
