@@ -3,7 +3,7 @@
 Run layout (shared by the local directory store and the S3 store)::
 
     config.yaml
-    rounds/0000/global/meta.json                            round 0: the seeded initial adapter, a spec (fedlora.initial)
+    rounds/0000/global/meta.json                            round 0: the seeded initial adapter (a spec)
     rounds/NNNN/updates/<bank>/{adapter.safetensors, meta.json}
     rounds/NNNN/global/{adapter.safetensors, meta.json}
     rounds/NNNN/MANIFEST.json                               written last: the round is committed
