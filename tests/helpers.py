@@ -170,3 +170,19 @@ def bank_job(config: Config, tmp_path: Path, *, round_index: int = 1, run: str =
     last = result.output.strip().splitlines()[-1] if result.output.strip() else ""
     outcome = json.loads(last) if last.startswith("{") else {}
     return {"exit_code": result.exit_code, "output": result.output, **outcome}
+
+
+def text_task_overrides(root: Path) -> list[str]:
+    """A small text-task run (bundled TFNS, tiny-llama, 240 rows, one round of 2 steps) writing under ``root``."""
+    return [
+        "data.dataset=tfns",
+        "model.name=tiny-llama",
+        "model.max_length=96",
+        "data.max_rows=240",
+        "training.batch_size=16",
+        "training.local_steps=2",
+        "training.learning_rate=0.5",
+        "federation.rounds=1",
+        "tracking.enabled=false",
+        f"output.dir={root}",
+    ]

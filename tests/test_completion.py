@@ -25,7 +25,7 @@ from fedlora.privacy.per_sample import PerExampleGradients
 from fedlora.runtime import Runtime
 from fedlora.simulate import simulate
 from fedlora.training import round_training
-from helpers import randomize_trainable
+from helpers import randomize_trainable, text_task_overrides
 
 CPU = torch.device("cpu")
 TWEETS = ["shares jump after upgrade", "profit warning, stock falls", "company holds annual meeting", "guidance cut"]
@@ -81,19 +81,7 @@ def test_per_example_dp_gradients_of_the_completion_loss_match_a_per_example_loo
 
 
 def _text_overrides(root: Path) -> list[str]:
-    return [
-        "data.dataset=tfns",
-        "model.name=tiny-llama",
-        "model.max_length=96",
-        "lora.top_layers=null",
-        "data.max_rows=240",
-        "training.batch_size=16",
-        "training.local_steps=2",
-        "training.learning_rate=0.5",
-        "federation.rounds=1",
-        "tracking.enabled=false",
-        f"output.dir={root}",
-    ]
+    return [*text_task_overrides(root), "lora.top_layers=null"]
 
 
 def test_a_dp_round_of_the_completion_objective_runs_through_run_bank_round(tmp_path: Path) -> None:

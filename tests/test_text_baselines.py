@@ -17,6 +17,7 @@ from fedlora.privacy.randomness import SeededRandomness
 from fedlora.runtime import Runtime
 from fedlora.simulate import simulate
 from fedlora.text_baselines import dp_softmax_regression, softmax_scores, unit_rows
+from helpers import text_task_overrides
 
 
 def _clusters(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,23 +78,8 @@ def test_pooled_confusion_counts_give_sklearns_accuracy_and_weighted_f1() -> Non
     assert again.kind == "confusion" and np.array_equal(again.counts, parts[0].counts)
 
 
-def _text_overrides(root: Path) -> list[str]:
-    return [
-        "data.dataset=tfns",
-        "model.name=tiny-llama",
-        "model.max_length=96",
-        "data.max_rows=240",
-        "training.batch_size=16",
-        "training.local_steps=2",
-        "training.learning_rate=0.5",
-        "federation.rounds=1",
-        "tracking.enabled=false",
-        f"output.dir={root}",
-    ]
-
-
 def test_a_text_bank_releases_noised_confusion_counts_and_the_round_pools_them(tmp_path: Path) -> None:
-    config = load_config(None, [*_text_overrides(tmp_path), "privacy.release_metrics=true"])
+    config = load_config(None, [*text_task_overrides(tmp_path), "privacy.release_metrics=true"])
     runtime = Runtime(config)
     initialize(config, run="text", runtime=runtime)
     outcome = run_bank_round(config, run="text", bank="bank-a", round_index=1, runtime=runtime)
@@ -107,7 +93,7 @@ def test_a_text_bank_releases_noised_confusion_counts_and_the_round_pools_them(t
 
 
 def test_simulate_with_baselines_reports_zero_shot_head_only_tfidf_and_each_bank_alone(tmp_path: Path) -> None:
-    config = load_config(None, [*_text_overrides(tmp_path), "output.run_name=base"])
+    config = load_config(None, [*text_task_overrides(tmp_path), "output.run_name=base"])
     runtime = Runtime(config)
     summary = simulate(config, runtime=runtime, baselines=True)
     assert summary.baselines is not None

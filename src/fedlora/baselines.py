@@ -13,6 +13,7 @@ calibrated by the same Opacus accountant for the bank's (ε, δ) over all its st
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,15 +48,27 @@ class DPLogisticSettings:
     accountant: str = "prv"
 
 
-def dp_logistic_regression(
-    x: np.ndarray, y: np.ndarray, *, settings: DPLogisticSettings, randomness: Randomness
-) -> np.ndarray:
-    """Weights (last entry = bias) of logistic regression trained with DP-SGD, (ε, δ)-DP per example.
+PerExampleGradients = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(w, x_b, t_b) -> (b, *w.shape)``: each sampled row's gradient of its loss at ``w`` (rows carry a bias 1)."""
 
-    Each step: Poisson sample (rate q), per-example gradients ``(p_i − y_i)·[x_i, 1]`` clipped to
-    ``C``, summed, ``N(0, σ²C²)`` added, divided by the expected batch ``q·n``; SGD with momentum 0.9.
+
+def dp_sgd_linear(
+    x: np.ndarray,
+    targets: torch.Tensor,
+    *,
+    shape: tuple[int, ...],
+    gradients: PerExampleGradients,
+    settings: DPLogisticSettings,
+    randomness: Randomness,
+) -> np.ndarray:
+    """Weights of shape ``shape`` (the last axis: features, then the bias) trained by DP-SGD, (ε, δ)-DP per row.
+
+    Each step: Poisson sample (rate q); each sampled row's gradient (``gradients``) clipped to
+    Frobenius norm ``C``; summed; ``N(0, σ²C²)`` added to each entry; divided by the expected batch
+    ``q·n``; SGD with momentum 0.9. σ is calibrated for ``settings.target_epsilon`` over all steps by
+    the maintained accountant (:func:`fedlora.privacy.accounting.calibrate_noise_multiplier`).
     """
-    n = len(y)
+    n = len(targets)
     delta = settings.delta if settings.delta is not None else default_delta(n)
     sigma = calibrate_noise_multiplier(
         target_epsilon=settings.target_epsilon,
@@ -65,20 +78,36 @@ def dp_logistic_regression(
         accountant=settings.accountant,
     )
     features = torch.from_numpy(np.hstack([x, np.ones((n, 1))])).double()
-    labels = torch.from_numpy(y.astype(np.float64))
-    w = torch.zeros(features.shape[1], dtype=torch.float64)
+    w = torch.zeros(shape, dtype=torch.float64)
     velocity = torch.zeros_like(w)
     for _ in range(settings.steps):
         rows = torch.nonzero(randomness.poisson_mask(n, settings.sample_rate)).flatten()
-        xb, yb = features[rows], labels[rows]
-        grads = (torch.sigmoid(xb @ w) - yb)[:, None] * xb
-        norms = grads.norm(dim=1, keepdim=True)
-        clipped = grads * (settings.max_grad_norm / (norms + 1e-12)).clamp(max=1.0)
+        grads = gradients(w, features[rows], targets[rows])
+        norms = grads.flatten(1).norm(dim=1)
+        factor = (settings.max_grad_norm / (norms + 1e-12)).clamp(max=1.0)
+        clipped = grads * factor.view(-1, *([1] * len(shape)))
         noise = randomness.normal(w.shape, sigma * settings.max_grad_norm, device=w.device, dtype=torch.float64)
         gradient = (clipped.sum(dim=0) + noise) / (settings.sample_rate * n)
         velocity = 0.9 * velocity + gradient
         w = w - settings.learning_rate * velocity
     return w.numpy()
+
+
+def dp_logistic_regression(
+    x: np.ndarray, y: np.ndarray, *, settings: DPLogisticSettings, randomness: Randomness
+) -> np.ndarray:
+    """Weights (last entry = bias) of logistic regression trained with DP-SGD (:func:`dp_sgd_linear`), (ε, δ)-DP.
+
+    The gradient of row ``i``'s log loss is ``(σ(w·[x_i, 1]) − y_i)·[x_i, 1]``.
+    """
+    return dp_sgd_linear(
+        x,
+        torch.from_numpy(y.astype(np.float64)),
+        shape=(x.shape[1] + 1,),
+        gradients=lambda w, xb, yb: (torch.sigmoid(xb @ w) - yb)[:, None] * xb,
+        settings=settings,
+        randomness=randomness,
+    )
 
 
 def logistic_scores(weights: np.ndarray, x: np.ndarray) -> np.ndarray:

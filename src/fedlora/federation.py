@@ -344,19 +344,18 @@ def _pooled_dp_evaluation(selected: list[BankOutcome], round_index: int) -> dict
     releases = {o.bank: ScoreHistograms.from_json(o.evaluation) for o in selected if o.evaluation}
     if not releases:
         return None
+    released = {"of_global_round": round_index - 1, "banks": sorted(releases)}
     if all(r.kind == "confusion" for r in releases.values()):
         by_class = pooled_class_metrics(list(releases.values()))
         return {
-            "of_global_round": round_index - 1,
-            "banks": sorted(releases),
+            **released,
             **by_class.as_dict(),
             "confusion": by_class.confusion,
             "method": "sum of the banks' Gaussian-noised confusion counts (each charged to its ledger)",
         }
     pooled = pooled_metrics(list(releases.values()))
     return {
-        "of_global_round": round_index - 1,
-        "banks": sorted(releases),
+        **released,
         **pooled.as_dict(),
         "roc": pooled.roc,
         "method": "sum of the banks' Gaussian-noised per-label score histograms (each charged to its ledger)",

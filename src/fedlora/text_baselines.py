@@ -31,10 +31,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from fedlora.baselines import DPLogisticSettings
+from fedlora.baselines import DPLogisticSettings, dp_sgd_linear
 from fedlora.evaluation import compute_class_metrics
 from fedlora.model.completion import CompletionSet, decoder_parts
-from fedlora.privacy.accounting import calibrate_noise_multiplier, default_delta
 from fedlora.privacy.randomness import Randomness, SeededRandomness
 
 
@@ -109,36 +108,18 @@ def dp_softmax_regression(
 ) -> np.ndarray:
     """Weights ``(K, d+1)`` (last column = bias) of multinomial LR trained by DP-SGD, (ε, δ)-DP per example.
 
-    Each step: Poisson sample (rate q); per-example gradient ``(softmax(W·[x_i, 1]) − e_{y_i}) ⊗ [x_i, 1]``
-    clipped to Frobenius norm ``C``; summed; ``N(0, σ²C²)`` added to each entry; divided by the
-    expected batch ``q·n``; SGD with momentum 0.9. σ is calibrated for ``settings.target_epsilon``
-    over all steps by the maintained accountant (:func:`fedlora.privacy.accounting.calibrate_noise_multiplier`).
+    The same DP-SGD as the credit baseline (:func:`fedlora.baselines.dp_sgd_linear`); the gradient of
+    row ``i``'s cross-entropy is ``(softmax(W·[x_i, 1]) − e_{y_i}) ⊗ [x_i, 1]``.
     """
-    n = len(y)
-    delta = settings.delta if settings.delta is not None else default_delta(n)
-    sigma = calibrate_noise_multiplier(
-        target_epsilon=settings.target_epsilon,
-        delta=delta,
-        sample_rate=settings.sample_rate,
-        steps=settings.steps,
-        accountant=settings.accountant,
-    )
-    features = torch.from_numpy(np.hstack([x, np.ones((n, 1))])).double()
     onehot = torch.nn.functional.one_hot(torch.from_numpy(y.astype(np.int64)), classes).double()
-    w = torch.zeros(classes, features.shape[1], dtype=torch.float64)
-    velocity = torch.zeros_like(w)
-    for _ in range(settings.steps):
-        rows = torch.nonzero(randomness.poisson_mask(n, settings.sample_rate)).flatten()
-        xb, yb = features[rows], onehot[rows]
-        residual = torch.softmax(xb @ w.T, dim=1) - yb  # (b, K)
-        grads = residual[:, :, None] * xb[:, None, :]  # (b, K, d+1)
-        norms = grads.flatten(1).norm(dim=1)
-        clipped = grads * (settings.max_grad_norm / (norms + 1e-12)).clamp(max=1.0)[:, None, None]
-        noise = randomness.normal(w.shape, sigma * settings.max_grad_norm, device=w.device, dtype=torch.float64)
-        gradient = (clipped.sum(dim=0) + noise) / (settings.sample_rate * n)
-        velocity = 0.9 * velocity + gradient
-        w = w - settings.learning_rate * velocity
-    return w.numpy()
+    return dp_sgd_linear(
+        x,
+        onehot,
+        shape=(classes, x.shape[1] + 1),
+        gradients=lambda w, xb, yb: (torch.softmax(xb @ w.T, dim=1) - yb)[:, :, None] * xb[:, None, :],
+        settings=settings,
+        randomness=randomness,
+    )
 
 
 def softmax_scores(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
