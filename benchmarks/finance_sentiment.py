@@ -11,11 +11,17 @@ alike) as
 and prints the medians, their ratio and the quantiles of the per-example gradient norms (what
 ``privacy.max_grad_norm`` clips; bundled public data, no bank's rows).
 
+``curve``: which layers and which learning rate learn, in minutes: centralised non-private LoRA (the
+banks' training rows taken in turn, batch 32, SGD with momentum or Adam at a constant rate) from the
+config's initial adapter, scored on the banks' pooled *validation* rows (label-scoring accuracy)
+every 40 steps, with the mean training loss. One frozen-layer pass serves every ``--points`` entry.
+
 ``run``: ``fedlora simulate`` with the built-in config (plus ``--set`` overrides), then FinLoRA's
 generation metrics of the final adapter on every bank's test rows (:mod:`fedlora.model.generation`);
 prints the wall time, the time per phase and the metrics of every round.
 
     python benchmarks/finance_sentiment.py step --repeats 3
+    python benchmarks/finance_sentiment.py curve --set lora.top_layers=2 --steps 160 --points sgd:1 sgd:4
     python benchmarks/finance_sentiment.py run --set federation.rounds=1 --json out.json
 """
 
@@ -99,6 +105,58 @@ def step(args: argparse.Namespace) -> dict[str, Any]:
     return {"machine": _cpu(), "times": times, "medians": medians, "norm_quantiles": quantiles, "tokens": width}
 
 
+def curve(args: argparse.Namespace) -> dict[str, Any]:
+    from fedlora.model.lora import adapter_state, load_adapter_state
+    from fedlora.training import predict_scores
+
+    config = load_config("finance_sentiment", ["tracking.enabled=false", *args.overrides])
+    runtime = Runtime(config)
+    model, device = runtime.model, runtime.device
+    banks = [b.name for b in config.federation.banks]
+    started = time.perf_counter()
+    sets = {b: runtime.bank(b) for b in banks}  # the frozen-layer pass, once
+    print(f"machine: {_cpu()}; frozen-layer pass {time.perf_counter() - started:.0f} s; lora {config.lora}")
+    initial = adapter_state(model)
+    labels = np.concatenate([sets[b].val.labels.numpy() for b in banks])
+
+    def validation_accuracy() -> float:
+        scores = [predict_scores(model, sets[b].val, batch_size=64, device=device) for b in banks]
+        return float(np.mean(np.concatenate(scores).argmax(axis=1) == labels))
+
+    result: dict[str, Any] = {"machine": _cpu(), "lora": config.lora.model_dump(), "points": {}}
+    for point in args.points:
+        name, rate = point.split(":")
+        load_adapter_state(model, initial)
+        training = load_config(
+            "finance_sentiment",
+            ["privacy.enabled=false", f"training.optimizer={name}", f"training.learning_rate={rate}"],
+        ).training
+        optimizer = make_optimizer(PerExampleGradients(model).parameters(), training)
+        generator = torch.Generator().manual_seed(0)
+        losses: list[float] = []
+        points: list[dict[str, float]] = []
+        started = time.perf_counter()
+        for step_index in range(1, args.steps + 1):
+            rows = sets[banks[step_index % len(banks)]].train
+            batch = torch.randperm(len(rows), generator=generator)[: training.batch_size]
+            model.train()
+            optimizer.zero_grad(set_to_none=True)
+            loss = plain_gradient(model, rows, batch, physical_batch_size=len(batch), device=device)
+            losses.append(loss / len(batch))
+            optimizer.step()
+            if step_index % 40 == 0 or step_index == args.steps:
+                points.append(
+                    {"step": step_index, "loss": statistics.mean(losses[-40:]), "val_accuracy": validation_accuracy()}
+                )
+        seconds = time.perf_counter() - started
+        print(
+            f"{point}: {seconds:.0f} s; "
+            + ", ".join(f"step {p['step']} loss {p['loss']:.3f} val {p['val_accuracy']:.4f}" for p in points)
+        )
+        result["points"][point] = {"seconds": seconds, "curve": points}
+    return result
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from fedlora.model.generation import score_text_task
     from fedlora.simulate import simulate
@@ -163,13 +221,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("step", "run"))
+    parser.add_argument("what", choices=("step", "curve", "run"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=160, help="curve: steps per point")
+    parser.add_argument(
+        "--points", nargs="+", default=["sgd:1"], help="curve: optimizer:learning_rate entries (sgd or adam)"
+    )
     parser.add_argument("--no-generation", action="store_true", help="run: skip the generation metrics")
     parser.add_argument("--json", help="also write every number here")
     args = parser.parse_args()
-    result = step(args) if args.what == "step" else run(args)
+    result = {"step": step, "curve": curve, "run": run}[args.what](args)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2, default=float)

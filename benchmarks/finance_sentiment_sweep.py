@@ -7,7 +7,8 @@ For every seed, on the splits that seed gives (``--config finance_sentiment``, t
   every DP run and the non-private one. The runs of one seed share one :class:`~fedlora.runtime.Runtime`:
   the model and the frozen-layer cache are computed once (the runs differ only in privacy settings);
 * ``central``: centralised LoRA with the same compute, non-private: one bank holding every training row,
-  the same rounds and twice the local steps (the federation trains 2 banks a round), the same schedule.
+  the same rounds and, each round, as many local steps as all the banks that train a round take together
+  (the same number of gradient evaluations), the same schedule.
 
 Every metric is label-scoring accuracy / weighted F1 on the pooled test rows of the 4 banks. A row's
 split is a keyed hash of the row under the seed's public key (:mod:`fedlora.data.row_split`), whatever
@@ -30,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedlora.aggregation import sample_banks
 from fedlora.baselines import mean_interval
 from fedlora.config import load_config
 from fedlora.runtime import Runtime
@@ -78,22 +80,36 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
         common = ["tracking.enabled=false", f"seed={seed}", f"output.dir={args.output_dir}", *args.overrides]
         runtime: Runtime | None = None
         for epsilon in args.epsilons:
+            # The baselines that do not depend on ε (zero-shot, head-only, TF-IDF) come with every DP run's
+            # (which adds the DP head at its ε); the non-private run computes them only when no DP run does.
+            baselines = math.isfinite(epsilon) or all(math.isinf(e) for e in args.epsilons)
             run, runtime = _run(
-                [*common, *_privacy(epsilon), f"output.run_name=s{seed}-eps-{epsilon:g}"], runtime, baselines=True
+                [*common, *_privacy(epsilon), f"output.run_name=s{seed}-eps-{epsilon:g}"], runtime, baselines=baselines
             )
             results["runs"].append({"seed": seed, "kind": "fedlora", "epsilon": epsilon, **run})
             print(f"seed {seed} fedlora ε={epsilon:g}: accuracy {run['accuracy']:.4f} ({run['wall_seconds']:.0f} s)")
             if out:
                 out.write_text(json.dumps(results, indent=2, default=float), encoding="utf-8")
         if args.central:
-            steps = load_config("finance_sentiment", []).training.local_steps or 0
+            shipped = load_config("finance_sentiment", args.overrides)
+            federation = shipped.federation
+            per_round = len(  # the banks that train a round
+                sample_banks(
+                    [b.name for b in federation.banks],
+                    fraction_fit=federation.fraction_fit,
+                    min_banks=federation.min_banks,
+                    round_index=1,
+                    seed=seed,
+                )
+            )
+            steps = per_round * (shipped.training.local_steps or 0)
             central = [
                 *common,
                 "privacy.enabled=false",
                 "federation.banks=[{name: central}]",
                 "federation.min_banks=1",
                 "federation.fraction_fit=1.0",
-                f"training.local_steps={2 * steps}",
+                f"training.local_steps={steps}",
                 f"output.run_name=s{seed}-central",
             ]
             run, _ = _run(central, None, baselines=False)
@@ -130,9 +146,9 @@ def summarize(results: dict[str, Any]) -> None:
     central = [r for r in runs if r["kind"] == "central"]
     if central:
         row("centralised LoRA (same compute)", "inf", central)
-    base = _runs(runs, "fedlora", math.inf) or _runs(runs, "fedlora", epsilons[0])
+    base = list(_seed_baselines(runs).values())
     for key in ("zero_shot", "head_only", "tfidf_lr"):
-        if base and base[0].get("baselines"):
+        if base:
             row(f"baseline: {key}", "inf", base, key)
     for eps in epsilons:
         chosen = _runs(runs, "fedlora", eps)
@@ -140,13 +156,16 @@ def summarize(results: dict[str, Any]) -> None:
             row("baseline: DP head-only, banks averaged", f"{eps:g}", chosen, "dp_head_only_averaged")
     print()
     print("Paired differences (same seed, same test rows), mean ± 95 % CI:")
+    by_seed_baselines = _seed_baselines(runs)
     for eps in epsilons:
-        chosen = _runs(runs, "fedlora", eps)
-        if not chosen or not chosen[0].get("baselines"):
+        chosen = [r for r in _runs(runs, "fedlora", eps) if r["seed"] in by_seed_baselines]
+        if not chosen:
             continue
-        pooled = [r["baselines"]["pooled"] for r in chosen]
+        pooled = [by_seed_baselines[r["seed"]]["baselines"]["pooled"] for r in chosen]
+        if math.isfinite(eps) and not all(r.get("baselines") for r in chosen):
+            continue  # the DP head at this ε was not computed
         if math.isfinite(eps):
-            diff = [r["accuracy"] - p["dp_head_only_averaged"]["accuracy"] for r, p in zip(chosen, pooled, strict=True)]
+            diff = [r["accuracy"] - r["baselines"]["pooled"]["dp_head_only_averaged"]["accuracy"] for r in chosen]
             print(f"- ε={eps:g}: FedLoRA − DP head-only (averaged): {_interval(diff)}")
             per_bank = [  # per seed: the mean over banks of (consortium − alone), each on the bank's own test rows
                 sum(b["consortium"]["accuracy"] - b["dp_head_only"]["accuracy"] for b in banks) / len(banks)
@@ -163,6 +182,15 @@ def summarize(results: dict[str, Any]) -> None:
             gap = [r["accuracy"] - by_seed[r["seed"]] for r in chosen if r["seed"] in by_seed]
             if gap:
                 print(f"  non-private FedLoRA − centralised LoRA (same seed, same test rows): {_interval(gap)}")
+
+
+def _seed_baselines(runs: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Per seed, a FedLoRA run that computed the baselines (its ε-free ones are the same in every run of the seed)."""
+    found: dict[int, dict[str, Any]] = {}
+    for r in runs:
+        if r["kind"] == "fedlora" and r.get("baselines") and r["seed"] not in found:
+            found[r["seed"]] = r
+    return dict(sorted(found.items()))
 
 
 def _runs(runs: list[dict[str, Any]], kind: str, epsilon: float) -> list[dict[str, Any]]:

@@ -2,10 +2,12 @@
 
 For each seed, one runtime (model, data split, cached frozen activations) serves every grid point;
 each point is a full ``fedlora simulate`` run, and its final global adapter is scored on the pooled
-validation rows of the banks. Prints mean validation AUC per point (and test AUC, for the record
-only: selection uses validation).
+validation rows of the banks. Prints the mean validation score per point (and the test score, for the
+record only: selection uses validation). The score is AUC for credit scoring, and label-scoring accuracy
+for a text task (``--config finance_sentiment``).
 
     python benchmarks/tune.py --seeds 0 1 2 --grid training.learning_rate=0.5,1,2 training.batch_size=64,128
+    python benchmarks/tune.py --config finance_sentiment --seeds 0 --points "lora.top_layers=2" "lora.top_layers=4"
 
 Privacy note: the validation rows are the banks' private rows. Choosing among G grid points on them
 is itself a data-dependent release that the accountant does not charge; Papernot & Steinke (2022,
@@ -31,27 +33,33 @@ from fedlora.runtime import Runtime
 from fedlora.simulate import simulate
 from fedlora.store.adapters import load_adapter
 from fedlora.store.local import LocalStore
-from fedlora.training import predict_default_probability
+from fedlora.training import predict_scores
 
 
-def validation_auc(runtime: Runtime, run_dir: str) -> float:
-    """Pooled validation AUC of a run's final adapter."""
+def selection_metric(runtime: Runtime) -> str:
+    """What selects: label-scoring accuracy for a text task, AUC for credit scoring."""
+    return "accuracy" if runtime.text_task is not None else "auc"
+
+
+def validation_score(runtime: Runtime, run_dir: str) -> float:
+    """Pooled validation score (:func:`selection_metric`) of a run's final adapter."""
     final = load_adapter(LocalStore(run_dir), "final").tensors
     load_adapter_state(runtime.model, final)
     labels, scores = [], []
     for spec in runtime.config.federation.banks:
         val = runtime.bank(spec.name).val
-        scores.append(predict_default_probability(runtime.model, val, batch_size=256, device=runtime.device))
+        scores.append(predict_scores(runtime.model, val, batch_size=64, device=runtime.device))
         labels.append(val.labels.numpy())
-    return compute_metrics(np.concatenate(labels), np.concatenate(scores)).auc
+    metrics = compute_metrics(np.concatenate(labels), np.concatenate(scores))
+    return float(getattr(metrics, selection_metric(runtime)))
 
 
 def run_point(config: Config, runtime: Runtime) -> dict[str, Any]:
     started = time.perf_counter()
     summary = simulate(config, runtime=runtime)
     return {
-        "val_auc": validation_auc(runtime, summary.run_dir),
-        "test_auc": summary.final.auc,
+        "val": validation_score(runtime, summary.run_dir),
+        "test": float(summary.final.metrics.get(selection_metric(runtime), "nan")),
         "seconds": time.perf_counter() - started,
     }
 
@@ -86,15 +94,13 @@ def main() -> None:
                 runtimes.append(runtime)
             res = run_point(config, runtime)
             results[i].append(res)
-            print(
-                f"seed {seed} {point} val {res['val_auc']:.4f} test {res['test_auc']:.4f} {res['seconds']:.0f}s",
-                flush=True,
-            )
-    print("\n| point | val AUC (mean) | test AUC (mean, not used to select) | s/run |\n|---|---|---|---|")
+            print(f"seed {seed} {point} val {res['val']:.4f} test {res['test']:.4f} {res['seconds']:.0f}s", flush=True)
+    metric = selection_metric(runtimes[0])
+    print(f"\n| point | val {metric} (mean) | test {metric} (mean, not used to select) | s/run |\n|---|---|---|---|")
     for i, point in enumerate(points):
         r = results[i]
         print(
-            f"| {point} | {np.mean([x['val_auc'] for x in r]):.4f} | {np.mean([x['test_auc'] for x in r]):.4f} "
+            f"| {point} | {np.mean([x['val'] for x in r]):.4f} | {np.mean([x['test'] for x in r]):.4f} "
             f"| {np.mean([x['seconds'] for x in r]):.0f} |"
         )
 

@@ -102,8 +102,9 @@ def cache_frozen_prefix(
     their output is the same every step, round and bank, so it is computed once and each step runs layers
     ``≥ k`` only (as :mod:`fedlora.model.cache` does for encoders). The loss and every per-example gradient
     are functions of that output, so they are unchanged up to floating-point reassociation; the cache is a
-    function of the bank's own rows and never leaves the bank. ``rows`` unchanged when ``k = 0``.
-    ``progress(rows_done, rows_total)`` is called after every chunk.
+    function of the bank's own rows and never leaves the bank. ``rows`` unchanged when ``k = 0``. Rows are
+    processed in chunks of similar length (each chunk is padded to its longest row only: on TFNS about 1.3x fewer
+    token positions than chunks in row order). ``progress(rows_done, rows_total)`` is called after every chunk.
     """
     decoder: Any = decoder_parts(model)[0]
     start = first_adapted_layer(decoder)
@@ -113,13 +114,16 @@ def cache_frozen_prefix(
     decoder.eval()
     embed = decoder.get_input_embeddings()
     prefix = torch.zeros(len(rows), rows.input_ids.shape[1], decoder.config.hidden_size, dtype=torch.float32)
+    by_length = torch.argsort(rows.attention_mask.sum(dim=1), stable=True)  # chunks of similar length: less padding
+    done = 0
     try:
-        for chunk in torch.split(torch.arange(len(rows)), batch_size):
+        for chunk in torch.split(by_length, batch_size):
             input_ids, mask, _ = rows._batch(chunk, device)
             hidden = decoder_layers(decoder, embed(input_ids), mask, start=0, stop=start)
             prefix[chunk, : hidden.shape[1]] = hidden.float().cpu()
+            done += len(chunk)
             if progress is not None:
-                progress(int(chunk[-1]) + 1, len(rows))
+                progress(done, len(rows))
     finally:
         decoder.train(was_training)
     return replace(rows, prefix=prefix, start_layer=start)
