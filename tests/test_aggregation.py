@@ -85,6 +85,20 @@ def test_client_sampling_is_seeded_and_respects_minimum() -> None:
     assert sample_banks(banks, fraction_fit=1.0, min_banks=1, round_index=5, seed=0) == banks
 
 
+@pytest.mark.parametrize(("count", "total"), [(1, 4), (2, 4), (3, 7), (4, 10)])
+def test_cyclic_selection_trains_every_bank_equally_often(count: int, total: int) -> None:
+    banks = [f"b{i}" for i in range(total)]
+    rounds = [
+        sample_banks(banks, fraction_fit=count / total, min_banks=1, round_index=r, seed=s, selection="cyclic")
+        for r, s in zip(range(1, 2 * total + 1), range(100, 100 + 2 * total), strict=True)  # the seed plays no part
+    ]
+    assert all(len(chosen) == count and chosen == sorted(chosen, key=banks.index) for chosen in rounds)
+    for start in range(total + 1):  # over any `total` consecutive rounds, every bank trains `count` times
+        window = [b for chosen in rounds[start : start + total] for b in chosen]
+        assert {window.count(b) for b in banks} == {count}
+    assert rounds[0] == banks[:count]  # round 1 starts with the first banks of the config
+
+
 def _from_start(start: dict[str, torch.Tensor], seed: int, step: float) -> dict[str, torch.Tensor]:
     """An honest update: ``start`` moved by a random direction of norm ``step`` in B and the head (A kept)."""
     gen = torch.Generator().manual_seed(seed)

@@ -134,7 +134,10 @@ def test_the_builtin_finance_sentiment_config_runs_the_seeds_workload_privately(
     assert config.privacy.enabled and config.privacy.target_epsilon == 8
     lora = config.lora  # FinLoRA's LoRA: r 8, α 32, dropout 0.075 on q and v
     assert (lora.rank, lora.alpha, lora.dropout, lora.target_modules) == (8, 32, 0.075, ["q_proj", "v_proj"])
-    assert config.training.local_steps == 20 and config.federation.fraction_fit == 0.1
+    assert config.training.local_steps == 20  # FinLoRA's steps a round
+    federation = config.federation  # one bank a round, in turn: every step is sequential (docs/finance-sentiment.md)
+    assert (federation.fraction_fit, federation.min_banks, federation.rounds) == (0.25, 1, 6)
+    assert federation.bank_selection == "cyclic"
     assert config.training.min_learning_rate == pytest.approx(config.training.learning_rate / 10)  # 1e-4 -> 1e-5
     assert len(config.federation.banks) == 4  # FinLoRA's 4 clients
     assert not load_config("finance_sentiment", ["privacy.enabled=false"]).privacy.enabled

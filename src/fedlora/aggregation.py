@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -86,11 +87,29 @@ def max_update_norm(
     return steps * learning_rate * gradient / (1 - SGD_MOMENTUM) * 1.001
 
 
-def sample_banks(banks: list[str], *, fraction_fit: float, min_banks: int, round_index: int, seed: int) -> list[str]:
-    """Seeded choice of ``max(min_banks, round(fraction_fit·K))`` banks for a round, in config order."""
+def sample_banks(
+    banks: list[str],
+    *,
+    fraction_fit: float,
+    min_banks: int,
+    round_index: int,
+    seed: int,
+    selection: Literal["random", "cyclic"] = "random",
+) -> list[str]:
+    """The ``m = max(min_banks, round(fraction_fit·K))`` banks (at most K) that train round ``round_index``.
+
+    In config order. ``random``: a seeded draw of ``m`` of the K banks, independent each round. ``cyclic``: round
+    ``r ≥ 1`` takes banks ``(r−1)·m … r·m − 1`` modulo K, so over any K consecutive rounds every bank
+    trains ``m`` times (cyclic client participation, Cho et al., 2023, "On the Convergence of Federated
+    Averaging with Cyclic Client Participation").
+    """
     count = min(len(banks), max(min_banks, round(fraction_fit * len(banks))))
-    rng = np.random.default_rng([seed, round_index])
-    chosen = set(rng.choice(len(banks), size=count, replace=False).tolist())
+    if selection == "cyclic":
+        start = (max(round_index, 1) - 1) * count
+        chosen = {(start + i) % len(banks) for i in range(count)}
+    else:
+        rng = np.random.default_rng([seed, round_index])
+        chosen = set(rng.choice(len(banks), size=count, replace=False).tolist())
     return [b for i, b in enumerate(banks) if i in chosen]
 
 
@@ -102,6 +121,7 @@ def select_banks(config: Config, round_index: int) -> list[str]:
         min_banks=config.federation.min_banks,
         round_index=round_index,
         seed=config.seed,
+        selection=config.federation.bank_selection,
     )
 
 

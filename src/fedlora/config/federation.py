@@ -40,7 +40,13 @@ class FederationConfig(_Section):
     """Rounds, client sampling and the aggregation rule."""
 
     rounds: int = Field(5, ge=1, description="Number of federated rounds.")
-    fraction_fit: float = Field(1.0, gt=0, le=1, description="Share of banks sampled each round (seeded).")
+    fraction_fit: float = Field(1.0, gt=0, le=1, description="Share of banks that train each round.")
+    bank_selection: Literal["random", "cyclic"] = Field(
+        "random",
+        description="Which banks train a round when fraction_fit < 1: random (a seeded draw each round) or cyclic "
+        "(in config order, in turn, so every bank trains as often as any other give or take one round; Cho et "
+        "al., 2023).",
+    )
     min_banks: int = Field(2, ge=1, description="A round needs at least this many valid updates.")
     server_optimizer: Literal["fedavg", "fedavgm", "fedadam"] = Field(
         "fedavg",
