@@ -125,6 +125,16 @@ def select_banks(config: Config, round_index: int) -> list[str]:
     )
 
 
+def participations(config: Config, bank: str) -> int:
+    """How many of the run's rounds ``bank`` trains: the rounds whose :func:`select_banks` names it.
+
+    A function of the request only (its banks, ``fraction_fit``, ``min_banks``, ``bank_selection``,
+    seed and rounds), so a bank computes it itself: it trains only in those rounds (a Job for any
+    other round is answered ``not_selected``), and its ledger refuses any charge past its cap.
+    """
+    return sum(bank in select_banks(config, r) for r in range(1, config.federation.rounds + 1))
+
+
 def validate_update(update: Update, reference: AdapterState, *, peer_bound: float | None = 0.0) -> str | None:
     """Why ``update`` is malformed compared to ``reference`` (keys, shapes, dtypes, finiteness), or None.
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedlora.aggregation import participations
 from fedlora.config import Config, ConfigError
 from fedlora.errors import FederationError
 from fedlora.privacy.accounting import (
@@ -96,7 +97,9 @@ def training_count(config: Config, total_rows: int) -> int:
 
 
 def plan_bank(config: Config, bank: str, num_examples: int, *, policy: BankPolicy, runtime: Runtime) -> PrivacyPlan:
-    """Calibrate ``bank``'s σ from its own (declared) row count for its target (ε, δ) over the whole schedule.
+    """Calibrate ``bank``'s σ from its own (declared) row count for its target (ε, δ) over the rounds it trains.
+
+    Those rounds are :func:`fedlora.aggregation.participations` (every round unless ``fraction_fit`` < 1).
 
     δ is the request's when it is within the bank's δ (:func:`bank_delta`: ``maxDelta``, else
     ``1/(10·n_declared)``), else the request is refused; without a request δ it is the bank's δ.
@@ -126,12 +129,15 @@ def plan_bank(config: Config, bank: str, num_examples: int, *, policy: BankPolic
         )
         raise PrivacyConfigError(f"bank {bank}: the request asks for δ={delta:g}; the bank allows at most {rule}")
     training = config.training_for(bank, declared)  # the batch follows the declared count
+    # σ for the rounds this bank trains (1 ≤ count ≤ rounds), not every round of the run: it answers any other
+    # round "not_selected", and its ledger refuses a charge past its cap whatever the coordinator asks.
+    rounds = max(1, participations(config, bank))
     key = (
         config.target_epsilon_for(bank),
         delta,
         declared,
         training.model_dump_json(),
-        config.federation.rounds,
+        rounds,
         config.privacy.max_grad_norm,
         config.privacy.noise_multiplier,
         policy.accountant,
@@ -145,7 +151,7 @@ def plan_bank(config: Config, bank: str, num_examples: int, *, policy: BankPolic
             delta=delta,
             batch_size=training.batch_size,
             steps_per_round=steps_per_round(num_examples=declared, config=training),
-            rounds=config.federation.rounds,
+            rounds=rounds,
             max_grad_norm=config.privacy.max_grad_norm,
             noise_multiplier=config.privacy.noise_multiplier,
             accountant=policy.accountant,
