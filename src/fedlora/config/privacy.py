@@ -27,7 +27,7 @@ class PrivacyConfig(_Section):
     )
     max_grad_norm: float = Field(1.0, gt=0, description="Per-example clipping bound C (L2).")
     noise_multiplier: float | None = Field(
-        None, gt=0, description="σ; None = calibrated from target_epsilon, δ and the whole schedule."
+        None, gt=0, description="σ; None = calibrated from target_epsilon, δ and the rounds the bank trains."
     )
     accountant: Literal["prv", "rdp"] = Field(
         "prv", description="Opacus accountant: prv (Gopi et al., 2021; default) or rdp (looser)."
