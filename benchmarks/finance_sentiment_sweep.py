@@ -17,7 +17,7 @@ the baselines of that seed: every difference is paired by seed. Prints means wit
 intervals over the seeds, and the paired differences the issue's targets name:
 
     python benchmarks/finance_sentiment_sweep.py --seeds 0 1 2 --epsilons 1 3 8 inf --json sweep.json
-    python benchmarks/finance_sentiment_sweep.py --summarize sweep.json
+    python benchmarks/finance_sentiment_sweep.py --summarize sweep.json [more.json ...]
 """
 
 from __future__ import annotations
@@ -200,15 +200,20 @@ def _runs(runs: list[dict[str, Any]], kind: str, epsilon: float) -> list[dict[st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epsilons", type=float, nargs="+", default=[8.0, math.inf])
+    parser.add_argument(
+        "--epsilons", type=float, nargs="*", default=[8.0, math.inf], help="FedLoRA runs (none: only the central runs)"
+    )
     parser.add_argument("--no-central", dest="central", action="store_false", help="skip centralised LoRA")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--output-dir", default="runs/sweep", help="where the runs are written")
     parser.add_argument("--json", help="write every number here (rewritten after each run)")
-    parser.add_argument("--summarize", metavar="JSON", help="only print the tables of an earlier sweep")
+    parser.add_argument(
+        "--summarize", metavar="JSON", nargs="+", help="only print the tables of earlier sweeps (their runs merged)"
+    )
     args = parser.parse_args()
     if args.summarize:
-        summarize(json.loads(Path(args.summarize).read_text(encoding="utf-8")))
+        files = [json.loads(Path(f).read_text(encoding="utf-8")) for f in args.summarize]
+        summarize({**files[0], "runs": [r for f in files for r in f["runs"]]})
         return
     summarize(sweep(args))
 
