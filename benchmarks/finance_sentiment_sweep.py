@@ -82,7 +82,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
         for epsilon in args.epsilons:
             # The baselines that do not depend on ε (zero-shot, head-only, TF-IDF) come with every DP run's
             # (which adds the DP head at its ε); the non-private run computes them only when no DP run does.
-            baselines = math.isfinite(epsilon) or all(math.isinf(e) for e in args.epsilons)
+            baselines = args.baselines and (math.isfinite(epsilon) or all(math.isinf(e) for e in args.epsilons))
             run, runtime = _run(
                 [*common, *_privacy(epsilon), f"output.run_name=s{seed}-eps-{epsilon:g}"], runtime, baselines=baselines
             )
@@ -125,9 +125,16 @@ def _interval(values: list[float]) -> str:
     return f"{mean:.4f} ± {half:.4f}" if math.isfinite(half) else f"{mean:.4f}"
 
 
-def summarize(results: dict[str, Any]) -> None:
-    """Means ± 95 % intervals over seeds, and the paired differences the targets name."""
+def summarize(results: dict[str, Any], baseline_runs: list[dict[str, Any]] | None = None) -> None:
+    """Means ± 95 % intervals over seeds, and the paired differences the targets name.
+
+    ``baseline_runs``: runs of another sweep of the same seeds whose ε-free baselines (zero-shot,
+    head-only, TF-IDF) stand in for seeds whose runs here computed none (``--no-baselines``).
+    """
     runs = results["runs"]
+    own = _seed_baselines(runs)
+    seed_baselines = {**_seed_baselines(baseline_runs or []), **own}
+    seed_baselines = {seed: r for seed, r in seed_baselines.items() if seed in {x["seed"] for x in runs}}
     seeds = sorted({r["seed"] for r in runs})
     print(f"machine: {results['machine']}; seeds {seeds}; label-scoring accuracy on the 4 banks' pooled test rows")
     epsilons = sorted({r["epsilon"] for r in runs if r["kind"] == "fedlora"})
@@ -146,7 +153,7 @@ def summarize(results: dict[str, Any]) -> None:
     central = [r for r in runs if r["kind"] == "central"]
     if central:
         row("centralised LoRA (same compute)", "inf", central)
-    base = list(_seed_baselines(runs).values())
+    base = list(seed_baselines.values())
     for key in ("zero_shot", "head_only", "tfidf_lr"):
         if base:
             row(f"baseline: {key}", "inf", base, key)
@@ -156,7 +163,7 @@ def summarize(results: dict[str, Any]) -> None:
             row("baseline: DP head-only, banks averaged", f"{eps:g}", chosen, "dp_head_only_averaged")
     print()
     print("Paired differences (same seed, same test rows), mean ± 95 % CI:")
-    by_seed_baselines = _seed_baselines(runs)
+    by_seed_baselines = seed_baselines
     for eps in epsilons:
         chosen = [r for r in _runs(runs, "fedlora", eps) if r["seed"] in by_seed_baselines]
         if not chosen:
@@ -204,6 +211,16 @@ def main() -> None:
         "--epsilons", type=float, nargs="*", default=[8.0, math.inf], help="FedLoRA runs (none: only the central runs)"
     )
     parser.add_argument("--no-central", dest="central", action="store_false", help="skip centralised LoRA")
+    parser.add_argument(
+        "--baselines-from", metavar="JSON", help="summarize: the ε-free baselines of seeds that have none, from here"
+    )
+    parser.add_argument(
+        "--no-baselines",
+        dest="baselines",
+        action="store_false",
+        help="skip the baselines (summarize takes them "
+        "from another file of the same seeds: they depend on the seed's split, the model and ε, not on the schedule)",
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--output-dir", default="runs/sweep", help="where the runs are written")
     parser.add_argument("--json", help="write every number here (rewritten after each run)")
@@ -213,7 +230,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.summarize:
         files = [json.loads(Path(f).read_text(encoding="utf-8")) for f in args.summarize]
-        summarize({**files[0], "runs": [r for f in files for r in f["runs"]]})
+        borrowed = (
+            json.loads(Path(args.baselines_from).read_text(encoding="utf-8"))["runs"] if args.baselines_from else None
+        )
+        summarize({**files[0], "runs": [r for f in files for r in f["runs"]]}, borrowed)
         return
     summarize(sweep(args))
 
