@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedlora.aggregation import sample_banks
+from fedlora.aggregation import select_banks
 from fedlora.baselines import mean_interval
 from fedlora.config import load_config
 from fedlora.runtime import Runtime
@@ -92,16 +92,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
                 out.write_text(json.dumps(results, indent=2, default=float), encoding="utf-8")
         if args.central:
             shipped = load_config("finance_sentiment", args.overrides)
-            federation = shipped.federation
-            per_round = len(  # the banks that train a round
-                sample_banks(
-                    [b.name for b in federation.banks],
-                    fraction_fit=federation.fraction_fit,
-                    min_banks=federation.min_banks,
-                    round_index=1,
-                    seed=seed,
-                )
-            )
+            per_round = len(select_banks(shipped, 1))  # the banks that train a round (as many every round)
             steps = per_round * (shipped.training.local_steps or 0)
             central = [
                 *common,
